@@ -1,0 +1,215 @@
+//! `keyward audit verify|query`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+/// Arguments of `keyward audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; names the first bad line and exits non-zero.
+    Verify {
+        /// The audit log file.
+        file: PathBuf,
+    },
+    /// Show records as a table (or JSON lines), filtered.
+    Query {
+        /// The audit log file.
+        file: PathBuf,
+        /// Only records about this secret.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Only records whose caller has this uid.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only records with this decision (allow, deny, ok, error).
+        #[arg(long)]
+        decision: Option<String>,
+        /// Only records at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records with this action (secret.read, vault.login, conn.inbound, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Print matching records as JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `keyward audit`.
+pub fn run(args: AuditArgs) -> ExitCode {
+    match args.command {
+        AuditCommand::Verify { file } => match crate::verify(&file) {
+            Ok(r) => {
+                println!(
+                    "OK: {} records, chain intact, head {}",
+                    r.records,
+                    &r.head[..16]
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("FAILED: {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        AuditCommand::Query {
+            file,
+            secret,
+            uid,
+            decision,
+            since,
+            action,
+            json,
+        } => {
+            let filter = Filter {
+                secret,
+                uid,
+                decision,
+                since,
+                action,
+            };
+            if let Some(s) = &filter.since {
+                if time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .is_err()
+                {
+                    eprintln!("--since: expected an RFC 3339 time like 2026-01-02T03:04:05Z, got {s:?}");
+                    return ExitCode::from(2);
+                }
+            }
+            match query(&file, &filter, json, &mut std::io::stdout().lock()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Filters of `keyward audit query`.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub secret: Option<String>,
+    pub uid: Option<u32>,
+    pub decision: Option<String>,
+    pub since: Option<String>,
+    pub action: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, v: &serde_json::Value) -> bool {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+        if let Some(want) = &self.secret {
+            if s("secret") != Some(want) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.decision {
+            if s("decision") != Some(want) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.action {
+            if s("action") != Some(want) {
+                return false;
+            }
+        }
+        if let Some(want) = self.uid {
+            let uid = v.pointer("/caller/uid").and_then(|x| x.as_u64());
+            if uid != Some(u64::from(want)) {
+                return false;
+            }
+        }
+        if let Some(since) = &self.since {
+            let parse = |t: &str| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .ok()
+            };
+            match (s("time").and_then(parse), parse(since)) {
+                (Some(t), Some(since)) if t >= since => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Writes the records of `file` that match `filter`; returns how many matched.
+pub fn query(
+    file: &std::path::Path,
+    filter: &Filter,
+    json: bool,
+    out: &mut impl Write,
+) -> std::io::Result<usize> {
+    let reader = std::io::BufReader::new(std::fs::File::open(file)?);
+    let mut n = 0;
+    if !json {
+        writeln!(
+            out,
+            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} {}",
+            "TIME", "SEQ", "ACTION", "RESULT", "SECRET", "CALLER/PEER", "REASON"
+        )?;
+    }
+    for line in reader.lines() {
+        let line = line?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if !filter.matches(&v) {
+            continue;
+        }
+        n += 1;
+        if json {
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        let s = |p: &str| {
+            v.pointer(p)
+                .map(|x| match x {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default()
+        };
+        let who = if v.get("caller").is_some() {
+            format!(
+                "uid={} pid={} {}",
+                s("/caller/uid"),
+                s("/caller/pid"),
+                s("/caller/comm")
+            )
+        } else if v.get("peer").is_some() {
+            let id = s("/peer/spiffe_id");
+            if id.is_empty() {
+                s("/peer/addr")
+            } else {
+                id
+            }
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} {}",
+            s("/time"),
+            s("/seq"),
+            s("/action"),
+            s("/decision"),
+            s("/secret"),
+            who,
+            s("/reason")
+        )?;
+    }
+    Ok(n)
+}

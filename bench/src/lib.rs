@@ -1,0 +1,1 @@
+//! Benchmark drivers: keyward side by side with its peers (see bench/README.md).

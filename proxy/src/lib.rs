@@ -1,0 +1,16 @@
+//! The mTLS proxy: SPIFFE identity from Vault PKI, inbound and outbound mTLS, identity allow lists.
+
+pub mod cli {
+    //! `keyward sidecar`.
+    use std::process::ExitCode;
+
+    /// Arguments of `keyward sidecar`.
+    #[derive(Debug, clap::Args)]
+    pub struct SidecarArgs {}
+
+    /// Runs `keyward sidecar`.
+    pub fn run_sidecar(_args: SidecarArgs) -> ExitCode {
+        eprintln!("keyward sidecar: not built yet");
+        ExitCode::FAILURE
+    }
+}

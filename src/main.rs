@@ -1,0 +1,57 @@
+//! The `keyward` binary: parses the command line, sets up tracing and hands over to the crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// keyward: the secrets and identity sidecar for Kubernetes, and its injector.
+#[derive(Parser)]
+#[command(name = "keyward", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the secrets broker: Vault login, secret cache, local socket API.
+    Broker(keyward_broker::cli::BrokerArgs),
+    /// Run the broker and the mTLS proxy in one process (what the injector starts).
+    Sidecar(keyward_proxy::cli::SidecarArgs),
+    /// Check the broker's readiness over its socket (used as the startupProbe).
+    Probe(keyward_broker::cli::ProbeArgs),
+    /// Verify or query a hash-chained audit log.
+    Audit(keyward_audit::cli::AuditArgs),
+    /// Run the mutating admission webhook.
+    Injector(keyward_injector::cli::InjectorArgs),
+    /// Apply the injector's mutation offline to a YAML stream.
+    Inject(keyward_injector::cli::InjectArgs),
+}
+
+/// Logs go to stderr; `KEYWARD_LOG` takes an `EnvFilter` directive (default `info`),
+/// `KEYWARD_LOG_FORMAT=json` switches to one JSON object per line.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("KEYWARD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Audit(args) => keyward_audit::cli::run(args),
+        Command::Inject(args) => keyward_injector::cli::run_inject(args),
+        Command::Probe(args) => keyward_broker::cli::run_probe(args),
+        Command::Broker(args) => keyward_broker::cli::run_broker(args),
+        Command::Sidecar(args) => keyward_proxy::cli::run_sidecar(args),
+        Command::Injector(args) => keyward_injector::cli::run_injector(args),
+    }
+}
