@@ -1,4 +1,261 @@
 //! The secrets broker: logs in to Vault/OpenBao with the pod's bound service-account token,
 //! keeps secrets fresh, and serves them over a local Unix socket, auditing every access.
 
+pub mod cache;
+pub mod claims;
 pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod refresh;
+pub mod secret;
+pub mod server;
+pub mod vault;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use keyward_audit::{AuditConfig, AuditLog};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::cache::Entry;
+use crate::config::Config;
+use crate::metrics::BrokerMetrics;
+use crate::secret::Sealer;
+use crate::vault::Vault;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Audit(#[from] keyward_audit::AuditError),
+    #[error(transparent)]
+    Vault(#[from] vault::VaultError),
+    #[error("audit.hmac_key_file {path}: {source}")]
+    HmacKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The workload's current X.509-SVID, as the app fetches it from `GET /v1/identity`.
+pub struct SvidPem {
+    pub spiffe_id: String,
+    pub chain_pem: String,
+    pub key_pem: Zeroizing<String>,
+    pub bundle_pem: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for SvidPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvidPem")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Something that holds the workload identity (the proxy). When set, the broker serves it on
+/// the socket and is ready only once an SVID is held.
+pub trait IdentitySource: Send + Sync + 'static {
+    fn current(&self) -> Option<SvidPem>;
+}
+
+/// State shared by the broker's tasks.
+pub struct Inner {
+    pub config: Config,
+    pub vault: Arc<Vault>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: BrokerMetrics,
+    pub sealer: Sealer,
+    /// Declared secrets by name.
+    pub entries: BTreeMap<String, Arc<Entry>>,
+    identity: RwLock<Option<Arc<dyn IdentitySource>>>,
+    login_error: Mutex<Option<String>>,
+    digest_key: Zeroizing<Vec<u8>>,
+    digests: Mutex<HashMap<String, String>>,
+}
+
+impl Inner {
+    pub(crate) fn set_login_error(&self, e: Option<String>) {
+        if let Ok(mut slot) = self.login_error.lock() {
+            *slot = e;
+        }
+    }
+
+    pub(crate) fn digest_changed(&self, name: &str, digest: &str) -> bool {
+        self.digests
+            .lock()
+            .map(|d| d.get(name).map(String::as_str) != Some(digest))
+            .unwrap_or(true)
+    }
+
+    pub(crate) fn remember_digest(&self, name: &str, digest: String) {
+        if let Ok(mut d) = self.digests.lock() {
+            d.insert(name.to_owned(), digest);
+        }
+    }
+
+    pub(crate) fn identity_source(&self) -> Option<Arc<dyn IdentitySource>> {
+        self.identity.read().ok().and_then(|s| s.clone())
+    }
+
+    /// `Ok` when logged in, every required secret is held unexpired, and the identity (if
+    /// any) is issued; otherwise the reason.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.vault.is_logged_in() {
+            let why = self
+                .login_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_else(|| "login in progress".into());
+            return Err(format!("not logged in to Vault: {why}"));
+        }
+        let now = SystemTime::now();
+        for entry in self.entries.values().filter(|e| e.spec.required) {
+            match entry.value() {
+                Some(v) if !v.expired(now) => {}
+                Some(_) => {
+                    return Err(format!(
+                        "secret {} expired and could not be refreshed: {}",
+                        entry.spec.name,
+                        entry.last_error().unwrap_or_else(|| "refresh pending".into())
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "secret {} not fetched yet{}",
+                        entry.spec.name,
+                        entry
+                            .last_error()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        if let Some(id) = self.identity_source() {
+            if id.current().is_none() {
+                return Err("workload certificate not issued yet".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The broker. Build with [`Broker::new`], then [`Broker::run`] until shutdown.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Opens the audit log and prepares the Vault client; binds nothing yet.
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let hmac_key = match &config.audit.hmac_key_file {
+            Some(path) => Some(Zeroizing::new(std::fs::read(path).map_err(|source| {
+                StartError::HmacKey {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
+        let audit = AuditLog::open(AuditConfig {
+            path: config.audit.file.clone(),
+            stdout: config.audit.stdout,
+            hmac_key,
+            fsync: config.audit.fsync,
+        })?;
+        let vault = Vault::new(&config)?;
+        let entries = config
+            .secrets
+            .iter()
+            .map(|s| (s.name.clone(), Arc::new(Entry::new(s.clone()))))
+            .collect();
+        let mut digest_key = Zeroizing::new(vec![0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut digest_key);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                vault: Arc::new(vault),
+                audit: Arc::new(audit),
+                metrics: BrokerMetrics::default(),
+                sealer: Sealer::new(),
+                entries,
+                identity: RwLock::new(None),
+                login_error: Mutex::new(None),
+                digest_key,
+                digests: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn audit(&self) -> Arc<AuditLog> {
+        self.inner.audit.clone()
+    }
+
+    pub fn vault(&self) -> Arc<Vault> {
+        self.inner.vault.clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Readiness as served at `/v1/health/ready`.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.inner.readiness()
+    }
+
+    pub fn set_identity_source(&self, source: Arc<dyn IdentitySource>) {
+        if let Ok(mut slot) = self.inner.identity.write() {
+            *slot = Some(source);
+        }
+    }
+
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
+    }
+
+    /// Binds the socket and runs the login and refresh loops until `shutdown` is cancelled;
+    /// then stops serving, revokes leases and the token (unless configured not to) and
+    /// removes the socket.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let listener = server::bind(&self.inner.config.socket)?;
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(refresh::auth_loop(self.inner.clone(), shutdown.clone()));
+        for entry in self.inner.entries.values() {
+            tasks.spawn(refresh::secret_loop(
+                self.inner.clone(),
+                entry.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.close();
+        server::serve(listener, self.inner.clone(), shutdown.clone()).await;
+        tasks.wait().await;
+        if self.inner.config.revoke_on_shutdown {
+            refresh::revoke_all(&self.inner).await;
+        }
+        let _ = std::fs::remove_file(&self.inner.config.socket.path);
+        tracing::info!("Broker stopped");
+        Ok(())
+    }
+}
+
+/// Makes the process non-dumpable: no core dumps, no ptrace by same-uid processes, and
+/// `/proc/PID/mem` closed to them.
+pub fn harden_process() -> Result<(), nix::Error> {
+    nix::sys::prctl::set_dumpable(false)
+}

@@ -1,0 +1,185 @@
+//! The secret cache: per declared secret, the latest value sealed under the process key, its
+//! version and lease, and a watch channel that long-polls wait on.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+use crate::config::SecretSpec;
+use crate::secret::{Sealed, Sealer, SecretString};
+
+/// A lease the broker holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub id: SecretString,
+    pub renewable: bool,
+    /// When the lease (as last renewed) ends.
+    pub expires_at: SystemTime,
+    /// The duration asked for at each renewal.
+    pub duration: Duration,
+}
+
+/// A fetched value.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// Each key's value as JSON, sealed.
+    pub fields: BTreeMap<String, Sealed>,
+    /// KV v2 version, or a counter of fetches for other secrets.
+    pub version: u64,
+    pub lease: Option<Lease>,
+    pub fetched_at: SystemTime,
+    pub vault_request_id: String,
+}
+
+impl Cached {
+    /// The value is unusable after its lease ended.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.expires_at <= now)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    value: Option<Cached>,
+    last_error: Option<String>,
+    /// Leases replaced by a re-fetch that have not ended; revoked at shutdown.
+    old_leases: Vec<Lease>,
+}
+
+/// One declared secret.
+#[derive(Debug)]
+pub struct Entry {
+    pub spec: SecretSpec,
+    state: RwLock<State>,
+    version: watch::Sender<u64>,
+}
+
+impl Entry {
+    pub fn new(spec: SecretSpec) -> Self {
+        Self {
+            spec,
+            state: RwLock::new(State::default()),
+            version: watch::channel(0).0,
+        }
+    }
+
+    /// The current value, if any (possibly expired).
+    pub fn value(&self) -> Option<Cached> {
+        self.state.read().ok().and_then(|s| s.value.clone())
+    }
+
+    /// The last fetch error, if the last fetch failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.read().ok().and_then(|s| s.last_error.clone())
+    }
+
+    /// Stores a new value and wakes long-polls if its version moved.
+    pub fn store(&self, value: Cached) {
+        let version = value.version;
+        if let Ok(mut s) = self.state.write() {
+            if let Some(old) = s.value.take() {
+                if let Some(lease) = old.lease {
+                    if value.lease.as_ref().map(|l| l.id.expose()) != Some(lease.id.expose()) {
+                        s.old_leases.push(lease);
+                    }
+                }
+            }
+            let now = SystemTime::now();
+            s.old_leases.retain(|l| l.expires_at > now);
+            s.value = Some(value);
+            s.last_error = None;
+        }
+        self.version.send_if_modified(|v| {
+            let moved = *v != version;
+            *v = version;
+            moved
+        });
+    }
+
+    /// Extends the current lease after a renewal.
+    pub fn renewed(&self, lease_id: &SecretString, expires_at: SystemTime) {
+        if let Ok(mut s) = self.state.write() {
+            if let Some(l) = s.value.as_mut().and_then(|v| v.lease.as_mut()) {
+                if l.id.expose() == lease_id.expose() {
+                    l.expires_at = expires_at;
+                }
+            }
+        }
+    }
+
+    pub fn set_error(&self, error: String) {
+        if let Ok(mut s) = self.state.write() {
+            s.last_error = Some(error);
+        }
+    }
+
+    /// Every unexpired lease held for this secret (current and replaced).
+    pub fn leases(&self) -> Vec<Lease> {
+        let now = SystemTime::now();
+        self.state
+            .read()
+            .map(|s| {
+                s.value
+                    .iter()
+                    .filter_map(|v| v.lease.clone())
+                    .chain(s.old_leases.iter().cloned())
+                    .filter(|l| l.expires_at > now)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets every lease (after revocation).
+    pub fn clear_leases(&self) {
+        if let Ok(mut s) = self.state.write() {
+            s.old_leases.clear();
+            if let Some(v) = s.value.as_mut() {
+                if let Some(l) = v.lease.as_mut() {
+                    l.expires_at = SystemTime::UNIX_EPOCH;
+                }
+            }
+        }
+    }
+
+    /// A receiver of version changes, for long-polls.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// Builds a cached value from a secret's data object: selects `key` if set, seals each field.
+/// Returns the error text to record when the data is not what the spec expects.
+pub fn seal_fields(
+    sealer: &Sealer,
+    spec: &SecretSpec,
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> Result<BTreeMap<String, Sealed>, String> {
+    let mut out = BTreeMap::new();
+    let seal = |v: &serde_json::Value| {
+        let json = Zeroizing::new(serde_json::to_vec(v).unwrap_or_default());
+        sealer.seal(&json)
+    };
+    match &spec.key {
+        Some(k) => match data.get(k) {
+            Some(v) => {
+                out.insert(k.clone(), seal(v));
+            }
+            None => {
+                return Err(format!(
+                    "key {k:?} not found in {} (keys: {})",
+                    spec.path,
+                    data.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }
+        },
+        None => {
+            for (k, v) in data {
+                out.insert(k.clone(), seal(v));
+            }
+        }
+    }
+    Ok(out)
+}

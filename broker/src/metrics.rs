@@ -1,0 +1,88 @@
+//! The broker's Prometheus metrics. They carry names and outcomes, never values.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub decision: String,
+}
+
+/// Counters and gauges shared by the broker's tasks (clones share the same values).
+#[derive(Clone, Debug, Default)]
+pub struct BrokerMetrics {
+    pub logins: Family<ResultLabel, Counter>,
+    pub token_renewals: Family<ResultLabel, Counter>,
+    pub logged_in: Gauge,
+    pub fetch_errors: Family<SecretLabel, Counter>,
+    pub fetches: Family<SecretLabel, Counter>,
+    pub lease_renewals: Family<ResultLabel, Counter>,
+    pub requests: Family<RequestLabel, Counter>,
+    pub audit_failures: Counter,
+}
+
+impl BrokerMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "keyward_vault_logins",
+            "Vault logins by result",
+            self.logins.clone(),
+        );
+        r.register(
+            "keyward_vault_token_renewals",
+            "Vault token renewals by result",
+            self.token_renewals.clone(),
+        );
+        r.register(
+            "keyward_vault_logged_in",
+            "1 while the broker holds a valid Vault token",
+            self.logged_in.clone(),
+        );
+        r.register(
+            "keyward_secret_fetches",
+            "Successful secret fetches from Vault",
+            self.fetches.clone(),
+        );
+        r.register(
+            "keyward_secret_fetch_errors",
+            "Failed secret fetches from Vault",
+            self.fetch_errors.clone(),
+        );
+        r.register(
+            "keyward_lease_renewals",
+            "Lease renewals by result",
+            self.lease_renewals.clone(),
+        );
+        r.register(
+            "keyward_socket_requests",
+            "Socket API requests touching a secret, by decision",
+            self.requests.clone(),
+        );
+        r.register(
+            "keyward_audit_write_failures",
+            "Audit records that could not be written (the access was refused)",
+            self.audit_failures.clone(),
+        );
+    }
+
+    pub fn result(r: &str) -> ResultLabel {
+        ResultLabel { result: r.into() }
+    }
+
+    pub fn secret(s: &str) -> SecretLabel {
+        SecretLabel { secret: s.into() }
+    }
+}
