@@ -1,26 +1,194 @@
-//! The injector: the mutating admission webhook and the offline `keyward inject`.
+//! The injector: the mutating admission webhook that adds the keyward sidecar to pods, and the
+//! offline `keyward inject` that applies the same mutation to YAML manifests.
+
+pub mod annotations;
+pub mod config;
+pub mod metrics;
+pub mod mutate;
+pub mod offline;
+pub mod quantity;
+pub mod review;
+pub mod server;
 
 pub mod cli {
     //! `keyward injector` and `keyward inject`.
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
     use std::process::ExitCode;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tracing::{error, info};
+
+    use crate::config::InjectorConfig;
+    use crate::server::{self, ServerOptions, TlsReloader, Webhook};
 
     /// Arguments of `keyward injector`.
     #[derive(Debug, clap::Args)]
-    pub struct InjectorArgs {}
+    pub struct InjectorArgs {
+        /// Address the HTTPS webhook listens on.
+        #[arg(long, default_value = "0.0.0.0:8443", env = "KEYWARD_INJECTOR_LISTEN")]
+        pub listen: SocketAddr,
+        /// PEM certificate chain of the webhook, re-read when the file changes.
+        #[arg(long, default_value = "/etc/keyward/tls/tls.crt")]
+        pub tls_cert: PathBuf,
+        /// PEM private key of the webhook, re-read when the file changes.
+        #[arg(long, default_value = "/etc/keyward/tls/tls.key")]
+        pub tls_key: PathBuf,
+        /// Injector config (YAML): sidecar defaults. Built-in defaults when absent.
+        #[arg(long)]
+        pub config: Option<PathBuf>,
+        /// Optional plain-HTTP listener for /metrics and /healthz (never /mutate).
+        #[arg(long)]
+        pub metrics_listen: Option<SocketAddr>,
+        /// Open connections at most.
+        #[arg(long, default_value_t = 1024)]
+        pub max_connections: usize,
+        /// Reviews computed at once at most.
+        #[arg(long, default_value_t = 64)]
+        pub max_concurrent_reviews: usize,
+        /// Seconds allowed to read and answer one request.
+        #[arg(long, default_value_t = 10)]
+        pub request_timeout_secs: u64,
+    }
 
     /// Arguments of `keyward inject`.
     #[derive(Debug, clap::Args)]
-    pub struct InjectArgs {}
+    pub struct InjectArgs {
+        /// Manifest to read, `-` for stdin (the default).
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        pub file: String,
+        /// Injector config (YAML) with the sidecar defaults. Built-in defaults when absent.
+        #[arg(long)]
+        pub config: Option<PathBuf>,
+    }
+
+    fn load_config(path: Option<&PathBuf>) -> Result<InjectorConfig, crate::config::ConfigError> {
+        match path {
+            Some(p) => InjectorConfig::load(p),
+            None => Ok(InjectorConfig::default()),
+        }
+    }
 
     /// Runs `keyward injector`.
-    pub fn run_injector(_args: InjectorArgs) -> ExitCode {
-        eprintln!("keyward injector: not built yet");
-        ExitCode::FAILURE
+    pub fn run_injector(args: InjectorArgs) -> ExitCode {
+        // Everything is validated before any port is bound.
+        let cfg = match load_config(args.config.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("keyward injector: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let tls = match TlsReloader::new(args.tls_cert.clone(), args.tls_key.clone()) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                eprintln!("keyward injector: {e} (--tls-cert/--tls-key)");
+                return ExitCode::FAILURE;
+            }
+        };
+        let opts = ServerOptions {
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+            max_connections: args.max_connections,
+            max_concurrent_reviews: args.max_concurrent_reviews,
+            ..ServerOptions::default()
+        };
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("keyward injector: starting the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        runtime.block_on(async move {
+            let app = Arc::new(Webhook::new(cfg, opts));
+            let listener = match tokio::net::TcpListener::bind(args.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("keyward injector: binding {} (--listen): {e}", args.listen);
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let mut tasks = Vec::new();
+            if let Some(addr) = args.metrics_listen {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => tasks.push(tokio::spawn(server::serve_metrics(
+                        l,
+                        app.clone(),
+                        stopped(stop_rx.clone()),
+                    ))),
+                    Err(e) => {
+                        eprintln!("keyward injector: binding {addr} (--metrics-listen): {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            info!(listen = %args.listen, "Injector webhook listening");
+            tasks.push(tokio::spawn(server::serve(listener, tls, app, stopped(stop_rx))));
+            shutdown_signal().await;
+            info!("Shutting down");
+            let _ = stop_tx.send(true);
+            for t in tasks {
+                if let Err(e) = t.await {
+                    error!(error = %e, "Server task failed");
+                }
+            }
+            ExitCode::SUCCESS
+        })
+    }
+
+    async fn shutdown_signal() {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 
     /// Runs `keyward inject`.
-    pub fn run_inject(_args: InjectArgs) -> ExitCode {
-        eprintln!("keyward inject: not built yet");
-        ExitCode::FAILURE
+    pub fn run_inject(args: InjectArgs) -> ExitCode {
+        let cfg = match load_config(args.config.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("keyward inject: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut text = String::new();
+        let read = if args.file == "-" {
+            std::io::stdin().read_to_string(&mut text)
+        } else {
+            std::fs::File::open(&args.file).and_then(|mut f| f.read_to_string(&mut text))
+        };
+        if let Err(e) = read {
+            eprintln!("keyward inject: reading {}: {e}", args.file);
+            return ExitCode::FAILURE;
+        }
+        match crate::offline::inject_stream(&text, &cfg) {
+            Ok(out) => {
+                let mut stdout = std::io::stdout().lock();
+                if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
+                    eprintln!("keyward inject: writing stdout: {e}");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyward inject: {e}");
+                ExitCode::FAILURE
+            }
+        }
     }
 }

@@ -1,0 +1,675 @@
+//! The `keyward.io/*` pod annotations: parsing and validation.
+//!
+//! Every key under `keyward.io/` must be one this module knows; a typo is an error rather than a
+//! silently ignored setting. Errors name the annotation and say what was expected, so the user
+//! sees the problem at `kubectl apply` time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use keyward_identity::IdPattern;
+
+use crate::quantity;
+
+/// Prefix of every annotation the injector reads.
+pub const PREFIX: &str = "keyward.io/";
+/// Pod opt-out: `"false"` leaves the pod alone.
+pub const INJECT: &str = "keyward.io/inject";
+/// Written by the injector; `injected` makes a second pass a no-op.
+pub const STATUS: &str = "keyward.io/status";
+/// Value of [`STATUS`] on injected pods.
+pub const STATUS_INJECTED: &str = "injected";
+
+/// The annotation keys that take no name or port suffix.
+const FIXED_KEYS: &[&str] = &[
+    "inject",
+    "status",
+    "role",
+    "inbound",
+    "log-level",
+    "containers",
+    "cpu-request",
+    "memory-request",
+    "cpu-limit",
+    "memory-limit",
+];
+
+/// A `keyward.io/*` annotation that is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {problem}")]
+pub struct AnnotationError {
+    /// The full annotation key, e.g. `keyward.io/secret-db`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub problem: String,
+}
+
+impl AnnotationError {
+    fn new(key: &str, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The sidecar's log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// Parses `trace|debug|info|warn|error`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "trace" => Self::Trace,
+            "debug" => Self::Debug,
+            "info" => Self::Info,
+            "warn" => Self::Warn,
+            "error" => Self::Error,
+            _ => return None,
+        })
+    }
+
+    /// The level as written in `KEYWARD_LOG`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One secret the broker fetches: `keyward.io/secret-NAME: PATH[#KEY]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The name applications ask the broker for.
+    pub name: String,
+    /// Full Vault API path, e.g. `secret/data/db` or `database/creds/app`.
+    pub path: String,
+    /// One key of the secret's data, or the whole data when absent.
+    pub key: Option<String>,
+    /// Whether the sidecar must have it before the app starts (default true).
+    pub required: bool,
+    /// Only these uids may read it (`keyward.io/secret-NAME-uids`).
+    pub allow_uids: Option<Vec<u32>>,
+}
+
+/// One inbound mTLS port: `keyward.io/inbound: "TLS_PORT:APP_PORT"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// The port the sidecar terminates mTLS on.
+    pub tls_port: u16,
+    /// The app's plaintext port on 127.0.0.1.
+    pub app_port: u16,
+    /// Peers allowed to connect (`keyward.io/inbound-allow-TLS_PORT`).
+    pub allow: Vec<IdPattern>,
+}
+
+/// One outbound upstream: `keyward.io/outbound-NAME: "LOCAL_PORT=HOST:PORT"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The annotation's NAME.
+    pub name: String,
+    /// The plaintext port on 127.0.0.1 the app connects to.
+    pub local_port: u16,
+    /// The mTLS upstream, `host:port`.
+    pub upstream: String,
+    /// Identities the upstream may present (`keyward.io/outbound-NAME-id`).
+    pub expect: Vec<IdPattern>,
+}
+
+/// Resource overrides for the sidecar, each a Kubernetes quantity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceOverrides {
+    pub cpu_request: Option<String>,
+    pub memory_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+/// Everything a pod asks of the injector through its annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSettings {
+    /// Vault role (`keyward.io/role`); the sidecar defaults to the service account name.
+    pub role: Option<String>,
+    /// Secrets, ordered by name.
+    pub secrets: Vec<SecretSpec>,
+    /// Inbound mTLS ports, ordered by TLS port.
+    pub inbound: Vec<Inbound>,
+    /// Outbound upstreams, ordered by name.
+    pub outbound: Vec<Outbound>,
+    /// Sidecar resource overrides.
+    pub resources: ResourceOverrides,
+    /// Sidecar log level.
+    pub log_level: Option<LogLevel>,
+    /// App containers that get the socket; all when absent.
+    pub containers: Option<Vec<String>>,
+}
+
+/// What the annotations say about injecting at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Leave the pod alone, for this reason.
+    Skip(SkipReason),
+    /// Inject with these settings.
+    Inject(Box<PodSettings>),
+}
+
+/// Why a pod is left unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `keyward.io/inject: "false"`.
+    OptedOut,
+    /// `keyward.io/status: injected`.
+    AlreadyInjected,
+    /// kube-system or kube-public.
+    SystemNamespace,
+}
+
+impl SkipReason {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OptedOut => "opted out",
+            Self::AlreadyInjected => "already injected",
+            Self::SystemNamespace => "system namespace",
+        }
+    }
+}
+
+/// Namespaces that are never injected.
+pub const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public"];
+
+/// Decides whether to inject a pod in `namespace` with these annotations, validating every
+/// `keyward.io/*` annotation when it does.
+pub fn decide(
+    namespace: Option<&str>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Decision, AnnotationError> {
+    if namespace.is_some_and(|ns| SYSTEM_NAMESPACES.contains(&ns)) {
+        return Ok(Decision::Skip(SkipReason::SystemNamespace));
+    }
+    if let Some(v) = annotations.get(INJECT) {
+        match v.as_str() {
+            "false" => return Ok(Decision::Skip(SkipReason::OptedOut)),
+            "true" => {}
+            other => {
+                return Err(AnnotationError::new(
+                    INJECT,
+                    format!("expected \"true\" or \"false\", got '{other}'"),
+                ))
+            }
+        }
+    }
+    if let Some(v) = annotations.get(STATUS) {
+        if v == STATUS_INJECTED {
+            return Ok(Decision::Skip(SkipReason::AlreadyInjected));
+        }
+        return Err(AnnotationError::new(
+            STATUS,
+            format!("is set by the injector and may only be '{STATUS_INJECTED}', got '{v}'"),
+        ));
+    }
+    parse_settings(annotations).map(|s| Decision::Inject(Box::new(s)))
+}
+
+#[derive(Default)]
+struct SecretParts {
+    value: Option<(String, String)>,
+    uids: Option<(String, String)>,
+    optional: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct OutboundParts {
+    value: Option<(String, String)>,
+    id: Option<(String, String)>,
+}
+
+/// Parses and validates every `keyward.io/*` annotation (other than `inject` and `status`).
+pub fn parse_settings(
+    annotations: &BTreeMap<String, String>,
+) -> Result<PodSettings, AnnotationError> {
+    let mut settings = PodSettings::default();
+    let mut secrets: BTreeMap<String, SecretParts> = BTreeMap::new();
+    let mut outbound: BTreeMap<String, OutboundParts> = BTreeMap::new();
+    let mut inbound_value: Option<(String, String)> = None;
+    let mut inbound_allow: BTreeMap<u16, (String, String)> = BTreeMap::new();
+
+    for (key, value) in annotations {
+        let Some(suffix) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let entry = (key.clone(), value.clone());
+        match suffix {
+            "inject" | "status" => {}
+            "role" => settings.role = Some(parse_role(key, value)?),
+            "inbound" => inbound_value = Some(entry),
+            "log-level" => {
+                settings.log_level = Some(LogLevel::parse(value).ok_or_else(|| {
+                    AnnotationError::new(
+                        key,
+                        format!("expected one of trace, debug, info, warn, error, got '{value}'"),
+                    )
+                })?)
+            }
+            "containers" => settings.containers = Some(parse_name_list(key, value)?),
+            "cpu-request" => settings.resources.cpu_request = Some(parse_quantity(key, value)?),
+            "memory-request" => {
+                settings.resources.memory_request = Some(parse_quantity(key, value)?)
+            }
+            "cpu-limit" => settings.resources.cpu_limit = Some(parse_quantity(key, value)?),
+            "memory-limit" => settings.resources.memory_limit = Some(parse_quantity(key, value)?),
+            _ => {
+                if let Some(rest) = suffix.strip_prefix("secret-") {
+                    if let Some(name) = rest.strip_suffix("-uids") {
+                        secrets.entry(name.to_owned()).or_default().uids = Some(entry);
+                    } else if let Some(name) = rest.strip_suffix("-optional") {
+                        secrets.entry(name.to_owned()).or_default().optional = Some(entry);
+                    } else {
+                        secrets.entry(rest.to_owned()).or_default().value = Some(entry);
+                    }
+                } else if let Some(port) = suffix.strip_prefix("inbound-allow-") {
+                    let port = parse_port(port).ok_or_else(|| {
+                        AnnotationError::new(
+                            key,
+                            format!("expected keyward.io/inbound-allow-TLS_PORT with a port 1-65535, got port '{port}'"),
+                        )
+                    })?;
+                    inbound_allow.insert(port, entry);
+                } else if let Some(rest) = suffix.strip_prefix("outbound-") {
+                    if let Some(name) = rest.strip_suffix("-id") {
+                        outbound.entry(name.to_owned()).or_default().id = Some(entry);
+                    } else {
+                        outbound.entry(rest.to_owned()).or_default().value = Some(entry);
+                    }
+                } else {
+                    return Err(AnnotationError::new(
+                        key,
+                        format!(
+                            "unknown keyward.io annotation; known: {}, secret-NAME, secret-NAME-uids, \
+                             secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id",
+                            FIXED_KEYS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    for (name, parts) in secrets {
+        settings.secrets.push(build_secret(&name, parts)?);
+    }
+    for (name, parts) in outbound {
+        settings.outbound.push(build_outbound(&name, parts)?);
+    }
+    settings.inbound = build_inbound(inbound_value, inbound_allow)?;
+    check_ports(&settings)?;
+    check_resources(&settings.resources)?;
+    Ok(settings)
+}
+
+fn build_secret(name: &str, parts: SecretParts) -> Result<SecretSpec, AnnotationError> {
+    let Some((key, value)) = parts.value else {
+        let (key, _) = parts
+            .uids
+            .or(parts.optional)
+            .unwrap_or_else(|| (format!("{PREFIX}secret-{name}"), String::new()));
+        return Err(AnnotationError::new(
+            &key,
+            format!("there is no keyward.io/secret-{name} annotation for it to apply to"),
+        ));
+    };
+    check_name(&key, name, "secret")?;
+    let (path, item) = match value.split_once('#') {
+        Some((p, k)) => (p, Some(k)),
+        None => (value.as_str(), None),
+    };
+    if !valid_vault_path(path) || item.is_some_and(|k| !valid_key(k)) {
+        return Err(AnnotationError::new(
+            &key,
+            format!(
+                "expected PATH[#KEY] with PATH a Vault API path such as secret/data/db \
+                 (segments of letters, digits, '.', '_', '-', no leading '/'), got '{value}'"
+            ),
+        ));
+    }
+    let mut spec = SecretSpec {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        key: item.map(str::to_owned),
+        required: true,
+        allow_uids: None,
+    };
+    if let Some((k, v)) = parts.optional {
+        spec.required = match v.as_str() {
+            "true" => false,
+            "false" => true,
+            other => {
+                return Err(AnnotationError::new(
+                    &k,
+                    format!("expected \"true\" or \"false\", got '{other}'"),
+                ))
+            }
+        };
+    }
+    if let Some((k, v)) = parts.uids {
+        let mut uids = Vec::new();
+        for part in v.split(',').map(str::trim) {
+            match part.parse::<u32>() {
+                Ok(uid) if !part.starts_with('+') => {
+                    if !uids.contains(&uid) {
+                        uids.push(uid)
+                    }
+                }
+                _ => {
+                    return Err(AnnotationError::new(
+                        &k,
+                        format!("expected a comma-separated list of numeric uids such as 1000,1001, got '{v}'"),
+                    ))
+                }
+            }
+        }
+        spec.allow_uids = Some(uids);
+    }
+    Ok(spec)
+}
+
+fn build_outbound(name: &str, parts: OutboundParts) -> Result<Outbound, AnnotationError> {
+    let Some((key, value)) = parts.value else {
+        let key = parts
+            .id
+            .map(|(k, _)| k)
+            .unwrap_or_else(|| format!("{PREFIX}outbound-{name}-id"));
+        return Err(AnnotationError::new(
+            &key,
+            format!("there is no keyward.io/outbound-{name} annotation for it to apply to"),
+        ));
+    };
+    check_name(&key, name, "outbound")?;
+    let bad = || {
+        AnnotationError::new(
+            &key,
+            format!("expected LOCAL_PORT=HOST:PORT such as 15001=orders.shop.svc:15443, got '{value}'"),
+        )
+    };
+    let (local, upstream) = value.split_once('=').ok_or_else(bad)?;
+    let local_port = parse_port(local.trim()).ok_or_else(bad)?;
+    let upstream = upstream.trim();
+    let (host, port) = upstream.rsplit_once(':').ok_or_else(bad)?;
+    if parse_port(port).is_none() || !valid_host(host) {
+        return Err(bad());
+    }
+    let Some((id_key, id_value)) = parts.id else {
+        return Err(AnnotationError::new(
+            &key,
+            format!(
+                "needs keyward.io/outbound-{name}-id with the SPIFFE ID (or pattern) the upstream must present"
+            ),
+        ));
+    };
+    let expect = parse_patterns(&id_key, &id_value)?;
+    Ok(Outbound {
+        name: name.to_owned(),
+        local_port,
+        upstream: upstream.to_owned(),
+        expect,
+    })
+}
+
+fn build_inbound(
+    value: Option<(String, String)>,
+    mut allow: BTreeMap<u16, (String, String)>,
+) -> Result<Vec<Inbound>, AnnotationError> {
+    let mut out: Vec<Inbound> = Vec::new();
+    if let Some((key, value)) = value {
+        let bad = || {
+            AnnotationError::new(
+                &key,
+                format!(
+                    "expected a comma-separated list of TLS_PORT:APP_PORT such as 15443:8080, got '{value}'"
+                ),
+            )
+        };
+        for item in value.split(',').map(str::trim) {
+            let (tls, app) = item.split_once(':').ok_or_else(bad)?;
+            let tls_port = parse_port(tls.trim()).ok_or_else(bad)?;
+            let app_port = parse_port(app.trim()).ok_or_else(bad)?;
+            if out.iter().any(|i| i.tls_port == tls_port) {
+                return Err(AnnotationError::new(
+                    &key,
+                    format!("TLS port {tls_port} is listed twice"),
+                ));
+            }
+            let Some((allow_key, allow_value)) = allow.remove(&tls_port) else {
+                return Err(AnnotationError::new(
+                    &key,
+                    format!(
+                        "TLS port {tls_port} needs keyward.io/inbound-allow-{tls_port} listing the SPIFFE IDs or patterns allowed to connect"
+                    ),
+                ));
+            };
+            let allow = parse_patterns(&allow_key, &allow_value)?;
+            out.push(Inbound {
+                tls_port,
+                app_port,
+                allow,
+            });
+        }
+    }
+    if let Some((_, (key, _))) = allow.into_iter().next() {
+        return Err(AnnotationError::new(
+            &key,
+            "its port is not a TLS port of keyward.io/inbound",
+        ));
+    }
+    out.sort_by_key(|i| i.tls_port);
+    Ok(out)
+}
+
+/// The sidecar's own loopback admin port, which inbound and outbound ports may not use.
+pub const ADMIN_PORT: u16 = 15090;
+
+fn check_ports(settings: &PodSettings) -> Result<(), AnnotationError> {
+    let mut used: BTreeMap<u16, String> = BTreeMap::new();
+    used.insert(ADMIN_PORT, "the sidecar's admin port".to_owned());
+    for i in &settings.inbound {
+        let key = format!("{PREFIX}inbound");
+        if let Some(by) = used.insert(i.tls_port, format!("{key} TLS port")) {
+            return Err(AnnotationError::new(
+                &key,
+                format!("port {} is already used by {by}", i.tls_port),
+            ));
+        }
+    }
+    for o in &settings.outbound {
+        let key = format!("{PREFIX}outbound-{}", o.name);
+        if let Some(by) = used.insert(o.local_port, key.clone()) {
+            return Err(AnnotationError::new(
+                &key,
+                format!("local port {} is already used by {by}", o.local_port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_resources(r: &ResourceOverrides) -> Result<(), AnnotationError> {
+    let pairs = [
+        ("cpu", &r.cpu_request, &r.cpu_limit),
+        ("memory", &r.memory_request, &r.memory_limit),
+    ];
+    for (what, req, lim) in pairs {
+        if let (Some(req), Some(lim)) = (req, lim) {
+            if let (Some(a), Some(b)) = (quantity::parse(req), quantity::parse(lim)) {
+                if a > b {
+                    return Err(AnnotationError::new(
+                        &format!("{PREFIX}{what}-request"),
+                        format!("request {req} is above the limit {lim} (keyward.io/{what}-limit)"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_patterns(key: &str, value: &str) -> Result<Vec<IdPattern>, AnnotationError> {
+    let mut out: Vec<IdPattern> = Vec::new();
+    if value.trim().is_empty() {
+        return Err(AnnotationError::new(
+            key,
+            "expected a comma-separated list of SPIFFE IDs or patterns such as spiffe://cluster.local/ns/shop/sa/frontend, got ''",
+        ));
+    }
+    for item in value.split(',').map(str::trim) {
+        let p = IdPattern::parse(item).map_err(|e| {
+            AnnotationError::new(key, format!("'{item}' is not a SPIFFE ID or pattern: {e}"))
+        })?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_role(key: &str, value: &str) -> Result<String, AnnotationError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(AnnotationError::new(
+            key,
+            format!("expected a Vault role name (letters, digits, '-', '_', '.'), got '{value}'"),
+        ))
+    }
+}
+
+fn parse_name_list(key: &str, value: &str) -> Result<Vec<String>, AnnotationError> {
+    let mut out = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        if !is_dns_label(item) {
+            return Err(AnnotationError::new(
+                key,
+                format!("expected a comma-separated list of container names such as app,worker, got '{value}'"),
+            ));
+        }
+        if !out.iter().any(|n| n == item) {
+            out.push(item.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_quantity(key: &str, value: &str) -> Result<String, AnnotationError> {
+    match quantity::parse(value) {
+        Some(v) if v >= 0.0 => Ok(value.to_owned()),
+        _ => Err(AnnotationError::new(
+            key,
+            format!("expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got '{value}'"),
+        )),
+    }
+}
+
+fn check_name(key: &str, name: &str, what: &str) -> Result<(), AnnotationError> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(AnnotationError::new(
+            key,
+            format!(
+                "{what} name '{name}' must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// Whether `s` is an RFC 1123 label (a container, secret or outbound name).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(|c| *c != b'-')
+        && b.last().is_some_and(|c| *c != b'-')
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+fn valid_vault_path(p: &str) -> bool {
+    let segments: Vec<&str> = p.split('/').collect();
+    p.len() <= 1024
+        && segments.len() >= 2
+        && segments.iter().all(|s| {
+            !s.is_empty()
+                && *s != "."
+                && *s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 256 && k.chars().all(|c| c.is_ascii_graphic() && c != '#')
+}
+
+fn valid_host(h: &str) -> bool {
+    if let Some(inner) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Container names referenced by `keyward.io/containers` that the pod does not have.
+pub fn unknown_containers<'a>(
+    wanted: &'a [String],
+    present: &BTreeSet<&str>,
+) -> Option<&'a String> {
+    wanted.iter().find(|w| !present.contains(w.as_str()))
+}
+
+/// Whether `s` is an RFC 1123 subdomain (a ConfigMap name).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}

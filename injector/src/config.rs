@@ -1,0 +1,460 @@
+//! Cluster-wide defaults for injected sidecars: the injector's config file (a ConfigMap in the
+//! Helm chart), `keyward injector --config FILE` and `keyward inject --config FILE`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity;
+
+/// Why the injector config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("config field {field}: {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+/// How the sidecar is added to pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarMode {
+    /// An initContainer with `restartPolicy: Always` (Kubernetes ≥ 1.29): starts before the app
+    /// containers, passes its startupProbe before they start, and stops after them, so Jobs finish.
+    Native,
+    /// A regular first container whose postStart hook waits for the broker (Kubernetes < 1.29).
+    /// Jobs do not finish on their own in this mode.
+    Legacy,
+}
+
+/// Vault login method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// `auth/<mount>/login` with the projected token as a JWT, checked against the issuer's keys.
+    Jwt,
+    /// `auth/<mount>/login` of the kubernetes method, which asks the API server (TokenReview).
+    Kubernetes,
+}
+
+impl AuthMethod {
+    /// The name as the sidecar config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// The injector's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InjectorConfig {
+    /// Sidecar image, pinned by digest (`REPO@sha256:HEX`).
+    pub image: String,
+    /// Native sidecar (default) or legacy container.
+    pub mode: SidecarMode,
+    /// Where the sidecar finds Vault.
+    pub vault: VaultConfig,
+    /// How the sidecar logs in to Vault.
+    pub auth: AuthConfig,
+    /// The projected service-account token the sidecar logs in with.
+    pub token: TokenConfig,
+    /// SPIFFE identity settings, used when a pod declares inbound or outbound ports.
+    pub identity: IdentityConfig,
+    /// Sidecar resources; `keyward.io/*-request` and `*-limit` annotations override them.
+    pub resources: Resources,
+    /// User and group the sidecar runs as, and the pod fsGroup set when the pod has none.
+    pub security: SecurityConfig,
+    /// The socket emptyDir.
+    pub socket: SocketConfig,
+    /// Whether the sidecar also writes audit records to stdout.
+    pub audit_stdout: bool,
+    /// Default sidecar log level; `keyward.io/log-level` overrides it.
+    pub log_level: String,
+}
+
+/// Vault address and CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Vault's address as seen from pods, e.g. `https://vault.vault.svc:8200`.
+    pub addr: String,
+    /// A ConfigMap, present in every injected namespace (for example distributed by
+    /// trust-manager), holding Vault's CA certificate; mounted into the sidecar only.
+    pub ca_config_map: Option<CaConfigMap>,
+}
+
+/// A ConfigMap key holding a PEM CA bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfigMap {
+    /// ConfigMap name.
+    pub name: String,
+    /// Key in the ConfigMap, default `ca.crt`.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_owned()
+}
+
+/// Vault auth method and mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `jwt` (default) or `kubernetes`.
+    pub method: AuthMethod,
+    /// The auth method's mount path, without `auth/`.
+    pub mount: String,
+}
+
+/// The projected service-account token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Audience Vault's role is bound to.
+    pub audience: String,
+    /// Token lifetime requested from the kubelet, at least 600.
+    pub expiration_seconds: i64,
+}
+
+/// SPIFFE identity and the PKI that signs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Trust domain of `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`.
+    pub trust_domain: String,
+    /// Vault PKI mount that signs workload certificates.
+    pub pki_mount: String,
+    /// Role of that mount.
+    pub pki_role: String,
+}
+
+/// Resource requests and limits, each a Kubernetes quantity keyed by `cpu` or `memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// Requests (default cpu 10m, memory 24Mi).
+    pub requests: BTreeMap<String, String>,
+    /// Limits (default memory 64Mi, no CPU limit: see docs/annotations.md).
+    pub limits: BTreeMap<String, String>,
+}
+
+/// Sidecar identity on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Non-zero uid of the sidecar.
+    pub run_as_user: i64,
+    /// Non-zero gid of the sidecar.
+    pub run_as_group: i64,
+    /// Pod fsGroup set when the pod has none, so the socket directory is group-shared.
+    pub fs_group: i64,
+}
+
+/// The socket emptyDir.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    /// sizeLimit of the Memory-backed emptyDir (it also holds the audit log).
+    pub size_limit: String,
+}
+
+impl Default for InjectorConfig {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/keyward/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000".to_owned(),
+            mode: SidecarMode::Native,
+            vault: VaultConfig::default(),
+            auth: AuthConfig::default(),
+            token: TokenConfig::default(),
+            identity: IdentityConfig::default(),
+            resources: Resources::default(),
+            security: SecurityConfig::default(),
+            socket: SocketConfig::default(),
+            audit_stdout: true,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            addr: "https://vault.vault.svc:8200".to_owned(),
+            ca_config_map: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            method: AuthMethod::Jwt,
+            mount: "jwt".to_owned(),
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            audience: "vault".to_owned(),
+            expiration_seconds: 3600,
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_owned(),
+            pki_mount: "pki_int".to_owned(),
+            pki_role: "spiffe".to_owned(),
+        }
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            requests: BTreeMap::from([
+                ("cpu".to_owned(), "10m".to_owned()),
+                ("memory".to_owned(), "24Mi".to_owned()),
+            ]),
+            limits: BTreeMap::from([("memory".to_owned(), "64Mi".to_owned())]),
+        }
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            run_as_user: 65532,
+            run_as_group: 65532,
+            fs_group: 65532,
+        }
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            size_limit: "16Mi".to_owned(),
+        }
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl InjectorConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml_ng::from_str::<Option<Self>>(text)
+                .map_err(|source| ConfigError::Parse {
+                    path: "<text>".to_owned(),
+                    source,
+                })?
+                .unwrap_or_default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (repo, digest) = self.image.split_once("@sha256:").ok_or_else(|| {
+            invalid(
+                "image",
+                format!("must be pinned by digest (REPO@sha256:HEX), got '{}'", self.image),
+            )
+        })?;
+        if repo.is_empty()
+            || digest.len() != 64
+            || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "image",
+                format!("must be REPO@sha256: and 64 lowercase hex digits, got '{}'", self.image),
+            ));
+        }
+        if !(self.vault.addr.starts_with("https://") || self.vault.addr.starts_with("http://"))
+            || self.vault.addr.len() <= "https://".len()
+        {
+            return Err(invalid(
+                "vault.addr",
+                format!("expected an http:// or https:// URL, got '{}'", self.vault.addr),
+            ));
+        }
+        if let Some(ca) = &self.vault.ca_config_map {
+            if !crate::annotations::is_dns_subdomain(&ca.name) {
+                return Err(invalid(
+                    "vault.ca_config_map.name",
+                    format!("'{}' is not a ConfigMap name", ca.name),
+                ));
+            }
+            if ca.key.is_empty() || ca.key.contains('/') {
+                return Err(invalid(
+                    "vault.ca_config_map.key",
+                    format!("'{}' is not a ConfigMap key", ca.key),
+                ));
+            }
+        }
+        if self.auth.mount.is_empty() || self.auth.mount.starts_with('/') {
+            return Err(invalid(
+                "auth.mount",
+                "expected the mount path without auth/, e.g. jwt",
+            ));
+        }
+        if self.token.audience.is_empty() {
+            return Err(invalid("token.audience", "must not be empty"));
+        }
+        if !(600..=(1 << 32)).contains(&self.token.expiration_seconds) {
+            return Err(invalid(
+                "token.expiration_seconds",
+                format!(
+                    "must be at least 600 (the kubelet's minimum), got {}",
+                    self.token.expiration_seconds
+                ),
+            ));
+        }
+        keyward_identity::SpiffeId::parse(&format!("spiffe://{}", self.identity.trust_domain))
+            .map_err(|e| invalid("identity.trust_domain", e.to_string()))?;
+        if self.identity.pki_mount.is_empty() || self.identity.pki_role.is_empty() {
+            return Err(invalid(
+                "identity.pki_mount",
+                "pki_mount and pki_role must not be empty",
+            ));
+        }
+        for (field, map) in [
+            ("resources.requests", &self.resources.requests),
+            ("resources.limits", &self.resources.limits),
+        ] {
+            for (k, v) in map {
+                if k != "cpu" && k != "memory" {
+                    return Err(invalid(
+                        field,
+                        format!("only cpu and memory are supported, got '{k}'"),
+                    ));
+                }
+                if quantity::parse(v).is_none_or(|q| q < 0.0) {
+                    return Err(invalid(field, format!("{k}: '{v}' is not a quantity")));
+                }
+            }
+        }
+        for (field, id) in [
+            ("security.run_as_user", self.security.run_as_user),
+            ("security.run_as_group", self.security.run_as_group),
+            ("security.fs_group", self.security.fs_group),
+        ] {
+            if !(1..=i64::from(u32::MAX)).contains(&id) {
+                return Err(invalid(
+                    field,
+                    format!("must be a non-zero id (the sidecar never runs as root), got {id}"),
+                ));
+            }
+        }
+        if quantity::parse(&self.socket.size_limit).is_none_or(|q| q <= 0.0) {
+            return Err(invalid(
+                "socket.size_limit",
+                format!("'{}' is not a positive quantity", self.socket.size_limit),
+            ));
+        }
+        if crate::annotations::LogLevel::parse(&self.log_level).is_none() {
+            return Err(invalid(
+                "log_level",
+                format!(
+                    "expected trace, debug, info, warn or error, got '{}'",
+                    self.log_level
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        InjectorConfig::default().validate().expect("defaults");
+        assert_eq!(
+            InjectorConfig::from_yaml("").expect("empty"),
+            InjectorConfig::default()
+        );
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let cfg = InjectorConfig::from_yaml(
+            "vault: {addr: 'https://bao.example:8200'}\nmode: legacy\ntoken: {audience: bao}\n",
+        )
+        .expect("parse");
+        assert_eq!(cfg.vault.addr, "https://bao.example:8200");
+        assert_eq!(cfg.mode, SidecarMode::Legacy);
+        assert_eq!(cfg.token.audience, "bao");
+        assert_eq!(cfg.token.expiration_seconds, 3600);
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        for (text, field) in [
+            ("image: keyward:latest", "image"),
+            ("token: {expiration_seconds: 60}", "token.expiration_seconds"),
+            ("security: {run_as_user: 0}", "security.run_as_user"),
+            ("vault: {addr: vault:8200}", "vault.addr"),
+            ("identity: {trust_domain: Bad}", "identity.trust_domain"),
+            ("resources: {limits: {memory: lots}}", "resources.limits"),
+            ("log_level: loud", "log_level"),
+        ] {
+            match InjectorConfig::from_yaml(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            InjectorConfig::from_yaml("vualt: {}"),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}
