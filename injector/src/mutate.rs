@@ -136,7 +136,12 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
             app_container_ops(&mut ops, &format!("/spec/initContainers/{i}"), c);
         }
     }
-    let sidecar = sidecar_container(&settings, cfg);
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|sc| sc.fs_group)
+        .unwrap_or(cfg.security.fs_group);
+    let sidecar = sidecar_container(&settings, cfg, fs_group);
     match cfg.mode {
         SidecarMode::Native => match &spec.init_containers {
             None => ops.push(PatchOp::add("/spec/initContainers", json!([sidecar]))),
@@ -362,6 +367,8 @@ pub struct SidecarSecret {
 #[derive(Debug, Serialize)]
 pub struct SidecarSocket {
     pub path: String,
+    /// The pod's fsGroup, which every container of the pod has as a supplementary group.
+    pub group: i64,
 }
 
 /// `audit:` of the sidecar config.
@@ -404,7 +411,7 @@ pub struct SidecarOutbound {
 }
 
 /// Builds the sidecar config for a pod.
-pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig) -> SidecarConfig {
+pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64) -> SidecarConfig {
     let mesh = !settings.inbound.is_empty() || !settings.outbound.is_empty();
     SidecarConfig {
         vault: SidecarVault {
@@ -434,6 +441,7 @@ pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig) -> SidecarCo
             .collect(),
         socket: SidecarSocket {
             path: SOCKET_PATH.to_owned(),
+            group: fs_group,
         },
         audit: SidecarAudit {
             file: AUDIT_PATH.to_owned(),
@@ -469,10 +477,10 @@ pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig) -> SidecarCo
 }
 
 /// The sidecar container.
-fn sidecar_container(settings: &PodSettings, cfg: &InjectorConfig) -> Value {
+fn sidecar_container(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64) -> Value {
     // Serializing plain strings, numbers and lists cannot fail; an empty document would only
     // make the sidecar refuse to start, never the pod be admitted without secrets silently.
-    let config_yaml = serde_yaml_ng::to_string(&sidecar_config(settings, cfg)).unwrap_or_default();
+    let config_yaml = serde_yaml_ng::to_string(&sidecar_config(settings, cfg, fs_group)).unwrap_or_default();
     let log_level = settings
         .log_level
         .map(|l| l.as_str().to_owned())
