@@ -1,16 +1,13 @@
 //! The mTLS proxy: SPIFFE identity from Vault PKI, inbound and outbound mTLS, identity allow lists.
 
-pub mod cli {
-    //! `keyward sidecar`.
-    use std::process::ExitCode;
-
-    /// Arguments of `keyward sidecar`.
-    #[derive(Debug, clap::Args)]
-    pub struct SidecarArgs {}
-
-    /// Runs `keyward sidecar`.
-    pub fn run_sidecar(_args: SidecarArgs) -> ExitCode {
-        eprintln!("keyward sidecar: not built yet");
-        ExitCode::FAILURE
-    }
-}
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod proxy_protocol;
+pub mod server;
+pub mod svid;
+pub mod testpki;
+pub mod tls;
