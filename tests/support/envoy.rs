@@ -1,0 +1,1 @@
+//! Owned by the proxy tests (see tests/proxy_*.rs).
