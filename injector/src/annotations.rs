@@ -405,7 +405,9 @@ fn build_outbound(name: &str, parts: OutboundParts) -> Result<Outbound, Annotati
     let bad = || {
         AnnotationError::new(
             &key,
-            format!("expected LOCAL_PORT=HOST:PORT such as 15001=orders.shop.svc:15443, got '{value}'"),
+            format!(
+                "expected LOCAL_PORT=HOST:PORT such as 15001=orders.shop.svc:15443, got '{value}'"
+            ),
         )
     };
     let (local, upstream) = value.split_once('=').ok_or_else(bad)?;

@@ -24,7 +24,10 @@ pub enum ConfigError {
         source: serde_yaml_ng::Error,
     },
     #[error("config field {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// How the sidecar is added to pods.
@@ -304,16 +307,24 @@ impl InjectorConfig {
         let (repo, digest) = self.image.split_once("@sha256:").ok_or_else(|| {
             invalid(
                 "image",
-                format!("must be pinned by digest (REPO@sha256:HEX), got '{}'", self.image),
+                format!(
+                    "must be pinned by digest (REPO@sha256:HEX), got '{}'",
+                    self.image
+                ),
             )
         })?;
         if repo.is_empty()
             || digest.len() != 64
-            || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            || !digest
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
             return Err(invalid(
                 "image",
-                format!("must be REPO@sha256: and 64 lowercase hex digits, got '{}'", self.image),
+                format!(
+                    "must be REPO@sha256: and 64 lowercase hex digits, got '{}'",
+                    self.image
+                ),
             ));
         }
         if !(self.vault.addr.starts_with("https://") || self.vault.addr.starts_with("http://"))
@@ -321,7 +332,10 @@ impl InjectorConfig {
         {
             return Err(invalid(
                 "vault.addr",
-                format!("expected an http:// or https:// URL, got '{}'", self.vault.addr),
+                format!(
+                    "expected an http:// or https:// URL, got '{}'",
+                    self.vault.addr
+                ),
             ));
         }
         if let Some(ca) = &self.vault.ca_config_map {
@@ -440,7 +454,10 @@ mod tests {
     fn rejects_bad_fields() {
         for (text, field) in [
             ("image: keyward:latest", "image"),
-            ("token: {expiration_seconds: 60}", "token.expiration_seconds"),
+            (
+                "token: {expiration_seconds: 60}",
+                "token.expiration_seconds",
+            ),
             ("security: {run_as_user: 0}", "security.run_as_user"),
             ("vault: {addr: vault:8200}", "vault.addr"),
             ("identity: {trust_domain: Bad}", "identity.trust_domain"),

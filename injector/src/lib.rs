@@ -94,7 +94,10 @@ pub mod cli {
             max_concurrent_reviews: args.max_concurrent_reviews,
             ..ServerOptions::default()
         };
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("keyward injector: starting the runtime: {e}");
@@ -129,7 +132,12 @@ pub mod cli {
                 }
             }
             info!(listen = %args.listen, "Injector webhook listening");
-            tasks.push(tokio::spawn(server::serve(listener, tls, app, stopped(stop_rx))));
+            tasks.push(tokio::spawn(server::serve(
+                listener,
+                tls,
+                app,
+                stopped(stop_rx),
+            )));
             shutdown_signal().await;
             info!("Shutting down");
             let _ = stop_tx.send(true);
@@ -179,7 +187,10 @@ pub mod cli {
         match crate::offline::inject_stream(&text, &cfg) {
             Ok(out) => {
                 let mut stdout = std::io::stdout().lock();
-                if let Err(e) = stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
+                if let Err(e) = stdout
+                    .write_all(out.as_bytes())
+                    .and_then(|()| stdout.flush())
+                {
                     eprintln!("keyward inject: writing stdout: {e}");
                     return ExitCode::FAILURE;
                 }

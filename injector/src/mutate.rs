@@ -411,7 +411,11 @@ pub struct SidecarOutbound {
 }
 
 /// Builds the sidecar config for a pod.
-pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64) -> SidecarConfig {
+pub fn sidecar_config(
+    settings: &PodSettings,
+    cfg: &InjectorConfig,
+    fs_group: i64,
+) -> SidecarConfig {
     let mesh = !settings.inbound.is_empty() || !settings.outbound.is_empty();
     SidecarConfig {
         vault: SidecarVault {
@@ -480,7 +484,8 @@ pub fn sidecar_config(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i6
 fn sidecar_container(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64) -> Value {
     // Serializing plain strings, numbers and lists cannot fail; an empty document would only
     // make the sidecar refuse to start, never the pod be admitted without secrets silently.
-    let config_yaml = serde_yaml_ng::to_string(&sidecar_config(settings, cfg, fs_group)).unwrap_or_default();
+    let config_yaml =
+        serde_yaml_ng::to_string(&sidecar_config(settings, cfg, fs_group)).unwrap_or_default();
     let log_level = settings
         .log_level
         .map(|l| l.as_str().to_owned())

@@ -82,7 +82,9 @@ mod tests {
 
     #[test]
     fn rejects_non_quantities() {
-        for s in ["", "m", "10 m", "10mb", "abc", "1..2", "1Mi ", "--1", "1e", "1KiB"] {
+        for s in [
+            "", "m", "10 m", "10mb", "abc", "1..2", "1Mi ", "--1", "1e", "1KiB",
+        ] {
             assert_eq!(parse(s), None, "{s}");
         }
     }

@@ -1,10 +1,10 @@
 //! One AdmissionReview in, one AdmissionReview out: no I/O, so it is tested without a socket.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Status};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use serde_json::Value;
 
 use crate::config::InjectorConfig;
@@ -70,7 +70,10 @@ pub struct Reviewed {
 /// Answers one AdmissionReview body.
 pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<Reviewed, ReviewError> {
     let mut value: Value = serde_json::from_slice(body).map_err(ReviewError::Json)?;
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if api_version != API_VERSION {
         return Err(ReviewError::ApiVersion(api_version.to_owned()));
     }
@@ -101,7 +104,10 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<Reviewed, ReviewError
     let Some(spec) = pod.spec.as_ref() else {
         return deny(resp, "the Pod has no spec".to_owned());
     };
-    let namespace = req.namespace.as_deref().or(pod.metadata.namespace.as_deref());
+    let namespace = req
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref());
     let view = PodView {
         namespace,
         metadata: &pod.metadata,
@@ -116,7 +122,8 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<Reviewed, ReviewError
             // server accepts that, but a base64 string is what its Go types define and is a
             // quarter of the size, so the patch is set here.
             let patch = serde_json::to_vec(&ops).map_err(ReviewError::Shape)?;
-            let mut review = serde_json::to_value(resp.into_review()).map_err(ReviewError::Shape)?;
+            let mut review =
+                serde_json::to_value(resp.into_review()).map_err(ReviewError::Shape)?;
             if let Some(Value::Object(r)) = review.get_mut("response") {
                 r.insert("patchType".to_owned(), Value::from("JSONPatch"));
                 r.insert("patch".to_owned(), Value::from(BASE64.encode(patch)));

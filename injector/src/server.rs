@@ -244,11 +244,17 @@ impl HttpError {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -288,7 +294,10 @@ async fn handle(
     Ok(resp)
 }
 
-async fn handle_mutate(req: Request<Incoming>, app: &Webhook) -> Result<Response<Full<Bytes>>, HttpError> {
+async fn handle_mutate(
+    req: Request<Incoming>,
+    app: &Webhook,
+) -> Result<Response<Full<Bytes>>, HttpError> {
     let max = app.opts.max_body;
     let declared = req
         .headers()
@@ -304,7 +313,9 @@ async fn handle_mutate(req: Request<Incoming>, app: &Webhook) -> Result<Response
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     HttpError::TooLarge(max)
                 } else {
                     HttpError::Body(e.to_string())
@@ -324,7 +335,9 @@ async fn handle_mutate(req: Request<Incoming>, app: &Webhook) -> Result<Response
             review::ReviewOutcome::Denied => {
                 info!(outcome = reviewed.outcome.as_str(), reason = %reviewed.detail, "Pod denied")
             }
-            outcome => debug!(outcome = outcome.as_str(), detail = %reviewed.detail, micros = (seconds * 1e6) as u64, "Review answered"),
+            outcome => {
+                debug!(outcome = outcome.as_str(), detail = %reviewed.detail, micros = (seconds * 1e6) as u64, "Review answered")
+            }
         }
         Ok::<_, HttpError>(respond(StatusCode::OK, "application/json", reviewed.body))
     };
@@ -345,7 +358,11 @@ pub async fn serve(
 }
 
 /// Serves plain HTTP `/healthz` and `/metrics` (never `/mutate`) until `shutdown` completes.
-pub async fn serve_metrics(listener: TcpListener, app: Arc<Webhook>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    app: Arc<Webhook>,
+    shutdown: impl Future<Output = ()>,
+) {
     serve_inner(listener, None, app, shutdown).await
 }
 
@@ -388,7 +405,10 @@ async fn serve_inner(
     }
     drop(listener);
     let grace = app.opts.request_timeout;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("Connections still open after the grace period; closing them");
     }
 }
@@ -424,7 +444,11 @@ async fn serve_connection(
                 .watch(builder.serve_connection(TokioIo::new(tls), service))
                 .await
         }
-        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await,
+        None => {
+            watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
     };
     if let Err(error) = result {
         debug!(%peer, %error, "Connection ended with an error");

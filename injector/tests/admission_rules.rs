@@ -65,7 +65,11 @@ fn rejects_with_spec(annotations: Value, spec: Value, message: &str) {
     assert!(resp.get("patch").is_none());
     assert_eq!(resp["status"]["code"], 400);
     assert_eq!(resp["status"]["status"], "Failure");
-    assert_eq!(resp["status"]["message"], format!("keyward: {message}"), "{annotations}");
+    assert_eq!(
+        resp["status"]["message"],
+        format!("keyward: {message}"),
+        "{annotations}"
+    );
 }
 
 #[track_caller]
@@ -80,11 +84,21 @@ fn valid_annotations_are_accepted() {
     accepts(json!({"keyward.io/inject": "true", "other.io/x": "y"}));
     accepts(json!({"keyward.io/role": "shop-orders"}));
     accepts(json!({"keyward.io/secret-db": "secret/data/db"}));
-    accepts(json!({"keyward.io/secret-db": "database/creds/app#password", "keyward.io/secret-db-uids": "1000, 1001", "keyward.io/secret-db-optional": "false"}));
-    accepts(json!({"keyward.io/inbound": "15443:8080,15444:9090", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/shop/sa/frontend", "keyward.io/inbound-allow-15444": "spiffe://cluster.local/ns/x/*"}));
-    accepts(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/shop/sa/orders"}));
-    accepts(json!({"keyward.io/outbound-v6": "15002=[fd00::1]:15443", "keyward.io/outbound-v6-id": "spiffe://cluster.local/ns/shop/*"}));
-    accepts(json!({"keyward.io/cpu-request": "5m", "keyward.io/memory-request": "16Mi", "keyward.io/cpu-limit": "0.5", "keyward.io/memory-limit": "128Mi"}));
+    accepts(
+        json!({"keyward.io/secret-db": "database/creds/app#password", "keyward.io/secret-db-uids": "1000, 1001", "keyward.io/secret-db-optional": "false"}),
+    );
+    accepts(
+        json!({"keyward.io/inbound": "15443:8080,15444:9090", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/shop/sa/frontend", "keyward.io/inbound-allow-15444": "spiffe://cluster.local/ns/x/*"}),
+    );
+    accepts(
+        json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/shop/sa/orders"}),
+    );
+    accepts(
+        json!({"keyward.io/outbound-v6": "15002=[fd00::1]:15443", "keyward.io/outbound-v6-id": "spiffe://cluster.local/ns/shop/*"}),
+    );
+    accepts(
+        json!({"keyward.io/cpu-request": "5m", "keyward.io/memory-request": "16Mi", "keyward.io/cpu-limit": "0.5", "keyward.io/memory-limit": "128Mi"}),
+    );
     accepts(json!({"keyward.io/log-level": "trace", "keyward.io/containers": "app"}));
 }
 
@@ -92,7 +106,10 @@ fn valid_annotations_are_accepted() {
 fn skipped_pods_are_left_unchanged() {
     skips("kube-system", json!({"keyward.io/secret-db": ""}));
     skips("kube-public", json!(null));
-    skips("shop", json!({"keyward.io/inject": "false", "keyward.io/secret-db": "bad"}));
+    skips(
+        "shop",
+        json!({"keyward.io/inject": "false", "keyward.io/secret-db": "bad"}),
+    );
     skips("shop", json!({"keyward.io/status": "injected"}));
 }
 
@@ -105,8 +122,14 @@ fn invalid_annotations_are_denied_with_the_annotation_named() {
     rejects(json!({"keyward.io/secret-DB": "secret/data/db"}), "annotation keyward.io/secret-DB: secret name 'DB' must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit");
     rejects(json!({"keyward.io/secret-db": "secret/data/db", "keyward.io/secret-db-uids": "root"}), "annotation keyward.io/secret-db-uids: expected a comma-separated list of numeric uids such as 1000,1001, got 'root'");
     rejects(json!({"keyward.io/secret-db-uids": "1000"}), "annotation keyward.io/secret-db-uids: there is no keyward.io/secret-db annotation for it to apply to");
-    rejects(json!({"keyward.io/secret-db": "secret/data/db", "keyward.io/secret-db-optional": "yes"}), "annotation keyward.io/secret-db-optional: expected \"true\" or \"false\", got 'yes'");
-    rejects(json!({"keyward.io/inject": "ture"}), "annotation keyward.io/inject: expected \"true\" or \"false\", got 'ture'");
+    rejects(
+        json!({"keyward.io/secret-db": "secret/data/db", "keyward.io/secret-db-optional": "yes"}),
+        "annotation keyward.io/secret-db-optional: expected \"true\" or \"false\", got 'yes'",
+    );
+    rejects(
+        json!({"keyward.io/inject": "ture"}),
+        "annotation keyward.io/inject: expected \"true\" or \"false\", got 'ture'",
+    );
     rejects(json!({"keyward.io/status": "pending"}), "annotation keyward.io/status: is set by the injector and may only be 'injected', got 'pending'");
     rejects(json!({"keyward.io/role": "a role"}), "annotation keyward.io/role: expected a Vault role name (letters, digits, '-', '_', '.'), got 'a role'");
     rejects(json!({"keyward.io/log-level": "verbose"}), "annotation keyward.io/log-level: expected one of trace, debug, info, warn, error, got 'verbose'");
@@ -128,7 +151,10 @@ fn invalid_mesh_annotations_are_denied() {
     rejects(json!({"keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/inbound-allow-15443: its port is not a TLS port of keyward.io/inbound");
     rejects(json!({"keyward.io/inbound-allow-https": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/inbound-allow-https: expected keyward.io/inbound-allow-TLS_PORT with a port 1-65535, got port 'https'");
     rejects(json!({"keyward.io/inbound": "8080:8081", "keyward.io/inbound-allow-8080": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/inbound: TLS port 8080 is already a containerPort of container 'app'; pick a free port for the sidecar");
-    rejects(json!({"keyward.io/inbound": "15090:8080", "keyward.io/inbound-allow-15090": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/inbound: port 15090 is already used by the sidecar's admin port");
+    rejects(
+        json!({"keyward.io/inbound": "15090:8080", "keyward.io/inbound-allow-15090": "spiffe://cluster.local/ns/a/sa/b"}),
+        "annotation keyward.io/inbound: port 15090 is already used by the sidecar's admin port",
+    );
     rejects(json!({"keyward.io/outbound-orders": "orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: expected LOCAL_PORT=HOST:PORT such as 15001=orders.shop.svc:15443, got 'orders.shop.svc:15443'");
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: needs keyward.io/outbound-orders-id with the SPIFFE ID (or pattern) the upstream must present");
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "https://orders"}), "annotation keyward.io/outbound-orders-id: 'https://orders' is not a SPIFFE ID or pattern: SPIFFE ID must start with spiffe://");
@@ -138,29 +164,48 @@ fn invalid_mesh_annotations_are_denied() {
 
 #[test]
 fn pods_that_already_hold_keyward_parts_are_denied() {
-    let spec = json!({"containers": [{"name": "app", "image": "a"}, {"name": "keyward", "image": "k"}]});
+    let spec =
+        json!({"containers": [{"name": "app", "image": "a"}, {"name": "keyward", "image": "k"}]});
     rejects_with_spec(json!(null), spec, "pod already has a container named 'keyward' but no keyward.io/status annotation; remove the container or add keyward.io/inject: \"false\"");
     let spec = json!({"containers": [{"name": "app", "image": "a"}], "volumes": [{"name": "keyward-socket", "emptyDir": {}}]});
-    rejects_with_spec(json!(null), spec, "pod already has a volume named 'keyward-socket', which the injector adds");
+    rejects_with_spec(
+        json!(null),
+        spec,
+        "pod already has a volume named 'keyward-socket', which the injector adds",
+    );
     let spec = json!({"containers": [{"name": "app", "image": "a", "volumeMounts": [{"name": "x", "mountPath": "/run/keyward/"}]}], "volumes": [{"name": "x", "emptyDir": {}}]});
-    rejects_with_spec(json!(null), spec, "container 'app' already mounts /run/keyward, where the injector mounts the socket");
+    rejects_with_spec(
+        json!(null),
+        spec,
+        "container 'app' already mounts /run/keyward, where the injector mounts the socket",
+    );
 }
 
 #[test]
 fn other_kinds_and_operations_are_allowed_unchanged() {
-    let mut v: Value = serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
+    let mut v: Value =
+        serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
     v["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     v["request"]["object"] = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}});
-    let reviewed = review(&serde_json::to_vec(&v).expect("json"), &InjectorConfig::default()).expect("review");
+    let reviewed = review(
+        &serde_json::to_vec(&v).expect("json"),
+        &InjectorConfig::default(),
+    )
+    .expect("review");
     assert_eq!(reviewed.outcome, ReviewOutcome::Ignored);
     let resp: Value = serde_json::from_slice(&reviewed.body).expect("json");
     assert_eq!(resp["response"]["allowed"], true);
     assert_eq!(resp["response"]["uid"], "0b7e1c7e-1");
     assert!(resp["response"].get("patch").is_none());
 
-    let mut v: Value = serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
+    let mut v: Value =
+        serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
     v["request"]["operation"] = json!("UPDATE");
-    let reviewed = review(&serde_json::to_vec(&v).expect("json"), &InjectorConfig::default()).expect("review");
+    let reviewed = review(
+        &serde_json::to_vec(&v).expect("json"),
+        &InjectorConfig::default(),
+    )
+    .expect("review");
     assert_eq!(reviewed.outcome, ReviewOutcome::Ignored);
 }
 
@@ -169,37 +214,72 @@ fn malformed_reviews_are_errors_with_clear_messages() {
     let cfg = InjectorConfig::default();
     let err = review(b"{not json", &cfg).expect_err("not json");
     assert!(matches!(err, ReviewError::Json(_)));
-    assert!(err.to_string().starts_with("request body is not valid JSON: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("request body is not valid JSON: "),
+        "{err}"
+    );
 
-    let err = review(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#, &cfg).expect_err("v1beta1");
+    let err = review(
+        br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#,
+        &cfg,
+    )
+    .expect_err("v1beta1");
     assert_eq!(err.to_string(), "unsupported AdmissionReview apiVersion 'admission.k8s.io/v1beta1': this webhook speaks admission.k8s.io/v1 (set admissionReviewVersions: [v1])");
 
-    let err = review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#, &cfg).expect_err("kind");
+    let err = review(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#,
+        &cfg,
+    )
+    .expect_err("kind");
     assert_eq!(err.to_string(), "expected kind AdmissionReview, got 'Pod'");
 
-    let err = review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, &cfg).expect_err("no request");
+    let err = review(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        &cfg,
+    )
+    .expect_err("no request");
     assert_eq!(err.to_string(), "AdmissionReview has no request");
 
-    let err = review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1}}"#, &cfg).expect_err("shape");
-    assert!(err.to_string().starts_with("AdmissionReview is malformed: "), "{err}");
+    let err = review(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":1}}"#,
+        &cfg,
+    )
+    .expect_err("shape");
+    assert!(
+        err.to_string()
+            .starts_with("AdmissionReview is malformed: "),
+        "{err}"
+    );
 
     // A Pod that is not a Pod is denied, not a server error.
-    let mut v: Value = serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
+    let mut v: Value =
+        serde_json::from_slice(&pod_review("shop", json!(null), app_spec())).expect("json");
     v["request"]["object"]["spec"] = json!({"containers": "app"});
     let reviewed = review(&serde_json::to_vec(&v).expect("json"), &cfg).expect("review");
     assert_eq!(reviewed.outcome, ReviewOutcome::Denied);
-    assert!(reviewed.detail.starts_with("cannot read the Pod: "), "{}", reviewed.detail);
+    assert!(
+        reviewed.detail.starts_with("cannot read the Pod: "),
+        "{}",
+        reviewed.detail
+    );
 }
 
 #[test]
 fn offline_errors_name_the_document_and_the_annotation() {
     let input = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata:\n      annotations: {keyward.io/secret-db: ''}\n    spec:\n      containers: [{name: app, image: a}]\n";
-    let err = keyward_injector::offline::inject_stream(input, &InjectorConfig::default()).expect_err("invalid");
+    let err = keyward_injector::offline::inject_stream(input, &InjectorConfig::default())
+        .expect_err("invalid");
     assert_eq!(err.to_string(), "document 2 (Deployment/web): annotation keyward.io/secret-db: expected PATH[#KEY] with PATH a Vault API path such as secret/data/db (segments of letters, digits, '.', '_', '-', no leading '/'), got ''");
     // kube-system workloads pass through.
     let input = input.replace("namespace: shop", "namespace: kube-system");
-    let out = keyward_injector::offline::inject_stream(&input, &InjectorConfig::default()).expect("skipped");
+    let out = keyward_injector::offline::inject_stream(&input, &InjectorConfig::default())
+        .expect("skipped");
     assert!(!out.contains("keyward.io/status"));
-    let err = keyward_injector::offline::inject_stream("a: [", &InjectorConfig::default()).expect_err("yaml");
-    assert!(err.to_string().starts_with("document 1: not valid YAML"), "{err}");
+    let err = keyward_injector::offline::inject_stream("a: [", &InjectorConfig::default())
+        .expect_err("yaml");
+    assert!(
+        err.to_string().starts_with("document 1: not valid YAML"),
+        "{err}"
+    );
 }

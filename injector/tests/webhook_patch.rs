@@ -48,18 +48,35 @@ fn check_golden(path: &Path, actual: &str) {
         std::fs::write(path, actual).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
-    assert_eq!(expected, actual, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        expected,
+        actual,
+        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
 }
 
-const FIXTURES: &[&str] = &["minimal", "full", "securitycontext", "generatename", "mesh", "legacy"];
+const FIXTURES: &[&str] = &[
+    "minimal",
+    "full",
+    "securitycontext",
+    "generatename",
+    "mesh",
+    "legacy",
+];
 
 #[test]
 fn fixtures_match_golden_pods() {
     for name in FIXTURES {
         let cfg = config_for(name);
-        let body = std::fs::read(golden_dir().join(format!("{name}.review.json"))).expect("fixture");
+        let body =
+            std::fs::read(golden_dir().join(format!("{name}.review.json"))).expect("fixture");
         let (response, pod, outcome) = review_and_apply(&body, &cfg);
         assert_eq!(outcome, ReviewOutcome::Injected, "{name}");
         assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
@@ -84,7 +101,10 @@ fn injecting_an_injected_pod_changes_nothing() {
         let (response, pod2, outcome) = review_and_apply(&again, &cfg);
         assert_eq!(outcome, ReviewOutcome::Skipped, "{name}");
         assert_eq!(response["response"]["allowed"], true);
-        assert!(response["response"].get("patch").is_none(), "{name}: {response}");
+        assert!(
+            response["response"].get("patch").is_none(),
+            "{name}: {response}"
+        );
         assert_eq!(pod, pod2, "{name}");
     }
 }
@@ -92,12 +112,22 @@ fn injecting_an_injected_pod_changes_nothing() {
 #[test]
 fn golden_pods_have_the_sidecar_first_and_the_socket_in_app_containers() {
     let pod = read_json(&golden_dir().join("full.pod.json"));
-    let init = pod["spec"]["initContainers"].as_array().expect("initContainers");
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("initContainers");
     assert_eq!(init[0]["name"], "keyward");
     assert_eq!(init[0]["restartPolicy"], "Always");
-    assert_eq!(init[0]["startupProbe"]["exec"]["command"], serde_json::json!(["keyward", "probe"]));
+    assert_eq!(
+        init[0]["startupProbe"]["exec"]["command"],
+        serde_json::json!(["keyward", "probe"])
+    );
     // keyward.io/containers: app,migrate — the metrics container gets nothing.
-    let mounts = |c: &Value| c["volumeMounts"].as_array().map(|m| m.iter().any(|m| m["name"] == "keyward-socket")).unwrap_or(false);
+    let mounts = |c: &Value| {
+        c["volumeMounts"]
+            .as_array()
+            .map(|m| m.iter().any(|m| m["name"] == "keyward-socket"))
+            .unwrap_or(false)
+    };
     assert!(mounts(&init[1]), "migrate init container");
     assert!(mounts(&pod["spec"]["containers"][0]), "app");
     assert!(!mounts(&pod["spec"]["containers"][1]), "metrics");
@@ -105,7 +135,11 @@ fn golden_pods_have_the_sidecar_first_and_the_socket_in_app_containers() {
     let token_mounts: Vec<&Value> = init
         .iter()
         .chain(pod["spec"]["containers"].as_array().expect("containers"))
-        .filter(|c| c["volumeMounts"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == "keyward-token")))
+        .filter(|c| {
+            c["volumeMounts"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["name"] == "keyward-token"))
+        })
         .collect();
     assert_eq!(token_mounts.len(), 1);
     assert_eq!(token_mounts[0]["name"], "keyward");
@@ -113,13 +147,20 @@ fn golden_pods_have_the_sidecar_first_and_the_socket_in_app_containers() {
     assert_eq!(pod["spec"]["securityContext"]["fsGroup"], 2000);
     let config = init[0]["env"][0]["value"].as_str().expect("KEYWARD_CONFIG");
     assert!(config.contains("group: 2000"), "{config}");
-    assert_eq!(pod["metadata"]["annotations"]["keyward.io/status"], "injected");
+    assert_eq!(
+        pod["metadata"]["annotations"]["keyward.io/status"],
+        "injected"
+    );
 
     let legacy = read_json(&golden_dir().join("legacy.pod.json"));
     assert_eq!(legacy["spec"]["containers"][0]["name"], "keyward");
-    assert!(legacy["spec"]["containers"][0].get("restartPolicy").is_none());
+    assert!(legacy["spec"]["containers"][0]
+        .get("restartPolicy")
+        .is_none());
     assert_eq!(legacy["spec"]["initContainers"][0]["name"], "setup");
-    assert!(legacy["spec"]["initContainers"][0].get("volumeMounts").is_none());
+    assert!(legacy["spec"]["initContainers"][0]
+        .get("volumeMounts")
+        .is_none());
 }
 
 #[test]
@@ -133,7 +174,14 @@ fn patch_escapes_annotation_keys_and_creates_missing_parents() {
         .expect("base64");
     let ops: Vec<Value> = serde_json::from_slice(&bytes).expect("ops");
     let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
-    for parent in ["/metadata/annotations", "/spec/initContainers", "/spec/volumes", "/spec/containers/0/env", "/spec/containers/0/volumeMounts", "/spec/securityContext"] {
+    for parent in [
+        "/metadata/annotations",
+        "/spec/initContainers",
+        "/spec/volumes",
+        "/spec/containers/0/env",
+        "/spec/containers/0/volumeMounts",
+        "/spec/securityContext",
+    ] {
         assert!(paths.contains(&parent), "{parent} not created: {paths:?}");
     }
     // With annotations present, the status key is added with `/` escaped as `~1`.
@@ -144,7 +192,11 @@ fn patch_escapes_annotation_keys_and_creates_missing_parents() {
         .decode(response["response"]["patch"].as_str().expect("patch"))
         .expect("base64");
     let ops: Vec<Value> = serde_json::from_slice(&bytes).expect("ops");
-    assert!(ops.iter().any(|o| o["path"] == "/metadata/annotations/keyward.io~1status"), "{ops:?}");
+    assert!(
+        ops.iter()
+            .any(|o| o["path"] == "/metadata/annotations/keyward.io~1status"),
+        "{ops:?}"
+    );
     assert!(ops.iter().any(|o| o["path"] == "/spec/initContainers/0"));
     assert!(ops.iter().any(|o| o["path"] == "/spec/volumes/-"));
     assert_eq!(keyward_injector::mutate::escape("a~b/c"), "a~0b~1c");
@@ -153,16 +205,28 @@ fn patch_escapes_annotation_keys_and_creates_missing_parents() {
 #[test]
 fn job_and_cronjob_templates_via_inject_match_golden() {
     let input = std::fs::read_to_string(golden_dir().join("job.input.yaml")).expect("fixture");
-    let out = keyward_injector::offline::inject_stream(&input, &InjectorConfig::default()).expect("inject");
+    let out = keyward_injector::offline::inject_stream(&input, &InjectorConfig::default())
+        .expect("inject");
     check_golden(&golden_dir().join("job.golden.yaml"), &out);
     // Idempotent offline too.
-    let again = keyward_injector::offline::inject_stream(&out, &InjectorConfig::default()).expect("inject");
+    let again =
+        keyward_injector::offline::inject_stream(&out, &InjectorConfig::default()).expect("inject");
     assert_eq!(out, again);
     let docs = keyward_injector::offline::parse_stream(&out).expect("parse");
     assert_eq!(docs.len(), 3);
-    assert_eq!(docs[0]["spec"]["template"]["spec"]["initContainers"][0]["name"], "keyward");
-    assert_eq!(docs[1]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]["name"], "keyward");
-    assert_eq!(docs[1]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]["keyward.io/status"], "injected");
+    assert_eq!(
+        docs[0]["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        "keyward"
+    );
+    assert_eq!(
+        docs[1]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        "keyward"
+    );
+    assert_eq!(
+        docs[1]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]
+            ["keyward.io/status"],
+        "injected"
+    );
     assert_eq!(docs[2]["data"]["key"], "value");
     assert!(docs[2].get("spec").is_none());
 }
