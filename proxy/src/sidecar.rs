@@ -1,0 +1,377 @@
+//! `keyward sidecar`: the broker and the proxy in one process.
+//!
+//! Order of events: validate the whole configuration, bind every port (a bad config or a busy
+//! port exits before anything else happens), start the broker (Vault login, secrets, socket),
+//! derive the SPIFFE ID from the logged-in token's claims, obtain the first SVID, then serve
+//! the listeners. On SIGTERM: `/ready` turns 503, listeners stop accepting, open connections
+//! get `drain_grace` to finish, then the broker stops (revoking its leases and token).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyward_broker::vault::Vault;
+use keyward_broker::{Broker, IdentitySource, SvidPem};
+use keyward_identity::SpiffeId;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{IdentityConfig, ProxyConfig};
+use crate::identity::{CsrSigner, IdentityError, IdentityStore, Rotator, SignedCert};
+use crate::metrics::Metrics;
+use crate::policy::{self, Policy};
+use crate::server::{Limits, Proxy};
+use crate::svid::TrustBundle;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("identity.bundle_file {path}: {reason}")]
+    Bundle { path: String, reason: String },
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind {
+        addr: String,
+        setting: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] keyward_broker::StartError),
+    #[error("the service-account token carries no namespace/service account")]
+    NoPodIdentity,
+    #[error("SPIFFE ID from the token's claims: {0}")]
+    Id(#[from] keyward_identity::IdError),
+}
+
+/// Signs CSRs through Vault PKI with the broker's token: `POST PKI_MOUNT/sign/ROLE`.
+pub struct VaultSigner {
+    pub vault: Arc<Vault>,
+    pub mount: String,
+    pub role: String,
+}
+
+impl CsrSigner for VaultSigner {
+    fn sign<'a>(
+        &'a self,
+        csr_pem: &'a str,
+        ttl: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<SignedCert, IdentityError>> + Send + 'a>> {
+        Box::pin(async move {
+            let path = self.audit_path();
+            let body = serde_json::json!({
+                "csr": csr_pem,
+                "ttl": format!("{}s", ttl.as_secs()),
+                "format": "pem",
+            });
+            let resp = self
+                .vault
+                .write(&path, &body)
+                .await
+                .map_err(|e| IdentityError::Sign(format!("Vault {path}: {e}")))?;
+            let data = &resp.data;
+            let cert = data["certificate"]
+                .as_str()
+                .ok_or_else(|| IdentityError::Invalid(format!("{path}: no certificate")))?;
+            let ca_chain = match data["ca_chain"].as_array() {
+                Some(a) if !a.is_empty() => a
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .map(|c| format!("{}\n", c.trim_end()))
+                    .collect::<String>(),
+                _ => data["issuing_ca"].as_str().unwrap_or_default().to_owned(),
+            };
+            Ok(SignedCert {
+                chain_pem: cert.to_owned(),
+                ca_chain_pem: ca_chain,
+                request_id: Some(resp.request_id.clone()),
+            })
+        })
+    }
+
+    fn audit_path(&self) -> String {
+        format!("{}/sign/{}", self.mount, self.role)
+    }
+}
+
+/// Serves the current SVID to the broker's `GET /v1/identity`.
+struct StoreSource(Arc<IdentityStore>);
+
+impl IdentitySource for StoreSource {
+    fn current(&self) -> Option<SvidPem> {
+        let s = self.0.current()?;
+        Some(SvidPem {
+            spiffe_id: s.id().to_string(),
+            chain_pem: s.chain_pem().to_owned(),
+            key_pem: s.key_pem().clone(),
+            bundle_pem: self
+                .0
+                .bundle()
+                .map(|b| b.pem().to_owned())
+                .unwrap_or_default(),
+            expires_at: s.expires_at(),
+        })
+    }
+}
+
+/// Everything validated and bound, before anything runs.
+pub struct Prepared {
+    pub identity: IdentityConfig,
+    pub proxy: ProxyConfig,
+    bundle: Option<TrustBundle>,
+    policy: Policy,
+    policy_bytes: Option<Vec<u8>>,
+    admin: TcpListener,
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
+}
+
+/// Parses the sections and checks the bundle and policy files (no port bound yet).
+pub fn validate(
+    config: &keyward_broker::config::Config,
+) -> Result<(IdentityConfig, ProxyConfig), SidecarError> {
+    let identity = IdentityConfig::from_value(config.identity.as_ref())?;
+    let proxy = ProxyConfig::from_value(config.proxy.as_ref(), &identity.trust_domain)?;
+    Ok((identity, proxy))
+}
+
+/// Validates the configuration, reads the bundle and policy files, and binds every port.
+pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared, SidecarError> {
+    let (identity, proxy) = validate(config)?;
+    let bundle = match &identity.bundle_file {
+        Some(path) => {
+            let err = |reason: String| SidecarError::Bundle {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            Some(TrustBundle::from_pem(&pem).map_err(|e| err(e.to_string()))?)
+        }
+        None => None,
+    };
+    let (policy, policy_bytes) = match &proxy.policy_file {
+        Some(path) => {
+            let (p, b) = Policy::load_bytes(path, &identity.trust_domain)?;
+            (p, Some(b))
+        }
+        None => (Policy::from_config(&proxy), None),
+    };
+    let bind = |addr: std::net::SocketAddr, setting: String| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| SidecarError::Bind {
+                addr: addr.to_string(),
+                setting,
+                source,
+            })
+    };
+    let admin = bind(proxy.admin, "proxy.admin".into()).await?;
+    let mut inbound = Vec::new();
+    for (i, l) in proxy.inbound.iter().enumerate() {
+        inbound.push(bind(l.listen, format!("proxy.inbound[{i}].listen")).await?);
+    }
+    let mut outbound = Vec::new();
+    for (i, l) in proxy.outbound.iter().enumerate() {
+        outbound.push(bind(l.listen, format!("proxy.outbound[{i}].listen")).await?);
+    }
+    Ok(Prepared {
+        identity,
+        proxy,
+        bundle,
+        policy,
+        policy_bytes,
+        admin,
+        inbound,
+        outbound,
+    })
+}
+
+/// Runs the sidecar until `shutdown`; returns after the drain and the broker's shutdown.
+pub async fn run(
+    config: keyward_broker::config::Config,
+    shutdown: CancellationToken,
+) -> Result<(), SidecarError> {
+    let prepared = prepare(&config).await?;
+    let broker = Broker::new(config)?;
+    run_prepared(prepared, broker, shutdown).await
+}
+
+async fn run_prepared(
+    p: Prepared,
+    broker: Broker,
+    shutdown: CancellationToken,
+) -> Result<(), SidecarError> {
+    let td = p.identity.trust_domain.clone();
+    let store = Arc::new(IdentityStore::new(&td));
+    broker.set_identity_source(Arc::new(StoreSource(store.clone())));
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    broker.register_metrics(&mut registry);
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let serving = Arc::new(AtomicBool::new(false));
+    let ready: crate::admin::Readiness = {
+        let broker = broker.clone();
+        let serving = serving.clone();
+        Arc::new(move || {
+            broker.readiness()?;
+            if !serving.load(Ordering::Relaxed) {
+                return Err("proxy listeners not serving (starting or draining)".into());
+            }
+            Ok(())
+        })
+    };
+    let admin_cancel = CancellationToken::new();
+    tokio::spawn(crate::admin::serve(
+        p.admin,
+        registry,
+        ready,
+        admin_cancel.clone(),
+    ));
+
+    let broker_stop = CancellationToken::new();
+    let broker_task = {
+        let broker = broker.clone();
+        let stop = broker_stop.clone();
+        tokio::spawn(async move { broker.run(stop).await })
+    };
+    let result = serve(
+        &p.identity,
+        p.proxy.clone(),
+        p.bundle,
+        p.policy,
+        p.policy_bytes,
+        p.inbound,
+        p.outbound,
+        &broker,
+        store,
+        metrics,
+        &serving,
+        &shutdown,
+    )
+    .await;
+    if let Err(e) = &result {
+        error!(error = %e, "Sidecar failed");
+    }
+    broker_stop.cancel();
+    match broker_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            admin_cancel.cancel();
+            return Err(e.into());
+        }
+        Err(e) => error!(error = %e, "Broker task failed"),
+    }
+    admin_cancel.cancel();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    identity: &IdentityConfig,
+    proxy_cfg: ProxyConfig,
+    bundle: Option<TrustBundle>,
+    policy: Policy,
+    policy_bytes: Option<Vec<u8>>,
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
+    broker: &Broker,
+    store: Arc<IdentityStore>,
+    metrics: Metrics,
+    serving: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> Result<(), SidecarError> {
+    let vault = broker.vault();
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        _ = vault.wait_logged_in() => {}
+    }
+    let pod = vault.pod_identity().ok_or(SidecarError::NoPodIdentity)?;
+    let id = SpiffeId::for_workload(&identity.trust_domain, &pod.namespace, &pod.service_account)?;
+    info!(spiffe_id = %id, "Workload identity");
+    let rotator = Rotator {
+        store: store.clone(),
+        signer: Arc::new(VaultSigner {
+            vault: vault.clone(),
+            mount: identity.pki_mount.clone(),
+            role: identity.pki_role.clone(),
+        }),
+        id,
+        ttl: identity.ttl(),
+        bundle_override: bundle,
+        audit: broker.audit(),
+        metrics: metrics.clone(),
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match rotator.issue_once().await {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "Cannot obtain the workload certificate");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let background = CancellationToken::new();
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+    if let (Some(path), Some(bytes)) = (&proxy_cfg.policy_file, policy_bytes) {
+        tokio::spawn(policy::watch_file(
+            path.clone(),
+            identity.trust_domain.clone(),
+            bytes,
+            policy_tx,
+            metrics.clone(),
+            background.clone(),
+        ));
+    } else {
+        // Keep the sender alive so connections do not see the policy source vanish.
+        let bg = background.clone();
+        tokio::spawn(async move {
+            bg.cancelled().await;
+            drop(policy_tx);
+        });
+    }
+    tokio::spawn(rotator.run(background.clone()));
+    let proxy = Proxy::new(
+        Limits::from(&proxy_cfg),
+        store,
+        policy_rx,
+        broker.audit(),
+        metrics,
+    );
+    let listen = |e: std::io::Error| SidecarError::Bind {
+        addr: String::new(),
+        setting: "proxy".into(),
+        source: e,
+    };
+    for (l, c) in inbound.into_iter().zip(proxy_cfg.inbound.iter().cloned()) {
+        proxy.inbound(l, c).map_err(listen)?;
+    }
+    for (l, c) in outbound.into_iter().zip(proxy_cfg.outbound.iter().cloned()) {
+        proxy.outbound(l, c).map_err(listen)?;
+    }
+    serving.store(true, Ordering::Relaxed);
+    info!(
+        inbound = proxy_cfg.inbound.len(),
+        outbound = proxy_cfg.outbound.len(),
+        "Proxy serving"
+    );
+    shutdown.cancelled().await;
+    serving.store(false, Ordering::Relaxed);
+    let cut = proxy.drain(proxy_cfg.drain_grace).await;
+    info!(cut, "Proxy drained");
+    background.cancel();
+    Ok(())
+}
