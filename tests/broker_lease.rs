@@ -41,16 +41,27 @@ async fn lease_is_renewed_refetched_after_max_ttl_and_revoked_on_sigterm() {
         .expect("hmac")
         .to_owned();
     assert_eq!(lease_hmac.len(), 64);
-    assert!(!std::fs::read_to_string(&b.audit).expect("audit").contains("database/creds/app/"),
-        "raw lease ids (database/creds/app/...) never reach the audit log");
+    assert!(
+        !std::fs::read_to_string(&b.audit)
+            .expect("audit")
+            .contains("database/creds/app/"),
+        "raw lease ids (database/creds/app/...) never reach the audit log"
+    );
 
     // ...and re-fetched as a new credential when max_ttl nears.
-    let second = eventually(Duration::from_secs(20), "a new credential after max_ttl", || async {
-        let a = b.get("/v1/secrets/db").await;
-        (a.status == 200 && a.json()["version"] == 2).then_some(a)
-    })
+    let second = eventually(
+        Duration::from_secs(20),
+        "a new credential after max_ttl",
+        || async {
+            let a = b.get("/v1/secrets/db").await;
+            (a.status == 200 && a.json()["version"] == 2).then_some(a)
+        },
+    )
     .await;
-    let user2 = second.json()["data"]["username"].as_str().expect("username").to_owned();
+    let user2 = second.json()["data"]["username"]
+        .as_str()
+        .expect("username")
+        .to_owned();
     assert_ne!(user1, user2);
     assert!(pg.vault_roles().contains(&user2));
 
@@ -70,7 +81,11 @@ async fn lease_is_renewed_refetched_after_max_ttl_and_revoked_on_sigterm() {
         .arg(&b.audit)
         .output()
         .expect("audit verify");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -87,10 +102,14 @@ async fn cached_lease_is_served_during_outage_until_it_expires() {
     let a = b.get("/v1/secrets/db/username").await;
     assert_eq!((a.status, a.body.as_str()), (200, user.body.as_str()));
     // After the lease ends: 503 with the reason, and not ready.
-    let a = eventually(Duration::from_secs(20), "503 after the lease expired", || async {
-        let a = b.get("/v1/secrets/db").await;
-        (a.status == 503).then_some(a)
-    })
+    let a = eventually(
+        Duration::from_secs(20),
+        "503 after the lease expired",
+        || async {
+            let a = b.get("/v1/secrets/db").await;
+            (a.status == 503).then_some(a)
+        },
+    )
     .await;
     assert!(a.body.contains("expired"), "{}", a.body);
     assert_eq!(a.json()["error"], "unavailable");

@@ -35,7 +35,11 @@ async fn bad_input_gets_its_status_and_others_keep_being_served() {
 
     let cases: &[(&str, u16, &str)] = &[
         ("/v1/secrets/nope", 404, "unknown_secret"),
-        ("/v1/secrets/..%2f..%2fetc%2fpasswd", 400, "invalid secret name"),
+        (
+            "/v1/secrets/..%2f..%2fetc%2fpasswd",
+            400,
+            "invalid secret name",
+        ),
         ("/v1/secrets/%2e%2e", 400, "invalid secret name"),
         ("/v1/secrets/../../etc/passwd", 404, "no route"),
         ("/v1/secrets/app/../app", 404, "no route"),
@@ -49,7 +53,11 @@ async fn bad_input_gets_its_status_and_others_keep_being_served() {
         assert_eq!(a.status, *status, "{path}: {}", a.body);
         assert!(a.body.contains(needle), "{path}: {}", a.body);
         let j = a.json();
-        assert!(j["error"].is_string() && j["detail"].is_string(), "{path}: {}", a.body);
+        assert!(
+            j["error"].is_string() && j["detail"].is_string(),
+            "{path}: {}",
+            a.body
+        );
         assert!(!a.body.contains(CANARY));
     }
     let post = raw(&b.socket, b"POST /v1/secrets/app HTTP/1.1\r\nHost: k\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
@@ -67,8 +75,12 @@ async fn bad_input_gets_its_status_and_others_keep_being_served() {
 
     // A slow client that never finishes its headers is cut off after the read timeout,
     // while everyone else is served meanwhile.
-    let mut slow = tokio::net::UnixStream::connect(&b.socket).await.expect("connect");
-    slow.write_all(b"GET /v1/secrets/app HTTP/1.1\r\nHost: k\r\n").await.expect("write");
+    let mut slow = tokio::net::UnixStream::connect(&b.socket)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /v1/secrets/app HTTP/1.1\r\nHost: k\r\n")
+        .await
+        .expect("write");
     let ok = b.get("/v1/secrets/app/user").await;
     assert_eq!((ok.status, ok.body.as_str()), (200, "orders"));
     let mut buf = Vec::new();
@@ -94,7 +106,11 @@ async fn uid_allow_list_denies_other_callers_and_audits_it() {
     b.wait_ready().await;
     let a = b.get("/v1/secrets/mine").await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["data"], json!({"user": "orders"}), "key selection serves one key");
+    assert_eq!(
+        a.json()["data"],
+        json!({"user": "orders"}),
+        "key selection serves one key"
+    );
     let a = b.get("/v1/secrets/theirs").await;
     assert_eq!(a.status, 403);
     assert_eq!(a.json()["error"], "denied");
@@ -108,7 +124,10 @@ async fn uid_allow_list_denies_other_callers_and_audits_it() {
         .collect();
     assert_eq!(denied.len(), 2);
     assert_eq!(denied[0]["caller"]["uid"], me);
-    assert!(denied[0]["reason"].as_str().expect("reason").contains("allow list"));
+    assert!(denied[0]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("allow list"));
 }
 
 #[tokio::test]
@@ -145,9 +164,17 @@ async fn canary_never_appears_in_logs_audit_or_errors() {
     assert!(log.contains("TRACE"), "trace logging was on");
     assert!(!log.contains(CANARY), "canary in the trace log");
     assert!(!b.stdout().contains(CANARY), "canary on stdout");
-    assert!(b.stdout().contains("\"action\":\"secret.read\""), "audit copied to stdout");
-    assert!(!std::fs::read_to_string(&b.audit).expect("audit").contains(CANARY));
-    assert!(!bodies.contains(CANARY), "canary in an error body: {bodies}");
+    assert!(
+        b.stdout().contains("\"action\":\"secret.read\""),
+        "audit copied to stdout"
+    );
+    assert!(!std::fs::read_to_string(&b.audit)
+        .expect("audit")
+        .contains(CANARY));
+    assert!(
+        !bodies.contains(CANARY),
+        "canary in an error body: {bodies}"
+    );
     let environ = std::fs::read(format!("/proc/{}/environ", b.pid())).expect("environ");
     assert!(!String::from_utf8_lossy(&environ).contains(CANARY));
     // The token is a secret too.
@@ -169,7 +196,10 @@ async fn unwritable_audit_log_refuses_to_serve() {
         let a = b.get(path).await;
         assert_eq!(a.status, 503, "{path}: {}", a.body);
         assert_eq!(a.json()["error"], "audit_unavailable");
-        assert!(a.json()["detail"].as_str().expect("detail").contains("/dev/full"));
+        assert!(a.json()["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("/dev/full"));
         assert!(!a.body.contains(CANARY));
     }
 }
@@ -177,11 +207,22 @@ async fn unwritable_audit_log_refuses_to_serve() {
 #[tokio::test]
 async fn socket_and_audit_file_modes() {
     let v = vault_with_app().await;
-    let b = BrokerProc::start(&v.bao.addr(), &v.token("shop", "orders"), "secrets: []\n", &[]);
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        "secrets: []\n",
+        &[],
+    );
     b.wait_ready().await;
-    let mode = std::fs::metadata(&b.socket).expect("socket").permissions().mode();
+    let mode = std::fs::metadata(&b.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o660);
-    let mode = std::fs::metadata(&b.audit).expect("audit").permissions().mode();
+    let mode = std::fs::metadata(&b.audit)
+        .expect("audit")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -189,30 +230,62 @@ async fn socket_and_audit_file_modes() {
 async fn probe_reports_readiness() {
     let v = vault_with_app().await;
     // Not ready: this service account has no role.
-    let bad = BrokerProc::start(&v.bao.addr(), &v.token("shop", "nobody"), "secrets: []\n", &[]);
-    eventually(Duration::from_secs(20), "socket", || async { bad.socket.exists().then_some(()) }).await;
-    let out = Command::new(KEYWARD).args(["probe", "--socket"]).arg(&bad.socket).output().expect("probe");
+    let bad = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "nobody"),
+        "secrets: []\n",
+        &[],
+    );
+    eventually(Duration::from_secs(20), "socket", || async {
+        bad.socket.exists().then_some(())
+    })
+    .await;
+    let out = Command::new(KEYWARD)
+        .args(["probe", "--socket"])
+        .arg(&bad.socket)
+        .output()
+        .expect("probe");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in to Vault"));
-    let missing = Command::new(KEYWARD).args(["probe", "--socket", "/nonexistent/x.sock"]).output().expect("probe");
+    let missing = Command::new(KEYWARD)
+        .args(["probe", "--socket", "/nonexistent/x.sock"])
+        .output()
+        .expect("probe");
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot connect"));
 
-    let good = BrokerProc::start(&v.bao.addr(), &v.token("shop", "orders"), "secrets:\n  - {name: app, path: secret/data/app}\n", &[]);
+    let good = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        "secrets:\n  - {name: app, path: secret/data/app}\n",
+        &[],
+    );
     good.wait_ready().await;
     let out = Command::new(KEYWARD)
         .arg("probe")
         .env("KEYWARD_SOCKET", &good.socket)
         .output()
         .expect("probe");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn verify(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(KEYWARD).args(["audit", "verify"]).arg(path).output().expect("verify");
+    let out = Command::new(KEYWARD)
+        .args(["audit", "verify"])
+        .arg(path)
+        .output()
+        .expect("verify");
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -244,11 +317,22 @@ async fn audit_cli_verifies_queries_and_finds_tampering() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    assert_eq!(lines.iter().filter(|r| r["action"] == "secret.read").count(), 3);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|r| r["action"] == "secret.read")
+            .count(),
+        3
+    );
     let q = Command::new(KEYWARD)
         .args(["audit", "query"])
         .arg(&b.audit)
-        .args(["--decision", "deny", "--uid", &nix::unistd::getuid().as_raw().to_string()])
+        .args([
+            "--decision",
+            "deny",
+            "--uid",
+            &nix::unistd::getuid().as_raw().to_string(),
+        ])
         .output()
         .expect("query");
     let table = String::from_utf8_lossy(&q.stdout);
@@ -277,16 +361,25 @@ async fn audit_cli_verifies_queries_and_finds_tampering() {
         let mut edited = owned.clone();
         edited[i] = edited[i].replacen("\"decision\":\"", "\"decision\":\"x", 1);
         let (ok, out) = verify(&write("edit", &edited));
-        assert!(!ok && out.contains(&format!("line {}", i + 1)), "edit {i}: {out}");
+        assert!(
+            !ok && out.contains(&format!("line {}", i + 1)),
+            "edit {i}: {out}"
+        );
 
         let mut deleted = owned.clone();
         deleted.remove(i);
         let (ok, out) = verify(&write("delete", &deleted));
-        assert!(!ok && out.contains(&format!("line {}", i + 1)), "delete {i}: {out}");
+        assert!(
+            !ok && out.contains(&format!("line {}", i + 1)),
+            "delete {i}: {out}"
+        );
 
         let mut swapped = owned.clone();
         swapped.swap(i, i + 1);
         let (ok, out) = verify(&write("swap", &swapped));
-        assert!(!ok && out.contains(&format!("line {}", i + 1)), "swap {i}: {out}");
+        assert!(
+            !ok && out.contains(&format!("line {}", i + 1)),
+            "swap {i}: {out}"
+        );
     }
 }

@@ -15,7 +15,12 @@ const SECRETS: &str = "secrets:\n  - {name: app, path: secret/data/app}\n";
 #[tokio::test]
 async fn reads_kv_secret_as_json_and_raw_for_the_bound_service_account() {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
-    v.bao.kv_put("app", json!({"password": "canary-kv-4c1f", "user": "orders"})).await;
+    v.bao
+        .kv_put(
+            "app",
+            json!({"password": "canary-kv-4c1f", "user": "orders"}),
+        )
+        .await;
     let b = BrokerProc::start(&v.bao.addr(), &v.token("shop", "orders"), SECRETS, &[]);
     b.wait_ready().await;
 
@@ -36,7 +41,11 @@ async fn reads_kv_secret_as_json_and_raw_for_the_bound_service_account() {
 
     let list = b.get("/v1/secrets").await;
     assert_eq!(list.status, 200);
-    assert!(!list.body.contains("canary"), "the list shows no values: {}", list.body);
+    assert!(
+        !list.body.contains("canary"),
+        "the list shows no values: {}",
+        list.body
+    );
     assert_eq!(list.json()["secrets"][0]["version"], 1);
 
     // The audit trail names the pod, the caller and the secret, and never the value.
@@ -62,14 +71,19 @@ async fn reads_kv_secret_as_json_and_raw_for_the_bound_service_account() {
         .into_iter()
         .find(|r| r["action"] == "vault.fetch")
         .expect("fetch record");
-    assert!(!fetch["vault_request_id"].as_str().expect("request id").is_empty());
+    assert!(!fetch["vault_request_id"]
+        .as_str()
+        .expect("request id")
+        .is_empty());
     let login = b
         .audit_records()
         .into_iter()
         .find(|r| r["action"] == "vault.login")
         .expect("login record");
     assert_eq!(login["accessor_hmac"].as_str().expect("hmac").len(), 64);
-    assert!(!std::fs::read_to_string(&b.audit).expect("audit").contains("canary"));
+    assert!(!std::fs::read_to_string(&b.audit)
+        .expect("audit")
+        .contains("canary"));
 }
 
 #[tokio::test]
@@ -108,7 +122,11 @@ async fn refused_logins_leave_the_broker_unready_with_vault_reason() {
         })
         .await;
         assert!(a.body.contains("not logged in to Vault"), "{}", a.body);
-        assert!(b.log().contains(why), "log names the reason {why:?}:\n{}", b.log());
+        assert!(
+            b.log().contains(why),
+            "log names the reason {why:?}:\n{}",
+            b.log()
+        );
         let secret = b.get("/v1/secrets/app").await;
         assert_eq!(secret.status, 503, "{}", secret.body);
         assert!(b.audit_count("vault.login", "error") >= 1);
@@ -131,11 +149,15 @@ async fn renews_token_logs_in_again_at_max_ttl_and_rereads_token_file() {
         ..Claims::new("shop", "orders")
     });
     b.set_token(&rotated);
-    let relogin = eventually(Duration::from_secs(30), "a login with the rotated token", || async {
-        b.audit_records()
-            .into_iter()
-            .find(|r| r["action"] == "vault.login" && r["pod"]["pod_name"] == "orders-pod-2")
-    })
+    let relogin = eventually(
+        Duration::from_secs(30),
+        "a login with the rotated token",
+        || async {
+            b.audit_records()
+                .into_iter()
+                .find(|r| r["action"] == "vault.login" && r["pod"]["pod_name"] == "orders-pod-2")
+        },
+    )
     .await;
     assert_eq!(relogin["decision"], "ok");
     assert!(b.audit_count("vault.login", "ok") >= 2);
@@ -158,15 +180,21 @@ async fn token_revoked_out_of_band_triggers_relogin() {
     v.bao
         .api("POST", "sys/leases/revoke-prefix/auth/jwt", Some(json!({})))
         .await;
-    eventually(Duration::from_secs(20), "a second login after the 403", || async {
-        (b.audit_count("vault.login", "ok") >= 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a second login after the 403",
+        || async { (b.audit_count("vault.login", "ok") >= 2).then_some(()) },
+    )
     .await;
     v.bao.kv_put("app", json!({"password": "y"})).await;
-    eventually(Duration::from_secs(20), "version 2 fetched with the new token", || async {
-        let a = b.get("/v1/secrets/app").await;
-        (a.status == 200 && a.json()["version"] == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "version 2 fetched with the new token",
+        || async {
+            let a = b.get("/v1/secrets/app").await;
+            (a.status == 200 && a.json()["version"] == 2).then_some(())
+        },
+    )
     .await;
 }
 
@@ -225,9 +253,13 @@ async fn outage_serves_cached_kv_and_resumes_when_vault_returns() {
     v.bao.restart();
     v.configure("shop", "orders", "1h", "2h").await;
     v.bao.kv_put("app", json!({"password": "after"})).await;
-    eventually(Duration::from_secs(40), "the new value after Vault returns", || async {
-        let a = b.get("/v1/secrets/app/password").await;
-        (a.status == 200 && a.body == "after").then_some(())
-    })
+    eventually(
+        Duration::from_secs(40),
+        "the new value after Vault returns",
+        || async {
+            let a = b.get("/v1/secrets/app/password").await;
+            (a.status == 200 && a.body == "after").then_some(())
+        },
+    )
     .await;
 }

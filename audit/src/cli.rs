@@ -82,7 +82,9 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 if time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                     .is_err()
                 {
-                    eprintln!("--since: expected an RFC 3339 time like 2026-01-02T03:04:05Z, got {s:?}");
+                    eprintln!(
+                        "--since: expected an RFC 3339 time like 2026-01-02T03:04:05Z, got {s:?}"
+                    );
                     return ExitCode::from(2);
                 }
             }
@@ -133,8 +135,7 @@ impl Filter {
         }
         if let Some(since) = &self.since {
             let parse = |t: &str| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .ok()
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             };
             match (s("time").and_then(parse), parse(since)) {
                 (Some(t), Some(since)) if t >= since => {}
@@ -157,8 +158,8 @@ pub fn query(
     if !json {
         writeln!(
             out,
-            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} {}",
-            "TIME", "SEQ", "ACTION", "RESULT", "SECRET", "CALLER/PEER", "REASON"
+            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} REASON",
+            "TIME", "SEQ", "ACTION", "RESULT", "SECRET", "CALLER/PEER"
         )?;
     }
     for line in reader.lines() {

@@ -54,8 +54,8 @@ pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> 
         if text.is_empty() {
             return Err(broken("empty line".into()));
         }
-        let chain: Chain = serde_json::from_str(text)
-            .map_err(|e| broken(format!("not an audit record: {e}")))?;
+        let chain: Chain =
+            serde_json::from_str(text).map_err(|e| broken(format!("not an audit record: {e}")))?;
         let suffix = format!(",\"hash\":\"{}\"}}", chain.hash);
         let body = text
             .strip_suffix(&suffix)

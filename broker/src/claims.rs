@@ -128,7 +128,13 @@ mod tests {
     fn falls_back_to_sub() {
         let t = jwt(&serde_json::json!({"sub": "system:serviceaccount:a:b"}));
         let info = decode(&t).expect("valid");
-        assert_eq!((info.pod.namespace.as_str(), info.pod.service_account.as_str()), ("a", "b"));
+        assert_eq!(
+            (
+                info.pod.namespace.as_str(),
+                info.pod.service_account.as_str()
+            ),
+            ("a", "b")
+        );
     }
 
     #[test]

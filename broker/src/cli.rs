@@ -24,7 +24,11 @@ pub struct BrokerArgs {
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
     /// The broker's socket.
-    #[arg(long, env = "KEYWARD_SOCKET", default_value = "/run/keyward/broker.sock")]
+    #[arg(
+        long,
+        env = "KEYWARD_SOCKET",
+        default_value = "/run/keyward/broker.sock"
+    )]
     pub socket: PathBuf,
     /// Give up after this long.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -125,8 +129,10 @@ pub fn run_probe(args: ProbeArgs) -> ExitCode {
 fn probe(socket: &std::path::Path, timeout: Duration) -> Result<(), String> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     s.write_all(b"GET /v1/health/ready HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();

@@ -19,10 +19,7 @@ pub enum ConfigError {
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("invalid config: {setting}: {reason}")]
-    Invalid {
-        setting: String,
-        reason: String,
-    },
+    Invalid { setting: String, reason: String },
 }
 
 fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -369,7 +366,10 @@ impl Config {
             if !valid_name(&s.name) {
                 return Err(invalid(
                     format!("{at}.name"),
-                    format!("expected 1-128 characters of [A-Za-z0-9_.-], got {:?}", s.name),
+                    format!(
+                        "expected 1-128 characters of [A-Za-z0-9_.-], got {:?}",
+                        s.name
+                    ),
                 ));
             }
             if !names.insert(s.name.as_str()) {
@@ -381,7 +381,10 @@ impl Config {
             if !valid_vault_path(&s.path) {
                 return Err(invalid(
                     format!("{at}.path"),
-                    format!("expected a Vault API path like secret/data/db, got {:?}", s.path),
+                    format!(
+                        "expected a Vault API path like secret/data/db, got {:?}",
+                        s.path
+                    ),
                 ));
             }
             if let Some(k) = &s.key {
@@ -552,8 +555,8 @@ secrets:
 
     #[test]
     fn config_from_environment_only() {
-        let c = Config::from_yaml("", &env(&[("KEYWARD_VAULT_ADDR", "http://v:1")]))
-            .expect("valid");
+        let c =
+            Config::from_yaml("", &env(&[("KEYWARD_VAULT_ADDR", "http://v:1")])).expect("valid");
         assert!(c.secrets.is_empty());
     }
 
@@ -561,18 +564,35 @@ secrets:
     fn errors_name_the_setting() {
         for (doc, needle) in [
             ("vault: {addr: vault:8200}", "vault.addr"),
-            ("vault: {addr: 'http://v'}\nsecrets: [{name: 'a/b', path: x}]", "secrets[0].name"),
-            ("vault: {addr: 'http://v'}\nsecrets: [{name: a, path: '../x'}]", "secrets[0].path"),
+            (
+                "vault: {addr: 'http://v'}\nsecrets: [{name: 'a/b', path: x}]",
+                "secrets[0].name",
+            ),
+            (
+                "vault: {addr: 'http://v'}\nsecrets: [{name: a, path: '../x'}]",
+                "secrets[0].path",
+            ),
             (
                 "vault: {addr: 'http://v'}\nsecrets: [{name: a, path: x}, {name: a, path: y}]",
                 "duplicate",
             ),
-            ("vault: {addr: 'http://v'}\nsocket: {mode: '999'}", "socket.mode"),
-            ("vault: {addr: 'http://v'}\nbogus: 1", "unknown field `bogus`"),
-            ("vault: {addr: 'http://v'}\nauth: {method: ldap}", "unknown variant `ldap`"),
+            (
+                "vault: {addr: 'http://v'}\nsocket: {mode: '999'}",
+                "socket.mode",
+            ),
+            (
+                "vault: {addr: 'http://v'}\nbogus: 1",
+                "unknown field `bogus`",
+            ),
+            (
+                "vault: {addr: 'http://v'}\nauth: {method: ldap}",
+                "unknown variant `ldap`",
+            ),
             ("{}", "missing field `vault`"),
         ] {
-            let err = Config::from_yaml(doc, &env(&[])).expect_err(doc).to_string();
+            let err = Config::from_yaml(doc, &env(&[]))
+                .expect_err(doc)
+                .to_string();
             assert!(err.contains(needle), "{doc}: {err}");
         }
     }
@@ -585,7 +605,14 @@ secrets:
         }
         assert!(valid_vault_path("secret/data/db"));
         assert!(valid_vault_path("database/creds/app"));
-        for bad in ["", "/secret", "secret//x", "secret/../x", "secret/x?y", "a/b#c"] {
+        for bad in [
+            "",
+            "/secret",
+            "secret//x",
+            "secret/../x",
+            "secret/x?y",
+            "a/b#c",
+        ] {
             assert!(!valid_vault_path(bad), "{bad}");
         }
     }

@@ -129,7 +129,9 @@ impl Inner {
                     return Err(format!(
                         "secret {} expired and could not be refreshed: {}",
                         entry.spec.name,
-                        entry.last_error().unwrap_or_else(|| "refresh pending".into())
+                        entry
+                            .last_error()
+                            .unwrap_or_else(|| "refresh pending".into())
                     ))
                 }
                 None => {

@@ -72,12 +72,15 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
                 }
                 let reason = e.to_string();
                 warn!(error = %reason, "Vault login failed");
-                ctx.metrics.logins.get_or_create(&BrokerMetrics::result("error")).inc();
+                ctx.metrics
+                    .logins
+                    .get_or_create(&BrokerMetrics::result("error"))
+                    .inc();
                 ctx.metrics.logged_in.set(0);
                 ctx.set_login_error(Some(reason.clone()));
-                let _ = ctx.audit.record(
-                    &Record::new("vault.login", Decision::Error).reason(reason),
-                );
+                let _ = ctx
+                    .audit
+                    .record(&Record::new("vault.login", Decision::Error).reason(reason));
                 if !sleep_or(&shutdown, backoff.next_delay()).await {
                     return;
                 }
@@ -87,7 +90,10 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
         backoff.reset();
         ctx.audit.set_pod(login.pod.clone());
         ctx.set_login_error(None);
-        ctx.metrics.logins.get_or_create(&BrokerMetrics::result("ok")).inc();
+        ctx.metrics
+            .logins
+            .get_or_create(&BrokerMetrics::result("ok"))
+            .inc();
         ctx.metrics.logged_in.set(1);
         info!(
             namespace = %login.pod.namespace,
@@ -127,14 +133,20 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
             }
             match vault.renew_self().await {
                 Ok(ttl) => {
-                    ctx.metrics.token_renewals.get_or_create(&BrokerMetrics::result("ok")).inc();
+                    ctx.metrics
+                        .token_renewals
+                        .get_or_create(&BrokerMetrics::result("ok"))
+                        .inc();
                     debug!(ttl_s = ttl.as_secs(), "Renewed Vault token");
                     let mut rec = Record::new("vault.renew", Decision::Ok);
                     rec.accessor_hmac = Some(ctx.audit.hmac(&token.accessor));
                     let _ = ctx.audit.record(&rec);
                 }
                 Err(e) => {
-                    ctx.metrics.token_renewals.get_or_create(&BrokerMetrics::result("error")).inc();
+                    ctx.metrics
+                        .token_renewals
+                        .get_or_create(&BrokerMetrics::result("error"))
+                        .inc();
                     warn!(error = %e, "Vault token renewal failed; logging in again");
                     let mut rec = Record::new("vault.renew", Decision::Error).reason(e.to_string());
                     rec.accessor_hmac = Some(ctx.audit.hmac(&token.accessor));
@@ -203,7 +215,10 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
                 backoff.reset();
                 let granted = resp.lease_duration;
                 entry.renewed(&lease.id, SystemTime::now() + granted);
-                ctx.metrics.lease_renewals.get_or_create(&BrokerMetrics::result("ok")).inc();
+                ctx.metrics
+                    .lease_renewals
+                    .get_or_create(&BrokerMetrics::result("ok"))
+                    .inc();
                 // Vault caps renewals at max_ttl: a shorter grant means a new lease is due.
                 near_max_ttl = granted < lease.duration;
                 info!(secret = %entry.spec.name, ttl_s = granted.as_secs(), near_max_ttl, "Renewed lease");
@@ -216,9 +231,13 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
                 let _ = ctx.audit.record(&rec);
             }
             Err(e) => {
-                ctx.metrics.lease_renewals.get_or_create(&BrokerMetrics::result("error")).inc();
+                ctx.metrics
+                    .lease_renewals
+                    .get_or_create(&BrokerMetrics::result("error"))
+                    .inc();
                 warn!(secret = %entry.spec.name, error = %e, "Lease renewal failed");
-                let mut rec = Record::new("vault.lease_renew", Decision::Error).reason(e.to_string());
+                let mut rec =
+                    Record::new("vault.lease_renew", Decision::Error).reason(e.to_string());
                 rec.secret = Some(entry.spec.name.clone());
                 rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
                 let _ = ctx.audit.record(&rec);
@@ -343,7 +362,11 @@ pub async fn revoke_all(ctx: &Inner) {
     for entry in ctx.entries.values() {
         for lease in entry.leases() {
             let result = ctx.vault.revoke_lease(&lease.id).await;
-            let decision = if result.is_ok() { Decision::Ok } else { Decision::Error };
+            let decision = if result.is_ok() {
+                Decision::Ok
+            } else {
+                Decision::Error
+            };
             let mut rec = Record::new("vault.revoke", decision);
             rec.secret = Some(entry.spec.name.clone());
             rec.path = Some(entry.spec.path.clone());
@@ -366,7 +389,11 @@ pub async fn revoke_all(ctx: &Inner) {
         let result = ctx.vault.revoke_self().await;
         let mut rec = Record::new(
             "vault.revoke_token",
-            if result.is_ok() { Decision::Ok } else { Decision::Error },
+            if result.is_ok() {
+                Decision::Ok
+            } else {
+                Decision::Error
+            },
         );
         rec.accessor_hmac = Some(ctx.audit.hmac(&token.accessor));
         if let Err(e) = result {
@@ -399,7 +426,10 @@ mod tests {
     fn renewal_point_is_about_two_thirds() {
         for _ in 0..100 {
             let d = two_thirds(Duration::from_secs(90));
-            assert!(d >= Duration::from_secs(54) && d <= Duration::from_secs(66), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(54) && d <= Duration::from_secs(66),
+                "{d:?}"
+            );
         }
         assert!(two_thirds(Duration::ZERO) >= Duration::from_millis(100));
     }

@@ -116,10 +116,7 @@ mod tests {
     fn seal_round_trip_and_ciphertext_hides_plaintext() {
         let s = Sealer::new();
         let sealed = s.seal(b"canary-7f3a");
-        assert!(!sealed
-            .ciphertext
-            .windows(11)
-            .any(|w| w == b"canary-7f3a"));
+        assert!(!sealed.ciphertext.windows(11).any(|w| w == b"canary-7f3a"));
         assert_eq!(s.open(&sealed).expect("open").as_slice(), b"canary-7f3a");
         // Another process's key cannot open it.
         assert!(Sealer::new().open(&sealed).is_err());
@@ -138,6 +135,9 @@ mod tests {
     fn scrub_empties_strings() {
         let mut v = serde_json::json!({"a": "x", "b": ["y"], "c": {"d": "z"}, "n": 1});
         scrub_json(&mut v);
-        assert_eq!(v, serde_json::json!({"a": "", "b": [""], "c": {"d": ""}, "n": 1}));
+        assert_eq!(
+            v,
+            serde_json::json!({"a": "", "b": [""], "c": {"d": ""}, "n": 1})
+        );
     }
 }

@@ -291,7 +291,9 @@ impl Query {
                 }
                 "wait" => {
                     let d = humantime::parse_duration(v).map_err(|_| {
-                        ApiError::BadRequest(format!("wait: expected a duration like 30s, got {v:?}"))
+                        ApiError::BadRequest(format!(
+                            "wait: expected a duration like 30s, got {v:?}"
+                        ))
                     })?;
                     out.wait = Some(d.min(max_wait));
                 }
@@ -360,16 +362,23 @@ fn authorize<'a>(
 ) -> Result<&'a Arc<crate::cache::Entry>, ApiError> {
     check_name(name)?;
     let Some(entry) = inner.entries.get(name) else {
-        let rec = access_record(inner, caller, action, name, Decision::Deny).reason("unknown secret");
+        let rec =
+            access_record(inner, caller, action, name, Decision::Deny).reason("unknown secret");
         audit(inner, &rec)?;
         return Err(ApiError::UnknownSecret(name.to_owned()));
     };
     if let Some(uids) = &entry.spec.allow_uids {
         if !uids.contains(&caller.uid) {
             let reason = format!("uid {} is not in the secret's allow list", caller.uid);
-            let rec = access_record(inner, caller, action, name, Decision::Deny).reason(reason.clone());
+            let rec =
+                access_record(inner, caller, action, name, Decision::Deny).reason(reason.clone());
             audit(inner, &rec)?;
-            warn!(secret = name, uid = caller.uid, pid = caller.pid, "Secret access denied");
+            warn!(
+                secret = name,
+                uid = caller.uid,
+                pid = caller.pid,
+                "Secret access denied"
+            );
             return Err(ApiError::Denied(reason));
         }
     }
@@ -392,11 +401,16 @@ fn servable(
     match entry.value() {
         None => refuse(format!(
             "secret {name} not fetched yet{}",
-            entry.last_error().map(|e| format!(": {e}")).unwrap_or_default()
+            entry
+                .last_error()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         )),
         Some(v) if v.expired(SystemTime::now()) => refuse(format!(
             "cached value of {name} expired and could not be refreshed: {}",
-            entry.last_error().unwrap_or_else(|| "refresh pending".into())
+            entry
+                .last_error()
+                .unwrap_or_else(|| "refresh pending".into())
         )),
         Some(v) => Ok(v),
     }
@@ -429,7 +443,10 @@ async fn secret_json(
     let value = servable(inner, caller, "secret.read", entry)?;
     let mut rec = access_record(inner, caller, "secret.read", name, Decision::Allow);
     rec.version = Some(value.version);
-    rec.lease_hmac = value.lease.as_ref().map(|l| inner.audit.hmac(l.id.expose()));
+    rec.lease_hmac = value
+        .lease
+        .as_ref()
+        .map(|l| inner.audit.hmac(l.id.expose()));
     audit(inner, &rec)?;
 
     let mut body = Zeroizing::new(Vec::with_capacity(256));
@@ -476,8 +493,8 @@ fn secret_raw(
     let entry = authorize(inner, caller, "secret.read", name)?;
     let value = servable(inner, caller, "secret.read", entry)?;
     let Some(sealed) = value.fields.get(key) else {
-        let rec = access_record(inner, caller, "secret.read", name, Decision::Deny)
-            .reason("unknown key");
+        let rec =
+            access_record(inner, caller, "secret.read", name, Decision::Deny).reason("unknown key");
         audit(inner, &rec)?;
         return Err(ApiError::NotFound(format!(
             "secret {name} has no key {:?}",
@@ -486,7 +503,10 @@ fn secret_raw(
     };
     let mut rec = access_record(inner, caller, "secret.read", name, Decision::Allow);
     rec.version = Some(value.version);
-    rec.lease_hmac = value.lease.as_ref().map(|l| inner.audit.hmac(l.id.expose()));
+    rec.lease_hmac = value
+        .lease
+        .as_ref()
+        .map(|l| inner.audit.hmac(l.id.expose()));
     rec.reason = Some(format!("key {key}"));
     audit(inner, &rec)?;
     let json = inner
@@ -531,7 +551,9 @@ fn list(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiErro
         .collect();
     Ok(json_response(
         StatusCode::OK,
-        serde_json::json!({ "secrets": items }).to_string().into_bytes(),
+        serde_json::json!({ "secrets": items })
+            .to_string()
+            .into_bytes(),
     ))
 }
 
@@ -549,7 +571,9 @@ fn identity(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, Api
         rec.decision = Decision::Deny;
         rec.reason = Some("certificate not issued yet".into());
         audit(inner, &rec)?;
-        return Err(ApiError::NotReady("workload certificate not issued yet".into()));
+        return Err(ApiError::NotReady(
+            "workload certificate not issued yet".into(),
+        ));
     };
     rec.reason = Some(svid.spiffe_id.clone());
     audit(inner, &rec)?;
@@ -587,13 +611,25 @@ mod tests {
     #[test]
     fn errors_map_to_statuses() {
         assert_eq!(ApiError::TooLarge.parts().0, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(ApiError::UnknownSecret("x".into()).parts().0, StatusCode::NOT_FOUND);
-        assert_eq!(ApiError::Denied("x".into()).parts().0, StatusCode::FORBIDDEN);
-        assert_eq!(ApiError::NotReady("x".into()).parts().0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::UnknownSecret("x".into()).parts().0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::Denied("x".into()).parts().0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::NotReady("x".into()).parts().0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(
             ApiError::AuditUnavailable("x".into()).parts().0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(ApiError::BadRequest("x".into()).parts().0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            ApiError::BadRequest("x".into()).parts().0,
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -163,12 +163,10 @@ impl Vault {
             .pool_idle_timeout(Duration::from_secs(30));
         let mut ca_certs = Vec::new();
         if let Some(ca) = &config.vault.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| {
-                VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display()))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display()))
-            })?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
             ca_certs.push(ca.display().to_string());
         }
@@ -262,8 +260,13 @@ impl Vault {
             .unwrap_or_else(|| info.pod.service_account.clone());
         let result = match self.method {
             AuthMethod::Jwt => {
-                vaultrs::auth::oidc::login(&self.login_client, &self.mount, jwt.expose(), Some(role))
-                    .await
+                vaultrs::auth::oidc::login(
+                    &self.login_client,
+                    &self.mount,
+                    jwt.expose(),
+                    Some(role),
+                )
+                .await
             }
             AuthMethod::Kubernetes => {
                 vaultrs::auth::kubernetes::login(
@@ -297,7 +300,11 @@ impl Vault {
     /// Renews the current token; returns the TTL granted.
     pub async fn renew_self(&self) -> Result<Duration, VaultError> {
         let resp = self
-            .call(reqwest::Method::POST, "auth/token/renew-self", Some(&serde_json::json!({})))
+            .call(
+                reqwest::Method::POST,
+                "auth/token/renew-self",
+                Some(&serde_json::json!({})),
+            )
             .await?;
         let ttl = resp.lease_duration.max(Duration::from_secs(1));
         if let Ok(mut t) = self.token.write() {
@@ -436,7 +443,8 @@ fn parse_response(bytes: &[u8]) -> Result<VaultResponse, VaultError> {
         a.client_token.zeroize();
         a.accessor.zeroize();
     }
-    let lease_id = (!raw.lease_id.is_empty()).then(|| SecretString::new(std::mem::take(&mut raw.lease_id)));
+    let lease_id =
+        (!raw.lease_id.is_empty()).then(|| SecretString::new(std::mem::take(&mut raw.lease_id)));
     Ok(VaultResponse {
         request_id: raw.request_id,
         lease_id,

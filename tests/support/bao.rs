@@ -59,7 +59,11 @@ impl Bao {
                     panic!("OpenBao exited with {status}: {}", self.log());
                 }
             }
-            assert!(Instant::now() < deadline, "OpenBao did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -138,7 +142,11 @@ impl Bao {
     /// Writes a KV v2 secret under secret/; returns its new version.
     pub async fn kv_put(&self, name: &str, data: Value) -> u64 {
         let v = self
-            .api("POST", &format!("secret/data/{name}"), Some(serde_json::json!({"data": data})))
+            .api(
+                "POST",
+                &format!("secret/data/{name}"),
+                Some(serde_json::json!({"data": data})),
+            )
             .await;
         v["data"]["version"].as_u64().expect("version")
     }

@@ -27,8 +27,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -37,7 +36,10 @@ impl BrokerProc {
     /// `token`, a socket and audit log in a temporary directory, plus `extra` YAML
     /// (secrets, intervals...). `env` adds environment variables.
     pub fn start(vault_addr: &str, token: &str, extra: &str, env: &[(&str, &str)]) -> BrokerProc {
-        let dir = tempfile::Builder::new().prefix("keyward-broker").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-broker")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("broker.sock");
         let audit = dir.path().join("audit.log");
         let token_file = dir.path().join("token");
@@ -136,7 +138,12 @@ impl BrokerProc {
                     return;
                 }
                 if std::time::Instant::now() > deadline {
-                    panic!("broker not ready: {} {}\nlog:\n{}", a.status, a.body, self.log());
+                    panic!(
+                        "broker not ready: {} {}\nlog:\n{}",
+                        a.status,
+                        a.body,
+                        self.log()
+                    );
                 }
             } else if std::time::Instant::now() > deadline {
                 panic!("broker socket never appeared\nlog:\n{}", self.log());
@@ -172,7 +179,11 @@ impl Drop for BrokerProc {
 
 /// One HTTP/1.1 GET over the Unix socket (Connection: close).
 pub async fn get(socket: &Path, path: &str) -> Answer {
-    raw(socket, format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n").as_bytes()).await
+    raw(
+        socket,
+        format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
 }
 
 /// Sends raw bytes and reads the whole answer.

@@ -62,7 +62,10 @@ impl Issuer {
 
     /// Signs a projected service-account token.
     pub fn mint(&self, c: &Claims) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
         let claims = json!({
             "iss": ISSUER,
             "sub": format!("system:serviceaccount:{}:{}", c.namespace, c.service_account),
@@ -81,7 +84,8 @@ impl Issuer {
 
     /// Enables jwt auth at `auth/jwt` trusting this issuer.
     pub async fn configure(&self, bao: &Bao) {
-        bao.api("POST", "sys/auth/jwt", Some(json!({"type": "jwt"}))).await;
+        bao.api("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+            .await;
         bao.api(
             "POST",
             "auth/jwt/config",
@@ -92,7 +96,15 @@ impl Issuer {
 }
 
 /// Creates a jwt role bound to one namespace and service account.
-pub async fn role(bao: &Bao, name: &str, ns: &str, sa: &str, ttl: &str, max_ttl: &str, policies: &[&str]) {
+pub async fn role(
+    bao: &Bao,
+    name: &str,
+    ns: &str,
+    sa: &str,
+    ttl: &str,
+    max_ttl: &str,
+    policies: &[&str],
+) {
     bao.api(
         "POST",
         &format!("auth/jwt/role/{name}"),

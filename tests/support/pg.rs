@@ -23,7 +23,10 @@ fn as_postgres(bin: &Path, tool: &str) -> Command {
 }
 
 fn run(mut c: Command, what: &str) -> String {
-    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}{}",
@@ -36,16 +39,23 @@ fn run(mut c: Command, what: &str) -> String {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = super::tools::pg_bin();
-        let dir = tempfile::Builder::new().prefix("keyward-pg").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-pg")
+            .tempdir()
+            .expect("tempdir");
         if nix::unistd::Uid::effective().is_root() {
             let user = nix::unistd::User::from_name("postgres")
                 .expect("passwd")
-                .expect("a postgres user (installed with the postgresql package: scripts/deps.sh core)");
+                .expect(
+                    "a postgres user (installed with the postgresql package: scripts/deps.sh core)",
+                );
             nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).expect("chown");
         }
         let data = dir.path().join("data");
         let mut init = as_postgres(&bin, "initdb");
-        init.args(["-D"]).arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+        init.args(["-D"])
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
         run(init, "initdb");
         let port = super::free_port();
         let mut start = as_postgres(&bin, "pg_ctl");
@@ -75,7 +85,16 @@ impl Postgres {
     /// Runs one SQL statement as the superuser; returns the unaligned output.
     pub fn sql(&self, statement: &str) -> String {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-tAc", statement]);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-tAc",
+            statement,
+        ]);
         run(c, "psql").trim().to_owned()
     }
 
@@ -93,7 +112,9 @@ impl Postgres {
         }
         self.stopped = true;
         let mut c = as_postgres(&self.bin, "pg_ctl");
-        c.args(["-D"]).arg(self.dir.path().join("data")).args(["-m", "immediate", "stop"]);
+        c.args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"]);
         let _ = c.stdin(Stdio::null()).output();
     }
 
@@ -121,7 +142,12 @@ impl Postgres {
     /// Configures OpenBao's database engine at database/ with role `app`.
     pub async fn configure_vault(&self, bao: &super::bao::Bao, default_ttl: &str, max_ttl: &str) {
         use serde_json::json;
-        bao.api("POST", "sys/mounts/database", Some(json!({"type": "database"}))).await;
+        bao.api(
+            "POST",
+            "sys/mounts/database",
+            Some(json!({"type": "database"})),
+        )
+        .await;
         bao.api(
             "POST",
             "database/config/pg",

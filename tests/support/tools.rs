@@ -9,7 +9,9 @@ pub fn cache_dir() -> PathBuf {
     }
     let base = std::env::var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
+        });
     base.join("keyward")
 }
 
@@ -40,10 +42,16 @@ pub fn pg_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     found.sort();
-    let bin = found.pop().unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    let bin = found
+        .pop()
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
     assert!(
         bin.join("initdb").exists(),
         "PostgreSQL not found under {}; install it with `scripts/deps.sh core`",
