@@ -158,7 +158,7 @@ pub fn query(
     if !json {
         writeln!(
             out,
-            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} REASON",
+            "{:<27} {:>6} {:<18} {:<7} {:<14} {:<22} REASON",
             "TIME", "SEQ", "ACTION", "RESULT", "SECRET", "CALLER/PEER"
         )?;
     }
@@ -202,7 +202,7 @@ pub fn query(
         };
         writeln!(
             out,
-            "{:<27} {:>6} {:<16} {:<7} {:<14} {:<22} {}",
+            "{:<27} {:>6} {:<18} {:<7} {:<14} {:<22} {}",
             s("/time"),
             s("/seq"),
             s("/action"),

@@ -221,6 +221,9 @@ impl AuditLog {
             path: config.path.clone(),
             source,
         };
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_err)?;
+        }
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
