@@ -30,17 +30,33 @@ struct Mesh {
 
 fn policy(allow: &[&str], port: u16) -> String {
     let list: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
-    format!("inbound:\n  - port: {port}\n    allow: [{}]\n", list.join(", "))
+    format!(
+        "inbound:\n  - port: {port}\n    allow: [{}]\n",
+        list.join(", ")
+    )
 }
 
 async fn mesh(ttl: &str) -> Mesh {
     let vault = TestVault::start("shop", "orders", "10m", "1h").await;
-    support::jwt::role(&vault.bao, "frontend", "shop", "frontend", "10m", "1h", &["app"]).await;
+    support::jwt::role(
+        &vault.bao,
+        "frontend",
+        "shop",
+        "frontend",
+        "10m",
+        "1h",
+        &["app"],
+    )
+    .await;
     let pki = Pki::setup(&vault.bao).await;
     let app = echo_app().await;
     let test_ca = TestCa::new("rogue");
-    let inbound: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().expect("addr");
-    let outbound: SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().expect("addr");
+    let inbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .expect("addr");
+    let outbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .expect("addr");
     let mut orders = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {
@@ -104,7 +120,11 @@ where
 }
 
 /// Polls the audit log of `s` until a record satisfies `f`.
-async fn wait_audit(s: &Sidecar, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+async fn wait_audit(
+    s: &Sidecar,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     support::eventually(Duration::from_secs(10), what, || {
         let found = s.audit_records().into_iter().find(|r| f(r));
         async move { found }
@@ -122,7 +142,10 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
         let r = wait_audit(s, "svid.issue", |r| r["action"] == "svid.issue").await;
         assert_eq!(r["decision"], "ok");
         assert_eq!(r["path"], "pki_int/sign/spiffe");
-        assert!(r["reason"].as_str().unwrap_or_default().starts_with(id), "{r}");
+        assert!(
+            r["reason"].as_str().unwrap_or_default().starts_with(id),
+            "{r}"
+        );
         assert!(s.metric("keyward_svid_expiry_timestamp_seconds").await > 1e9);
     }
 
@@ -131,7 +154,9 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
     let data: Vec<u8> = (0..64u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    let s = TcpStream::connect(m.outbound).await.expect("connect outbound");
+    let s = TcpStream::connect(m.outbound)
+        .await
+        .expect("connect outbound");
     let start = Instant::now();
     let back = roundtrip(s, data.clone()).await.expect("64 MiB roundtrip");
     eprintln!("64 MiB echoed in {:?}", start.elapsed());
@@ -153,12 +178,23 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
     // A caller with a valid OpenBao SVID that is not on the list.
     let intruder = "spiffe://cluster.local/ns/shop/sa/intruder";
     let (chain, key) = m.pki.issue(&m.vault.bao, intruder, "1h").await;
-    let s = raw_mtls(m.inbound, Some((&chain, &key))).await.expect("handshake");
+    let s = raw_mtls(m.inbound, Some((&chain, &key)))
+        .await
+        .expect("handshake");
     let err = roundtrip(s, b"hello".to_vec()).await.expect_err("denied");
     assert!(err.to_string().contains("AccessDenied"), "{err}");
-    let r = wait_audit(&m.orders, "intruder denied", |r| r["peer"]["spiffe_id"] == intruder).await;
+    let r = wait_audit(&m.orders, "intruder denied", |r| {
+        r["peer"]["spiffe_id"] == intruder
+    })
+    .await;
     assert_eq!(r["decision"], "deny");
-    assert!(r["reason"].as_str().unwrap_or_default().contains("not allowed"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not allowed"),
+        "{r}"
+    );
 
     // Certificates breaking the SVID rules, minted with rcgen by a CA the sidecar trusts.
     let unknown = TestCa::new("unknown");
@@ -168,14 +204,27 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
             m.test_ca.leaf(Leaf::new(FRONTEND).extra_uri(ORDERS)),
             "exactly one URI SAN, found 2",
         ),
-        ("CA:true leaf", m.test_ca.leaf(Leaf::new(FRONTEND).ca()), "is a CA"),
+        (
+            "CA:true leaf",
+            m.test_ca.leaf(Leaf::new(FRONTEND).ca()),
+            "is a CA",
+        ),
         (
             "other trust domain",
-            m.test_ca.leaf(Leaf::new("spiffe://evil.local/ns/shop/sa/frontend")),
+            m.test_ca
+                .leaf(Leaf::new("spiffe://evil.local/ns/shop/sa/frontend")),
             "not in trust domain cluster.local",
         ),
-        ("expired", m.test_ca.leaf(Leaf::new(FRONTEND).expired()), "expired"),
-        ("unknown CA", unknown.leaf(Leaf::new(FRONTEND)), "unknown CA"),
+        (
+            "expired",
+            m.test_ca.leaf(Leaf::new(FRONTEND).expired()),
+            "expired",
+        ),
+        (
+            "unknown CA",
+            unknown.leaf(Leaf::new(FRONTEND)),
+            "unknown CA",
+        ),
     ];
     for (what, cert, reason) in &cases {
         let before = m.orders.audit_records().len();
@@ -200,23 +249,56 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
         Err(e) => Err(e),
     };
     assert!(outcome.is_err(), "no cert: {outcome:?}");
-    let r = wait_audit(&m.orders, "no cert", |r| r["seq"].as_u64().unwrap_or(0) as usize > before).await;
+    let r = wait_audit(&m.orders, "no cert", |r| {
+        r["seq"].as_u64().unwrap_or(0) as usize > before
+    })
+    .await;
     assert_eq!(r["decision"], "deny");
-    assert!(r["reason"].as_str().unwrap_or_default().contains("no client certificate"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no client certificate"),
+        "{r}"
+    );
 
     let before = m.orders.audit_records().len();
     let mut tcp = TcpStream::connect(m.inbound).await.expect("connect");
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n").await.expect("write");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     let _ = tcp.read_to_end(&mut buf).await;
-    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1"), "app reached in plaintext");
-    let r = wait_audit(&m.orders, "plain TCP", |r| r["seq"].as_u64().unwrap_or(0) as usize > before).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1"),
+        "app reached in plaintext"
+    );
+    let r = wait_audit(&m.orders, "plain TCP", |r| {
+        r["seq"].as_u64().unwrap_or(0) as usize > before
+    })
+    .await;
     assert_eq!(r["decision"], "deny");
-    assert!(r["reason"].as_str().unwrap_or_default().contains("not a TLS"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a TLS"),
+        "{r}"
+    );
 
     // Metrics count it all.
-    assert!(m.orders.metric("keyward_proxy_authz_total{direction=\"inbound\"").await >= 2.0);
-    assert!(m.orders.metric("keyward_proxy_handshake_failures_total").await >= 6.0);
+    assert!(
+        m.orders
+            .metric("keyward_proxy_authz_total{direction=\"inbound\"")
+            .await
+            >= 2.0
+    );
+    assert!(
+        m.orders
+            .metric("keyward_proxy_handshake_failures_total")
+            .await
+            >= 6.0
+    );
     assert!(m.orders.metric("keyward_proxy_bytes_total").await >= (128u64 << 20) as f64);
     assert!(m.orders.metric("keyward_vault_logged_in").await >= 1.0);
 
@@ -226,7 +308,11 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
         .arg(&m.orders.audit)
         .output()
         .expect("keyward audit verify");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +325,8 @@ async fn policy_revoke_closes_connection_and_invalid_policy_keeps_the_old() {
     r.read_exact(&mut b).await.expect("echo");
 
     // An invalid file is refused, counted, and changes nothing.
-    m.orders.set_policy("inbound: [{port: 1, allow: [\"spiffe://other/x\"]}]");
+    m.orders
+        .set_policy("inbound: [{port: 1, allow: [\"spiffe://other/x\"]}]");
     support::eventually(Duration::from_secs(5), "policy error counted", || async {
         (m.orders.metric("keyward_proxy_policy_errors_total").await >= 1.0).then_some(())
     })
@@ -247,12 +334,24 @@ async fn policy_revoke_closes_connection_and_invalid_policy_keeps_the_old() {
     w.write_all(b"pong").await.expect("write");
     r.read_exact(&mut b).await.expect("still allowed");
     let s2 = TcpStream::connect(m.outbound).await.expect("connect");
-    assert_eq!(roundtrip(s2, b"new".to_vec()).await.expect("new conn allowed"), b"newbye");
-    assert!(m.orders.log().contains("Invalid policy file"), "{}", m.orders.log());
+    assert_eq!(
+        roundtrip(s2, b"new".to_vec())
+            .await
+            .expect("new conn allowed"),
+        b"newbye"
+    );
+    assert!(
+        m.orders.log().contains("Invalid policy file"),
+        "{}",
+        m.orders.log()
+    );
 
     // Removing frontend closes the open connection within a second.
     let start = Instant::now();
-    m.orders.set_policy(&policy(&["spiffe://cluster.local/ns/ops/*"], m.inbound.port()));
+    m.orders.set_policy(&policy(
+        &["spiffe://cluster.local/ns/ops/*"],
+        m.inbound.port(),
+    ));
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(1), r.read(&mut buf))
         .await
@@ -262,15 +361,27 @@ async fn policy_revoke_closes_connection_and_invalid_policy_keeps_the_old() {
     wait_audit(&m.orders, "revocation", |r| {
         r["decision"] == "deny"
             && r["peer"]["spiffe_id"] == FRONTEND
-            && r["reason"].as_str().unwrap_or_default().contains("no longer allowed")
+            && r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no longer allowed")
     })
     .await;
-    assert_eq!(m.orders.metric("keyward_proxy_connections_revoked_total").await, 1.0);
+    assert_eq!(
+        m.orders
+            .metric("keyward_proxy_connections_revoked_total")
+            .await,
+        1.0
+    );
 
     // SIGTERM drains and exits cleanly.
     let status = m.orders.terminate().await;
     assert!(status.success(), "{status}: {}", m.orders.log());
-    assert!(m.orders.log().contains("Proxy drained"), "{}", m.orders.log());
+    assert!(
+        m.orders.log().contains("Proxy drained"),
+        "{}",
+        m.orders.log()
+    );
     let status = m.frontend.terminate().await;
     assert!(status.success(), "{status}");
 }
@@ -291,13 +402,19 @@ async fn rotation_of_30s_certificates_drops_no_connection() {
         let addr = m.outbound;
         let stop = stop.clone();
         workers.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+            let mut s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let mut n = 0u64;
             let msg = [k; 1024];
             let mut back = [0u8; 1024];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                s.write_all(&msg).await.map_err(|e| format!("write after {n}: {e}"))?;
-                s.read_exact(&mut back).await.map_err(|e| format!("read after {n}: {e}"))?;
+                s.write_all(&msg)
+                    .await
+                    .map_err(|e| format!("write after {n}: {e}"))?;
+                s.read_exact(&mut back)
+                    .await
+                    .map_err(|e| format!("read after {n}: {e}"))?;
                 if back != msg {
                     return Err(format!("corrupt echo after {n}"));
                 }
@@ -312,7 +429,9 @@ async fn rotation_of_30s_certificates_drops_no_connection() {
     let churn = tokio::spawn(async move {
         let mut n = 0u64;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            let s = TcpStream::connect(addr).await.map_err(|e| format!("connect {n}: {e}"))?;
+            let s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {n}: {e}"))?;
             let back = roundtrip(s, b"short".to_vec())
                 .await
                 .map_err(|e| format!("short connection {n}: {e}"))?;
@@ -325,16 +444,24 @@ async fn rotation_of_30s_certificates_drops_no_connection() {
         Ok::<u64, String>(n)
     });
     // Three rotations on both sides (the first issuance plus three renewals).
-    support::eventually(Duration::from_secs(120), "three rotations on both sidecars", || async {
-        (issued(&m.orders) >= 4 && issued(&m.frontend) >= 4).then_some(())
-    })
+    support::eventually(
+        Duration::from_secs(120),
+        "three rotations on both sidecars",
+        || async { (issued(&m.orders) >= 4 && issued(&m.frontend) >= 4).then_some(()) },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
-        let n = w.await.expect("join").expect("long-lived connection survived rotations");
+        let n = w
+            .await
+            .expect("join")
+            .expect("long-lived connection survived rotations");
         assert!(n > 100, "{n}");
     }
-    let n = churn.await.expect("join").expect("new connections across rotations");
+    let n = churn
+        .await
+        .expect("join")
+        .expect("new connections across rotations");
     assert!(n > 50, "{n}");
     assert!(m.orders.log().contains("Workload certificate issued"));
 }

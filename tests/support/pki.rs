@@ -36,7 +36,10 @@ impl Pki {
                 Some(json!({"common_name": "Test Root", "key_type": "ec", "key_bits": 256, "ttl": "87600h"})),
             )
             .await;
-        let root_pem = root["data"]["certificate"].as_str().expect("root").to_owned();
+        let root_pem = root["data"]["certificate"]
+            .as_str()
+            .expect("root")
+            .to_owned();
         bao.api(
             "POST",
             "sys/mounts/pki_int",
@@ -47,7 +50,9 @@ impl Pki {
             .api(
                 "POST",
                 "pki_int/intermediate/generate/internal",
-                Some(json!({"common_name": "Test Intermediate", "key_type": "ec", "key_bits": 256})),
+                Some(
+                    json!({"common_name": "Test Intermediate", "key_type": "ec", "key_bits": 256}),
+                ),
             )
             .await;
         let csr = csr["data"]["csr"].as_str().expect("csr").to_owned();
@@ -202,7 +207,9 @@ impl Sidecar {
 
     /// GETs an admin path: (status, body).
     pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
-        let r = reqwest::get(format!("http://{}{path}", self.admin)).await.ok()?;
+        let r = reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .ok()?;
         let status = r.status().as_u16();
         Some((status, r.text().await.unwrap_or_default()))
     }
@@ -268,7 +275,11 @@ impl Drop for Sidecar {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- sidecar log ({}) ---\n{}", self.dir.path().display(), self.log());
+            eprintln!(
+                "--- sidecar log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
         }
     }
 }
@@ -288,7 +299,9 @@ pub async fn raw_mtls(
         Some((chain, key)) => {
             let chain = keyward_proxy::svid::certs_from_pem(chain).expect("chain");
             let key = rustls_pemfile_key(key);
-            builder.with_client_auth_cert(chain, key).expect("client cert")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
         }
         None => builder.with_no_client_auth(),
     };
@@ -356,11 +369,15 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 /// An echo server on 127.0.0.1 that writes `bye` after the client's half-close.
 pub async fn echo_app() -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
