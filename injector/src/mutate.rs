@@ -566,9 +566,20 @@ fn sidecar_container(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64
                 );
             }
             SidecarMode::Legacy => {
+                // The kubelet starts the next container only once this hook returns, so app
+                // containers start after the broker is ready (or after the wait runs out).
                 map.insert(
                     "lifecycle".to_owned(),
                     json!({"postStart": {"exec": {"command": ["keyward", "probe", "--wait", "120s"]}}}),
+                );
+                map.insert(
+                    "readinessProbe".to_owned(),
+                    json!({
+                        "exec": {"command": ["keyward", "probe"]},
+                        "periodSeconds": 5,
+                        "timeoutSeconds": 2,
+                        "failureThreshold": 3,
+                    }),
                 );
             }
         }
