@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// Buffer size of each direction.
-const BUF: usize = 64 * 1024;
+const BUF: usize = 16 * 1024;
 
 /// When either direction last moved a byte.
 struct Activity {
