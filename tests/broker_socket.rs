@@ -383,3 +383,70 @@ async fn audit_cli_verifies_queries_and_finds_tampering() {
         );
     }
 }
+
+#[tokio::test]
+async fn broker_process_is_not_dumpable() {
+    // With PR_SET_DUMPABLE 0 the kernel makes /proc/PID/* owned by root, so a broker running
+    // as `nobody` shows root-owned proc files (a dumpable one shows its own uid).
+    let v = vault_with_app().await;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd")
+        .expect("nobody user");
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let bin = dir.path().join("keyward");
+    std::fs::copy(KEYWARD, &bin).expect("copy binary");
+    let token = dir.path().join("token");
+    std::fs::write(&token, v.token("shop", "orders")).expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let sock = dir.path().join("run/broker.sock");
+    let cfg = format!(
+        "vault: {{addr: \"{}\"}}\nauth: {{token_file: {}}}\nsocket: {{path: {}}}\naudit: {{file: {}}}\nsecrets: []\n",
+        v.bao.addr(),
+        token.display(),
+        sock.display(),
+        dir.path().join("run/audit.log").display()
+    );
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", nobody.uid))
+        .arg(format!("--regid={}", nobody.gid))
+        .args(["--clear-groups", "--"])
+        .arg(&bin)
+        .arg("broker")
+        .env("KEYWARD_CONFIG", cfg)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv");
+    eventually(Duration::from_secs(20), "the socket", || async {
+        sock.exists().then_some(())
+    })
+    .await;
+    // setpriv execs keyward in the same process.
+    let pid = child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    assert!(
+        uid_line.contains(&nobody.uid.as_raw().to_string()),
+        "{uid_line}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{pid}/environ"))
+        .expect("stat")
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "non-dumpable: /proc/PID files owned by root, not uid {}",
+        nobody.uid
+    );
+    // And the broker, running as nobody, still works.
+    let a = support::broker::get(&sock, "/v1/health/ready").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}

@@ -263,3 +263,64 @@ async fn outage_serves_cached_kv_and_resumes_when_vault_returns() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn kubernetes_auth_method_uses_its_own_mount_and_reports_vault_reason() {
+    // The kubernetes method always calls a TokenReview API; no API server runs here, so the
+    // login must fail with Vault's reason from that mount (the same call shape as jwt).
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    v.bao
+        .api(
+            "POST",
+            "sys/auth/kubernetes",
+            Some(json!({"type": "kubernetes"})),
+        )
+        .await;
+    v.bao
+        .api(
+            "POST",
+            "auth/kubernetes/config",
+            Some(json!({
+                "kubernetes_host": "https://127.0.0.1:1",
+                "kubernetes_ca_cert": rcgen::generate_simple_self_signed(vec!["kubernetes".into()])
+                    .expect("ca")
+                    .cert
+                    .pem(),
+                "disable_local_ca_jwt": true,
+            })),
+        )
+        .await;
+    v.bao
+        .api(
+            "POST",
+            "auth/kubernetes/role/orders",
+            Some(json!({"bound_service_account_names": ["orders"], "bound_service_account_namespaces": ["shop"], "token_policies": ["app"]})),
+        )
+        .await;
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        "secrets: []\n",
+        &[("KEYWARD_AUTH_METHOD", "kubernetes")],
+    );
+    let a = eventually(
+        Duration::from_secs(20),
+        "the kubernetes login refusal",
+        || async {
+            if !b.socket.exists() {
+                return None;
+            }
+            let a = b.get("/v1/health/ready").await;
+            (a.status == 503 && a.body.contains("Vault answered")).then_some(a)
+        },
+    )
+    .await;
+    assert!(a.body.contains("not logged in to Vault"), "{}", a.body);
+    let rec = b
+        .audit_records()
+        .into_iter()
+        .find(|r| r["action"] == "vault.login")
+        .expect("login record");
+    assert_eq!(rec["decision"], "error");
+    assert_eq!(rec["pod"]["service_account"], "orders");
+}
