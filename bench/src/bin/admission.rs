@@ -164,14 +164,7 @@ fn start_server(bin: &PathBuf) -> Result<(Server, SocketAddr, CertificateDer<'st
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    Ok((
-        Server {
-            child,
-            _dir: dir,
-        },
-        addr,
-        ck.cert.der().clone(),
-    ))
+    Ok((Server { child, _dir: dir }, addr, ck.cert.der().clone()))
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -259,7 +252,8 @@ async fn run(args: Args) -> Result<(), String> {
         _ => return Err("give --keyward BIN, or --addr and --ca".to_owned()),
     };
     wait_ready(addr, &root).await?;
-    let bodies: Arc<Vec<Bytes>> = Arc::new((0..64).map(|i| Bytes::from(typical_review(i))).collect());
+    let bodies: Arc<Vec<Bytes>> =
+        Arc::new((0..64).map(|i| Bytes::from(typical_review(i))).collect());
     let size = bodies[0].len();
     let n = args.connections;
     let interval = Duration::from_nanos(1_000_000_000 / args.rate);
@@ -343,7 +337,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("admission: {e}");
