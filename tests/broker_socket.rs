@@ -247,6 +247,16 @@ async fn probe_reports_readiness() {
         .expect("probe");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in to Vault"));
+    // --wait keeps trying until its deadline, then reports the last reason.
+    let started = std::time::Instant::now();
+    let waited = Command::new(KEYWARD)
+        .args(["probe", "--wait", "1s", "--socket"])
+        .arg(&bad.socket)
+        .output()
+        .expect("probe");
+    assert!(!waited.status.success());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("not logged in to Vault"));
     let missing = Command::new(KEYWARD)
         .args(["probe", "--socket", "/nonexistent/x.sock"])
         .output()
@@ -260,9 +270,9 @@ async fn probe_reports_readiness() {
         "secrets:\n  - {name: app, path: secret/data/app}\n",
         &[],
     );
-    good.wait_ready().await;
+    // Started before the broker is up: --wait blocks until it is ready.
     let out = Command::new(KEYWARD)
-        .arg("probe")
+        .args(["probe", "--wait", "30s"])
         .env("KEYWARD_SOCKET", &good.socket)
         .output()
         .expect("probe");

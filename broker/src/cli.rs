@@ -30,9 +30,13 @@ pub struct ProbeArgs {
         default_value = "/run/keyward/broker.sock"
     )]
     pub socket: PathBuf,
-    /// Give up after this long.
+    /// Give up on one attempt after this long.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Keep trying (every 250 ms) until ready or this long has passed; 0 tries once. For hooks
+    /// that must block until the broker is ready (the injector's legacy mode).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 /// Loads and validates the configuration, or prints one line naming the problem.
@@ -117,11 +121,15 @@ pub fn run_broker(args: BrokerArgs) -> ExitCode {
 
 /// Runs `keyward probe`: exit 0 when the broker answers ready, 1 with the reason otherwise.
 pub fn run_probe(args: ProbeArgs) -> ExitCode {
-    match probe(&args.socket, args.timeout) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(reason) => {
-            eprintln!("keyward probe: not ready: {reason}");
-            ExitCode::FAILURE
+    let deadline = std::time::Instant::now() + args.wait;
+    loop {
+        match probe(&args.socket, args.timeout) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(reason) if std::time::Instant::now() >= deadline => {
+                eprintln!("keyward probe: not ready: {reason}");
+                return ExitCode::FAILURE;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
 }
