@@ -136,9 +136,7 @@ async fn canary_never_appears_in_logs_audit_or_errors() {
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
-        &format!(
-            "secrets:\n  - {{name: app, path: secret/data/app}}\n  - {{name: locked, path: secret/data/app, allow_uids: [4242]}}\n  - {{name: badkey, path: secret/data/app, key: nope, required: false}}\n"
-        ),
+        "secrets:\n  - {name: app, path: secret/data/app}\n  - {name: locked, path: secret/data/app, allow_uids: [4242]}\n  - {name: badkey, path: secret/data/app, key: nope, required: false}\n",
         &[("KEYWARD_LOG", "trace"), ("KEYWARD_AUDIT_STDOUT", "true")],
     );
     b.wait_ready().await;
