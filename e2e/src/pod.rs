@@ -1,0 +1,832 @@
+//! One pod: its volumes, its containers started as a kubelet would, its stop.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::manifest::PodDef;
+use crate::net::Host;
+use crate::{jwt, sh_quote, Error, Result};
+
+/// What every pod of a run shares.
+pub struct PodEnv {
+    /// Image name prefixes and the directory holding their entrypoint binary (first on PATH).
+    pub images: Vec<Image>,
+    /// The service-account token issuer (the API server's key).
+    pub issuer: Arc<jwt::Issuer>,
+    /// The `/etc/hosts` every container sees.
+    pub hosts_file: PathBuf,
+    /// Parent of the pods' directories (mode 0755 so non-root containers can traverse it).
+    pub run_dir: PathBuf,
+    /// ConfigMaps for configMap volumes: (namespace, name) → data.
+    pub config_maps: BTreeMap<(String, String), BTreeMap<String, String>>,
+}
+
+/// A container image the runner can "pull": a binary standing in for its filesystem.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// Images whose reference starts with this (`ghcr.io/keyward/keyward`).
+    pub prefix: String,
+    /// Directory with the entrypoint binary, put first on the container's PATH.
+    pub bin_dir: PathBuf,
+    /// The entrypoint's file name in `bin_dir` (`keyward`).
+    pub entrypoint: String,
+}
+
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Directories every container gets as private tmpfs (so mountPaths below them touch no host
+/// path).
+const PRIVATE_DIRS: &[&str] = &["/run", "/srv"];
+
+#[derive(Clone, Debug)]
+struct Mount {
+    volume: String,
+    path: String,
+    read_only: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Probe {
+    exec: Vec<String>,
+    period: Duration,
+    timeout: Duration,
+    failure_threshold: u32,
+}
+
+/// A container as the spec describes it, resolved against the pod.
+#[derive(Clone, Debug)]
+struct ContainerSpec {
+    name: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: String,
+    mounts: Vec<Mount>,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    no_new_privs: bool,
+    drop_all_caps: bool,
+    read_only_root: bool,
+    startup_probe: Option<Probe>,
+}
+
+/// A started container.
+struct Running {
+    spec: ContainerSpec,
+    /// Native sidecar (initContainer with restartPolicy Always).
+    sidecar: bool,
+    child: Child,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl Running {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+    fn poll(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+                // The container is gone: so is everything it started.
+                let _ = killpg(self.pid(), Signal::SIGKILL);
+            }
+        }
+        self.exited
+    }
+}
+
+/// A running pod.
+pub struct Pod {
+    pub def: PodDef,
+    pub host: Host,
+    /// The pod's directory: `volumes/NAME` and `logs/CONTAINER.log`.
+    pub dir: PathBuf,
+    volumes: BTreeMap<String, PathBuf>,
+    containers: Vec<Running>,
+    token_tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+    hosts_file: PathBuf,
+}
+
+fn perr(pod: &PodDef, problem: impl Into<String>) -> Error {
+    Error::Pod {
+        pod: format!("{}/{}", pod.namespace, pod.name),
+        problem: problem.into(),
+    }
+}
+
+fn chmod(p: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(Error::io(format!("chmod {}", p.display())))
+}
+
+fn chgrp(p: &Path, gid: Option<u32>) -> Result<()> {
+    if let Some(g) = gid {
+        nix::unistd::chown(p, None, Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(|e| Error::io(format!("chown {}", p.display()))(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Writes `content` to `dir/name` atomically (as the kubelet's atomic writer does).
+fn write_atomic(dir: &Path, name: &str, content: &[u8], mode: u32, gid: Option<u32>) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).map_err(Error::io(format!("writing {}", tmp.display())))?;
+    chmod(&tmp, mode)?;
+    chgrp(&tmp, gid)?;
+    let dst = dir.join(name);
+    std::fs::rename(&tmp, &dst).map_err(Error::io(format!("renaming to {}", dst.display())))
+}
+
+fn as_u32(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok())
+}
+
+impl Pod {
+    /// Creates the pod's volumes and starts its containers: native sidecars first (each
+    /// waiting for its startupProbe), then other init containers to completion, then the app
+    /// containers.
+    pub async fn start(def: PodDef, host: Host, env: &PodEnv) -> Result<Pod> {
+        let dir = env.run_dir.join(format!("{}_{}", def.namespace, def.name));
+        std::fs::create_dir_all(dir.join("logs")).map_err(Error::io("pod dir"))?;
+        std::fs::create_dir_all(dir.join("volumes")).map_err(Error::io("pod dir"))?;
+        chmod(&dir, 0o755)?;
+        chmod(&dir.join("volumes"), 0o755)?;
+        let grace = Duration::from_secs(
+            def.spec["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        );
+        let mut pod = Pod {
+            def,
+            host,
+            dir,
+            volumes: BTreeMap::new(),
+            containers: Vec::new(),
+            token_tasks: Vec::new(),
+            grace,
+            hosts_file: env.hosts_file.clone(),
+        };
+        pod.make_volumes(env)?;
+        let spec = pod.def.spec.clone();
+        for c in spec["initContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            let sidecar = c["restartPolicy"].as_str() == Some("Always");
+            let cs = pod.container_spec(&c, env)?;
+            let name = cs.name.clone();
+            pod.spawn(cs, sidecar)?;
+            if sidecar {
+                pod.wait_startup(&name).await?;
+            } else {
+                pod.wait_exit(&name).await?;
+            }
+        }
+        for c in spec["containers"].as_array().cloned().unwrap_or_default() {
+            let cs = pod.container_spec(&c, env)?;
+            pod.spawn(cs, false)?;
+        }
+        Ok(pod)
+    }
+
+    fn fs_group(&self) -> Option<u32> {
+        as_u32(&self.def.spec["securityContext"]["fsGroup"])
+    }
+
+    fn make_volumes(&mut self, env: &PodEnv) -> Result<()> {
+        let fs_group = self.fs_group();
+        let volumes = self.def.spec["volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for v in volumes {
+            let name = v["name"].as_str().unwrap_or_default().to_owned();
+            let path = self.dir.join("volumes").join(&name);
+            std::fs::create_dir_all(&path).map_err(Error::io("volume dir"))?;
+            if v["emptyDir"].is_object() {
+                chgrp(&path, fs_group)?;
+                chmod(&path, if fs_group.is_some() { 0o2777 } else { 0o777 })?;
+            } else if v["projected"].is_object() {
+                chmod(&path, 0o755)?;
+                let mode = as_u32(&v["projected"]["defaultMode"]).unwrap_or(0o644);
+                for src in v["projected"]["sources"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    if let Some(t) = src.get("serviceAccountToken") {
+                        self.project_token(&path, t, mode, fs_group, env)?;
+                    } else if let Some(cm) = src.get("configMap") {
+                        self.project_config_map(&path, cm, mode, fs_group, env)?;
+                    } else {
+                        return Err(perr(
+                            &self.def,
+                            format!("volume {name}: projected source {src} is not supported by the runner"),
+                        ));
+                    }
+                }
+            } else if let Some(cm) = v.get("configMap") {
+                chmod(&path, 0o755)?;
+                let mode = as_u32(&cm["defaultMode"]).unwrap_or(0o644);
+                self.project_config_map(&path, cm, mode, fs_group, env)?;
+            } else {
+                return Err(perr(
+                    &self.def,
+                    format!("volume {name}: only emptyDir, configMap and projected (serviceAccountToken, configMap) volumes are supported by the runner"),
+                ));
+            }
+            self.volumes.insert(name, path);
+        }
+        Ok(())
+    }
+
+    fn project_config_map(
+        &self,
+        dir: &Path,
+        cm: &Value,
+        mode: u32,
+        gid: Option<u32>,
+        env: &PodEnv,
+    ) -> Result<()> {
+        let name = cm["name"].as_str().unwrap_or_default();
+        let key = (self.def.namespace.clone(), name.to_owned());
+        let Some(data) = env.config_maps.get(&key) else {
+            if cm["optional"].as_bool() == Some(true) {
+                return Ok(());
+            }
+            return Err(perr(
+                &self.def,
+                format!(
+                    "configMap {name} not found in namespace {} (add it to the manifests)",
+                    self.def.namespace
+                ),
+            ));
+        };
+        match cm["items"].as_array() {
+            Some(items) => {
+                for it in items {
+                    let k = it["key"].as_str().unwrap_or_default();
+                    let p = it["path"].as_str().unwrap_or(k);
+                    let v = data.get(k).ok_or_else(|| {
+                        perr(&self.def, format!("configMap {name} has no key {k}"))
+                    })?;
+                    let m = as_u32(&it["mode"]).unwrap_or(mode);
+                    write_atomic(dir, p, v.as_bytes(), m, gid)?;
+                }
+            }
+            None => {
+                for (k, v) in data {
+                    write_atomic(dir, k, v.as_bytes(), mode, gid)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the projected token now and again at 80% of its lifetime.
+    fn project_token(
+        &mut self,
+        dir: &Path,
+        t: &Value,
+        mode: u32,
+        gid: Option<u32>,
+        env: &PodEnv,
+    ) -> Result<()> {
+        let mut claims = jwt::Claims::new(&self.def.namespace, &self.def.service_account);
+        claims.pod = self.def.name.clone();
+        claims.audience = t["audience"].as_str().unwrap_or(jwt::ISSUER).to_owned();
+        claims.expires_in = t["expirationSeconds"].as_i64().unwrap_or(3600);
+        let file = t["path"].as_str().unwrap_or("token").to_owned();
+        let write = {
+            let issuer = env.issuer.clone();
+            let dir = dir.to_path_buf();
+            let claims = claims.clone();
+            let file = file.clone();
+            move || write_atomic(&dir, &file, issuer.mint(&claims).as_bytes(), mode, gid)
+        };
+        write()?;
+        let refresh = Duration::from_secs_f64(claims.expires_in.max(1) as f64 * 0.8);
+        self.token_tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(refresh).await;
+                if let Err(e) = write() {
+                    eprintln!("podrun: refreshing a service-account token: {e}");
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn field_ref(&self, path: &str) -> Option<String> {
+        let d = &self.def;
+        Some(match path {
+            "metadata.name" => d.name.clone(),
+            "metadata.namespace" => d.namespace.clone(),
+            "metadata.uid" => d.uid.clone(),
+            "spec.serviceAccountName" => d.service_account.clone(),
+            "spec.nodeName" => "node".to_owned(),
+            "status.podIP" | "status.hostIP" => self.host.ip.to_string(),
+            _ => {
+                let label = path.strip_prefix("metadata.labels['")?.strip_suffix("']")?;
+                d.labels.get(label)?.clone()
+            }
+        })
+    }
+
+    fn container_spec(&self, c: &Value, env: &PodEnv) -> Result<ContainerSpec> {
+        let name = c["name"].as_str().unwrap_or_default().to_owned();
+        let image_ref = c["image"].as_str().unwrap_or_default();
+        let image = env.images.iter().find(|i| image_ref.starts_with(&i.prefix));
+        let path = match image {
+            Some(i) => format!("{}:{BASE_PATH}", i.bin_dir.display()),
+            None => BASE_PATH.to_owned(),
+        };
+        let mut vars: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
+            ("HOSTNAME".into(), self.def.name.clone()),
+            ("HOME".into(), "/".into()),
+        ];
+        for e in c["env"].as_array().cloned().unwrap_or_default() {
+            let k = e["name"].as_str().unwrap_or_default().to_owned();
+            let v = if let Some(v) = e["value"].as_str() {
+                expand(v, &vars)
+            } else if let Some(p) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                self.field_ref(p).ok_or_else(|| {
+                    perr(&self.def, format!("container {name}: env {k}: fieldPath {p} is not supported by the runner"))
+                })?
+            } else if e.get("valueFrom").is_some() {
+                return Err(perr(
+                    &self.def,
+                    format!("container {name}: env {k}: only value and fieldRef are supported by the runner"),
+                ));
+            } else {
+                String::new()
+            };
+            vars.retain(|(n, _)| *n != k);
+            vars.push((k, v));
+        }
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str())
+                        .map(|s| expand(s, &vars))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut argv = strs(&c["command"]);
+        if argv.is_empty() {
+            match image {
+                Some(i) => argv.push(i.entrypoint.clone()),
+                None => {
+                    return Err(perr(
+                        &self.def,
+                        format!("container {name}: image {image_ref} has no entrypoint the runner knows; set command"),
+                    ))
+                }
+            }
+        }
+        argv.extend(strs(&c["args"]));
+        let mounts = c["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| Mount {
+                volume: m["name"].as_str().unwrap_or_default().to_owned(),
+                path: m["mountPath"].as_str().unwrap_or_default().to_owned(),
+                read_only: m["readOnly"].as_bool().unwrap_or(false),
+            })
+            .collect::<Vec<_>>();
+        for m in &mounts {
+            if !self.volumes.contains_key(&m.volume) {
+                return Err(perr(
+                    &self.def,
+                    format!("container {name}: volumeMount {} names no volume", m.volume),
+                ));
+            }
+        }
+        let psc = &self.def.spec["securityContext"];
+        let sc = &c["securityContext"];
+        let uid = as_u32(&sc["runAsUser"])
+            .or(as_u32(&psc["runAsUser"]))
+            .unwrap_or(0);
+        let gid = as_u32(&sc["runAsGroup"])
+            .or(as_u32(&psc["runAsGroup"]))
+            .unwrap_or(0);
+        let mut groups: Vec<u32> = self.fs_group().into_iter().collect();
+        for g in psc["supplementalGroups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            groups.extend(as_u32(&g));
+        }
+        let drop_all_caps = sc["capabilities"]["drop"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x.as_str() == Some("ALL")));
+        let startup_probe = match c["startupProbe"]["exec"]["command"].as_array() {
+            Some(cmd) => {
+                let p = &c["startupProbe"];
+                Some(Probe {
+                    exec: cmd
+                        .iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect(),
+                    period: Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10).max(1)),
+                    timeout: Duration::from_secs(p["timeoutSeconds"].as_u64().unwrap_or(1).max(1)),
+                    failure_threshold: p["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32,
+                })
+            }
+            None => None,
+        };
+        Ok(ContainerSpec {
+            name,
+            argv,
+            env: vars,
+            working_dir: c["workingDir"].as_str().unwrap_or("/").to_owned(),
+            mounts,
+            uid,
+            gid,
+            groups,
+            no_new_privs: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
+            drop_all_caps,
+            read_only_root: sc["readOnlyRootFilesystem"].as_bool() == Some(true),
+            startup_probe,
+        })
+    }
+
+    /// `setpriv` arguments that give a process the container's credentials (empty for root
+    /// with nothing to drop).
+    fn creds(cs: &ContainerSpec) -> Vec<String> {
+        if cs.uid == 0
+            && cs.gid == 0
+            && cs.groups.is_empty()
+            && !cs.no_new_privs
+            && !cs.drop_all_caps
+        {
+            return Vec::new();
+        }
+        let mut a = vec![
+            "setpriv".to_owned(),
+            format!("--reuid={}", cs.uid),
+            format!("--regid={}", cs.gid),
+        ];
+        if cs.groups.is_empty() {
+            a.push("--clear-groups".into());
+        } else {
+            let g: Vec<String> = cs.groups.iter().map(u32::to_string).collect();
+            a.push(format!("--groups={}", g.join(",")));
+        }
+        if cs.no_new_privs {
+            a.push("--no-new-privs".into());
+        }
+        if cs.drop_all_caps {
+            a.push("--inh-caps=-all".into());
+            a.push("--bounding-set=-all".into());
+        }
+        a.push("--".into());
+        a
+    }
+
+    /// The shell script that sets up a container's private mount namespace and execs it.
+    fn shim(&self, cs: &ContainerSpec) -> Result<String> {
+        let mut s = String::from("set -e\n");
+        for d in PRIVATE_DIRS {
+            if self.dir.starts_with(d) {
+                return Err(perr(
+                    &self.def,
+                    format!("the runner's directory must not be under {d}"),
+                ));
+            }
+            s += &format!("mount -t tmpfs -o mode=0755,size=64m podrun {d}\n");
+        }
+        for m in &cs.mounts {
+            let src = &self.volumes[&m.volume];
+            // /var/run is /run on the distributions we run on.
+            let private = PRIVATE_DIRS.iter().any(|d| {
+                Path::new(&m.path).starts_with(d)
+                    || Path::new(&m.path).starts_with(format!("/var{d}"))
+            });
+            let q = sh_quote(&m.path);
+            if private {
+                s += &format!("mkdir -p {q}\n");
+            } else {
+                s += &format!(
+                    "[ -e {q} ] || {{ echo 'podrun: mountPath {} is neither under {} nor present on this machine' >&2; exit 1; }}\n",
+                    m.path.replace('\'', ""),
+                    PRIVATE_DIRS.join(", ")
+                );
+            }
+            s += &format!("mount --bind {} {q}\n", sh_quote(&src.to_string_lossy()));
+            if m.read_only {
+                s += &format!("mount -o remount,bind,ro {q}\n");
+            }
+        }
+        s += &format!(
+            "mount --bind {} /etc/hosts\nmount -o remount,bind,ro /etc/hosts\n",
+            sh_quote(&self.hosts_file.to_string_lossy())
+        );
+        s += &format!("hostname {}\n", sh_quote(&self.def.name));
+        if cs.read_only_root {
+            s += "mount -o remount,bind,ro /\n";
+        }
+        s += &format!("cd {}\n", sh_quote(&cs.working_dir));
+        let creds: Vec<String> = Self::creds(cs).iter().map(|a| sh_quote(a)).collect();
+        s += &format!("exec {} \"$@\"\n", creds.join(" "));
+        Ok(s)
+    }
+
+    fn spawn(&mut self, cs: ContainerSpec, sidecar: bool) -> Result<()> {
+        let mut argv = self.host.nsenter_args();
+        argv.extend(
+            [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ]
+            .map(str::to_owned),
+        );
+        argv.push(self.shim(&cs)?);
+        argv.push(format!("podrun-{}", cs.name));
+        argv.extend(cs.argv.iter().cloned());
+        let log_path = self.dir.join("logs").join(format!("{}.log", cs.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(Error::io(format!("opening {}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(Error::io("log"))?;
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(cs.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| perr(&self.def, format!("starting container {}: {e}", cs.name)))?;
+        self.containers.push(Running {
+            spec: cs,
+            sidecar,
+            child,
+            exited: None,
+        });
+        Ok(())
+    }
+
+    fn running(&mut self, name: &str) -> Result<&mut Running> {
+        let def = self.def.clone();
+        self.containers
+            .iter_mut()
+            .find(|c| c.spec.name == name)
+            .ok_or_else(|| perr(&def, format!("no container {name}")))
+    }
+
+    async fn wait_startup(&mut self, name: &str) -> Result<()> {
+        let probe = self.running(name)?.spec.startup_probe.clone();
+        let Some(probe) = probe else {
+            return Ok(());
+        };
+        let mut last = String::new();
+        for _ in 0..probe.failure_threshold {
+            if let Some(status) = self.running(name)?.poll() {
+                return Err(perr(
+                    &self.def,
+                    format!(
+                        "container {name} exited with {status} before its startupProbe passed:\n{}",
+                        self.logs(name)
+                    ),
+                ));
+            }
+            let started = Instant::now();
+            let argv: Vec<&str> = probe.exec.iter().map(String::as_str).collect();
+            match tokio::time::timeout(probe.timeout, self.exec(name, &argv)).await {
+                Ok(Ok(out)) if out.status.success() => return Ok(()),
+                Ok(Ok(out)) => last = String::from_utf8_lossy(&out.stderr).into_owned(),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "probe timed out".into(),
+            }
+            if let Some(rest) = probe.period.checked_sub(started.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+        Err(perr(
+            &self.def,
+            format!(
+                "container {name}: startupProbe failed {} times, last: {last}\n{}",
+                probe.failure_threshold,
+                self.logs(name)
+            ),
+        ))
+    }
+
+    async fn wait_exit(&mut self, name: &str) -> Result<()> {
+        loop {
+            if let Some(status) = self.running(name)?.poll() {
+                if status.success() {
+                    return Ok(());
+                }
+                return Err(perr(
+                    &self.def,
+                    format!(
+                        "init container {name} failed with {status}:\n{}",
+                        self.logs(name)
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `argv` inside a container (its network, mount and UTS namespaces, credentials
+    /// and environment), like `kubectl exec`.
+    pub async fn exec(&self, container: &str, argv: &[&str]) -> Result<std::process::Output> {
+        let c = self
+            .containers
+            .iter()
+            .find(|c| c.spec.name == container)
+            .ok_or_else(|| perr(&self.def, format!("no container {container}")))?;
+        if c.exited.is_some() {
+            return Err(perr(
+                &self.def,
+                format!("container {container} is not running"),
+            ));
+        }
+        let mut full = vec![
+            "nsenter".to_owned(),
+            "-t".into(),
+            c.child.id().to_string(),
+            "-n".into(),
+            "-m".into(),
+            "-u".into(),
+            "--".into(),
+        ];
+        full.extend(Self::creds(&c.spec));
+        full.extend(argv.iter().map(|s| (*s).to_owned()));
+        tokio::process::Command::new(&full[0])
+            .args(&full[1..])
+            .env_clear()
+            .envs(c.spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| perr(&self.def, format!("exec in {container}: {e}")))
+    }
+
+    /// What a container wrote to stdout and stderr.
+    pub fn logs(&self, container: &str) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join(format!("{container}.log")))
+            .unwrap_or_default()
+    }
+
+    /// The host directory of a volume.
+    pub fn volume(&self, name: &str) -> Option<&Path> {
+        self.volumes.get(name).map(PathBuf::as_path)
+    }
+
+    /// Whether a container's process is running.
+    pub fn is_running(&mut self, container: &str) -> bool {
+        self.running(container)
+            .map(|c| c.poll().is_none())
+            .unwrap_or(false)
+    }
+
+    /// The pid of a container's main process.
+    pub fn pid(&self, container: &str) -> Option<u32> {
+        self.containers
+            .iter()
+            .find(|c| c.spec.name == container)
+            .map(|c| c.child.id())
+    }
+
+    /// Stops the pod as the kubelet does: SIGTERM to the app containers, then (once they are
+    /// gone) to the native sidecars in reverse order; SIGKILL after the grace period. Returns
+    /// each container's exit status.
+    pub async fn stop(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
+        let deadline = Instant::now() + self.grace;
+        let apps: Vec<usize> = (0..self.containers.len())
+            .filter(|&i| !self.containers[i].sidecar)
+            .collect();
+        let sidecars: Vec<usize> = (0..self.containers.len())
+            .rev()
+            .filter(|&i| self.containers[i].sidecar)
+            .collect();
+        self.terminate(&apps, deadline).await;
+        for &i in &sidecars {
+            self.terminate(&[i], deadline).await;
+        }
+        for t in self.token_tasks.drain(..) {
+            t.abort();
+        }
+        apps.iter()
+            .chain(&sidecars)
+            .map(|&i| {
+                let c = &mut self.containers[i];
+                (c.spec.name.clone(), c.poll())
+            })
+            .collect()
+    }
+
+    async fn terminate(&mut self, which: &[usize], deadline: Instant) {
+        for &i in which {
+            let c = &mut self.containers[i];
+            if c.poll().is_none() {
+                let _ = kill(c.pid(), Signal::SIGTERM);
+            }
+        }
+        loop {
+            let all_done = which.iter().all(|&i| self.containers[i].poll().is_some());
+            if all_done {
+                return;
+            }
+            if Instant::now() > deadline {
+                for &i in which {
+                    let c = &mut self.containers[i];
+                    let _ = killpg(c.pid(), Signal::SIGKILL);
+                    let _ = c.child.wait();
+                    c.poll();
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for t in self.token_tasks.drain(..) {
+            t.abort();
+        }
+        for c in &mut self.containers {
+            if c.exited.is_none() {
+                let _ = killpg(c.pid(), Signal::SIGKILL);
+                let _ = c.child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Expands `$(VAR)` references as the kubelet does (`$$` escapes a `$`).
+fn expand(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out += &rest[..i];
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(j) => {
+                    let name = &inner[..j];
+                    match vars.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out += v,
+                        None => out += &format!("$({name})"),
+                    }
+                    rest = &inner[j + 1..];
+                }
+                None => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn expands_like_the_kubelet() {
+        let vars = vec![("A".to_owned(), "x".to_owned())];
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
+    }
+}
