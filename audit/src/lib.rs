@@ -192,6 +192,8 @@ impl std::fmt::Debug for AuditConfig {
 
 struct State {
     file: File,
+    /// Bytes of whole records in the file: a failed write is cut back to this length.
+    len: u64,
     seq: u64,
     prev: String,
     pod: Option<PodIdentity>,
@@ -231,6 +233,7 @@ impl AuditLog {
             .mode(0o600)
             .open(&config.path)
             .map_err(open_err)?;
+        let len = file.metadata().map_err(open_err)?.len();
         let (seq, prev) = match last_line(&mut file).map_err(open_err)? {
             Some(line) => chain_tail(&line),
             None => (0, GENESIS.to_owned()),
@@ -247,6 +250,7 @@ impl AuditLog {
             hmac_key,
             state: Mutex::new(State {
                 file,
+                len,
                 seq,
                 prev,
                 pod: None,
@@ -295,10 +299,19 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        state.file.write_all(text.as_bytes()).map_err(write_err)?;
-        if self.fsync {
-            state.file.sync_data().map_err(write_err)?;
+        let written = state.file.write_all(text.as_bytes()).and_then(|()| {
+            if self.fsync {
+                state.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // A partial line would break the chain for every later record: cut it off.
+            let _ = state.file.set_len(state.len);
+            return Err(write_err(e));
         }
+        state.len += text.len() as u64;
         state.seq = seq;
         state.prev = hash;
         if self.stdout {

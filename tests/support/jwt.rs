@@ -26,6 +26,8 @@ pub struct Claims {
     pub audience: String,
     /// Seconds from now; negative for an expired token.
     pub expires_in: i64,
+    /// Seconds the issuer's clock is ahead of ours (iat, nbf and exp move with it).
+    pub clock_skew: i64,
 }
 
 impl Claims {
@@ -36,6 +38,7 @@ impl Claims {
             pod: format!("{service_account}-pod-1"),
             audience: "vault".into(),
             expires_in: 3600,
+            clock_skew: 0,
         }
     }
 }
@@ -65,7 +68,8 @@ impl Issuer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
-            .as_secs() as i64;
+            .as_secs() as i64
+            + c.clock_skew;
         let claims = json!({
             "iss": ISSUER,
             "sub": format!("system:serviceaccount:{}:{}", c.namespace, c.service_account),

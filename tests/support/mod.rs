@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod jwt;
 pub mod pg;
 pub mod pki;
+pub mod relay;
 pub mod tools;
 
 use std::time::{Duration, Instant};

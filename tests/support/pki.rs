@@ -133,6 +133,15 @@ pub struct SidecarSpec<'a> {
 
 impl Sidecar {
     pub fn start(vault_addr: &str, spec: SidecarSpec<'_>) -> Sidecar {
+        Self::start_with_env(vault_addr, spec, &[])
+    }
+
+    /// As [`Sidecar::start`], with extra environment variables (`KEYWARD_*` overrides).
+    pub fn start_with_env(
+        vault_addr: &str,
+        spec: SidecarSpec<'_>,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("keyward-sidecar-{}", spec.sa))
             .tempdir()
@@ -178,6 +187,7 @@ impl Sidecar {
             .args(["sidecar", "--config"])
             .arg(p("config.yaml"))
             .env("KEYWARD_LOG", "info,keyward_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
