@@ -381,3 +381,63 @@ async fn full_audit_disk_refuses_to_serve_then_recovers_with_an_intact_chain() {
         .count();
     assert_eq!(reads, served, "exactly the values served are recorded");
 }
+
+#[tokio::test]
+async fn openbao_sealed_unsealed_and_restarted_with_persistent_storage() {
+    let bao = support::bao::Bao::start_persistent().await;
+    let mut v = TestVault::with_bao(bao, "shop", "orders", "1h", "2h").await;
+    Pki::setup(&v.bao).await;
+    v.bao.kv_put("app", json!({"password": CANARY})).await;
+    let s = sidecar(
+        &v,
+        &v.bao.addr(),
+        "secrets:\n  - {name: app, path: secret/data/app}\nkv_refresh: 1s\n",
+        &[],
+    )
+    .await;
+    let served = std::cell::Cell::new(0);
+    let read_until = |want: &'static str, what: &'static str| {
+        let s = &s;
+        let served = &served;
+        async move {
+            eventually(Duration::from_secs(40), what, || async {
+                let a = get(&s.socket, "/v1/secrets/app/password").await;
+                if a.status == 200 {
+                    served.set(served.get() + 1);
+                }
+                (a.status == 200 && a.body == want).then_some(())
+            })
+            .await
+        }
+    };
+
+    // Sealed: refreshes fail with Vault's 503, the cache keeps serving, the sidecar stays ready.
+    let errors = s.metric("keyward_secret_fetch_errors_total").await;
+    v.bao.seal();
+    eventually(
+        Duration::from_secs(20),
+        "a fetch error while sealed",
+        || async { (s.metric("keyward_secret_fetch_errors_total").await > errors).then_some(()) },
+    )
+    .await;
+    assert!(s.log().contains("Vault answered 503"), "{}", s.log());
+    read_until(CANARY, "the cached value while sealed").await;
+    assert_eq!(ready_status(&s).await, 200);
+
+    // Unsealed: the same token still works (the storage kept it); new versions arrive.
+    v.bao.unseal();
+    v.bao
+        .kv_put("app", json!({"password": "after-unseal"}))
+        .await;
+    read_until("after-unseal", "the value written after unsealing").await;
+
+    // Restarted (and unsealed again): service resumes.
+    v.bao.restart();
+    v.bao
+        .kv_put("app", json!({"password": "after-restart"}))
+        .await;
+    read_until("after-restart", "the value written after the restart").await;
+    assert_eq!(ready_status(&s).await, 200);
+    assert_all_reads_audited(&s, served.get());
+    assert!(!s.log().contains("panicked"));
+}

@@ -13,6 +13,11 @@ pub struct Bao {
     port: u16,
     bin: PathBuf,
     dir: tempfile::TempDir,
+    /// The root token.
+    token: String,
+    /// Persistent storage (a real server that survives restarts and can be sealed), not dev mode.
+    persistent: bool,
+    unseal_key: Option<String>,
 }
 
 impl Bao {
@@ -24,9 +29,74 @@ impl Bao {
             port,
             bin: super::tools::bao(),
             dir: tempfile::tempdir().expect("tempdir"),
+            token: ROOT_TOKEN.into(),
+            persistent: false,
+            unseal_key: None,
         };
         bao.spawn();
         bao
+    }
+
+    /// Starts a server with persistent (raft) storage, initialises it with one unseal key, unseals it and
+    /// mounts KV v2 at secret/ (as dev mode does).
+    pub async fn start_persistent() -> Bao {
+        let port = super::free_port_pair();
+        let mut bao = Bao {
+            child: None,
+            port,
+            bin: super::tools::bao(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            token: String::new(),
+            persistent: true,
+            unseal_key: None,
+        };
+        bao.spawn();
+        let init: Value = serde_json::from_str(&bao.cli(&[
+            "operator",
+            "init",
+            "-key-shares=1",
+            "-key-threshold=1",
+            "-format=json",
+        ]))
+        .expect("init JSON");
+        bao.token = init["root_token"].as_str().expect("root token").to_owned();
+        bao.unseal_key = Some(
+            init["unseal_keys_b64"][0]
+                .as_str()
+                .expect("unseal key")
+                .to_owned(),
+        );
+        bao.unseal();
+        bao.api(
+            "POST",
+            "sys/mounts/secret",
+            Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await;
+        bao
+    }
+
+    pub fn seal(&self) {
+        self.cli(&["operator", "seal"]);
+    }
+
+    /// Unseals and waits until this node is the active one (raft elects itself).
+    pub fn unseal(&self) {
+        let key = self.unseal_key.clone().expect("a persistent server");
+        self.cli(&["operator", "unseal", &key]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, out, _) = self.cli_status(&["status", "-format=json"]);
+            let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            if v["sealed"] == false && (v["ha_enabled"] == false || v["is_self"] == true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao not active after unseal: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn spawn(&mut self) {
@@ -35,13 +105,36 @@ impl Bao {
             .append(true)
             .open(self.dir.path().join("bao.log"))
             .expect("bao log");
+        let args: Vec<String> = if self.persistent {
+            // OpenBao 2.7 has no "file" storage: a single-node raft cluster persists the same way.
+            let config = self.dir.path().join("bao.hcl");
+            let data = self.dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            std::fs::write(
+                &config,
+                format!(
+                    "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"node1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cport}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cport}\"\n",
+                    data = data.display(),
+                    port = self.port,
+                    cport = self.port + 1,
+                ),
+            )
+            .expect("bao config");
+            vec![
+                "server".into(),
+                "-config".into(),
+                config.display().to_string(),
+            ]
+        } else {
+            vec![
+                "server".into(),
+                "-dev".into(),
+                format!("-dev-root-token-id={ROOT_TOKEN}"),
+                format!("-dev-listen-address=127.0.0.1:{}", self.port),
+            ]
+        };
         let child = Command::new(&self.bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-            ])
+            .args(&args)
             .env("HOME", self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -51,7 +144,8 @@ impl Bao {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if self.cli_status(&["status"]).0 {
+            // `bao status` exits 0 when unsealed, 2 when sealed: either means it answers.
+            if matches!(self.status_code(), Some(0 | 2)) {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
@@ -88,17 +182,33 @@ impl Bao {
         }
     }
 
-    /// Starts a fresh dev server on the same port (configuration must be applied again).
+    /// Starts the server again on the same port: a fresh dev server (configuration must be
+    /// applied again), or the same persistent storage, unsealed.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+        if self.persistent {
+            self.unseal();
+        }
+    }
+
+    fn status_code(&self) -> Option<i32> {
+        Command::new(&self.bin)
+            .arg("status")
+            .env("BAO_ADDR", self.addr())
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .ok()?
+            .status
+            .code()
     }
 
     fn cli_status(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&self.bin)
             .args(args)
             .env("BAO_ADDR", self.addr())
-            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("BAO_TOKEN", &self.token)
             .env("HOME", self.dir.path())
             .stdin(Stdio::null())
             .output()
@@ -129,7 +239,7 @@ impl Bao {
         let url = format!("{}/v1/{}", self.addr(), path);
         let mut req = client
             .request(method.parse().expect("method"), &url)
-            .header("X-Vault-Token", ROOT_TOKEN);
+            .header("X-Vault-Token", &self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }

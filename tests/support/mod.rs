@@ -72,7 +72,17 @@ pub struct TestVault {
 
 impl TestVault {
     pub async fn start(ns: &str, sa: &str, ttl: &str, max_ttl: &str) -> TestVault {
-        let bao = bao::Bao::start();
+        Self::with_bao(bao::Bao::start(), ns, sa, ttl, max_ttl).await
+    }
+
+    /// The same setup on a server started by the caller (e.g. [`bao::Bao::start_persistent`]).
+    pub async fn with_bao(
+        bao: bao::Bao,
+        ns: &str,
+        sa: &str,
+        ttl: &str,
+        max_ttl: &str,
+    ) -> TestVault {
         let issuer = jwt::Issuer::new();
         let v = TestVault { bao, issuer };
         v.configure(ns, sa, ttl, max_ttl).await;
