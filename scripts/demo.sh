@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: a local OpenBao dev server, jwt auth trusting a local
-# service-account token issuer, a KV secret, and the keyward broker serving it on a Unix
-# socket, with the audit trail at the end. Leaves no process, socket or file behind.
+# The main job on an embedded default, end to end as a user would run it: a two-service shop
+# (examples/shop: frontend and orders in namespace shop, a client in namespace other) goes
+# through `keyward inject`, and the injected pods run for real, each in its own network
+# namespace (e2e/: the podrun pod runner), against a local OpenBao dev server (jwt auth, KV,
+# database engine, PKI) and PostgreSQL on a "node" namespace. Shows the secrets delivered,
+# frontend -> orders allowed over mTLS, other -> orders denied, a KV update reaching the app
+# without a restart, a dynamic credential renewed and revoked, then the audit trail.
+# Leaves no process, namespace, mount or socket behind. Needs root (network and mount
+# namespaces); about 90 s, most of it waiting for the broker's 60 s KV re-read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 export KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$KEYWARD_CACHE/target}
@@ -13,97 +18,25 @@ scripts/deps.sh core >&2
 source "$KEYWARD_CACHE/env.sh"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-say "building keyward"
-cargo build --quiet --locked --bin keyward
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/demo.sh runs pods in their own network and mount namespaces: run it as root." >&2
+  exit 1
+fi
+
+say "building keyward and the podrun pod runner"
+cargo build --quiet --locked -p keyward -p keyward-e2e --bins
 KEYWARD=$CARGO_TARGET_DIR/debug/keyward
+PODRUN=$CARGO_TARGET_DIR/debug/podrun
 
-WORK=$(mktemp -d -t keyward-demo.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+say "the manifests: examples/shop/*.yaml (what the pods ask for)"
+grep -h 'keyward.io/' examples/shop/*.yaml | grep -v 'inject:' | sed 's/^ */  /'
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-export BAO_ADDR=http://127.0.0.1:$PORT BAO_TOKEN=root
-say "starting OpenBao dev server on $BAO_ADDR"
-HOME=$WORK "$KEYWARD_BAO" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$PORT" >"$WORK/bao.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do "$KEYWARD_BAO" status >/dev/null 2>&1 && break; sleep 0.1; done
-"$KEYWARD_BAO" status >/dev/null
+say "keyward inject: the native sidecar the injector adds to orders (its KEYWARD_CONFIG)"
+for f in examples/shop/*.yaml; do echo '---'; cat "$f"; done \
+  | "$KEYWARD" inject --config examples/injector-config.yaml -f - \
+  | awk '/kind: Deployment/{d++} d==1 && /name: KEYWARD_CONFIG/{p=1; n=match($0,/[^ ]/)-1}
+         p && /name: KEYWARD_SOCKET/{exit} p{print "  " substr($0, n+1)}' | head -40
 
-say "a local service-account token issuer (stands in for the Kubernetes API server)"
-openssl genrsa -out "$WORK/sa.key" 2048 2>/dev/null
-openssl rsa -in "$WORK/sa.key" -pubout -out "$WORK/sa.pub" 2>/dev/null
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
-mint() { # mint NAMESPACE SERVICEACCOUNT POD
-  local now exp header payload
-  now=$(date +%s); exp=$((now + 3600))
-  header=$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)
-  payload=$(printf '{"iss":"https://kubernetes.default.svc.cluster.local","sub":"system:serviceaccount:%s:%s","aud":["vault"],"iat":%d,"nbf":%d,"exp":%d,"kubernetes.io":{"namespace":"%s","pod":{"name":"%s","uid":"demo-%s"},"serviceaccount":{"name":"%s","uid":"demo-sa-%s"}}}' \
-    "$1" "$2" "$now" "$now" "$exp" "$1" "$3" "$3" "$2" "$2" | b64url)
-  printf '%s.%s.%s' "$header" "$payload" "$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$WORK/sa.key" -binary | b64url)"
-}
-
-say "configuring OpenBao: jwt auth, a policy, a role bound to namespace shop / service account orders"
-"$KEYWARD_BAO" auth enable jwt >/dev/null
-"$KEYWARD_BAO" write auth/jwt/config jwt_validation_pubkeys=@"$WORK/sa.pub" bound_issuer=https://kubernetes.default.svc.cluster.local >/dev/null
-"$KEYWARD_BAO" policy write orders - >/dev/null <<'HCL'
-path "secret/data/orders/*" { capabilities = ["read"] }
-HCL
-cat >"$WORK/role.json" <<'JSON'
-{"role_type":"jwt","bound_audiences":["vault"],"user_claim":"sub","bound_claims_type":"string",
- "bound_claims":{"/kubernetes.io/namespace":"shop","/kubernetes.io/serviceaccount/name":"orders"},
- "claim_mappings":{"/kubernetes.io/namespace":"namespace","/kubernetes.io/serviceaccount/name":"service_account_name","/kubernetes.io/pod/name":"pod_name"},
- "token_ttl":"2m","token_max_ttl":"10m","token_policies":["orders"]}
-JSON
-"$KEYWARD_BAO" write auth/jwt/role/orders @"$WORK/role.json" >/dev/null
-"$KEYWARD_BAO" kv put -mount=secret orders/db password=demo-password-v1 username=orders >/dev/null
-
-say "starting the broker as pod shop/orders-7d9f (token minted by the local issuer)"
-mint shop orders orders-7d9f >"$WORK/token"
-cat >"$WORK/keyward.yaml" <<YAML
-vault: {addr: "$BAO_ADDR"}
-auth: {method: jwt, token_file: $WORK/token}
-secrets:
-  - {name: db, path: secret/data/orders/db}
-kv_refresh: 2s
-socket: {path: $WORK/run/broker.sock}
-audit: {file: $WORK/run/audit.log}
-YAML
-cat "$WORK/keyward.yaml"
-KEYWARD_LOG=warn "$KEYWARD" broker --config "$WORK/keyward.yaml" &
-BROKER=$!
-PIDS+=($BROKER)
-SOCK=$WORK/run/broker.sock
-for _ in $(seq 100); do "$KEYWARD" probe --socket "$SOCK" 2>/dev/null && break; sleep 0.1; done
-"$KEYWARD" probe --socket "$SOCK"
-echo "ready: keyward probe exits 0"
-
-say "the app reads its secret over the socket"
-echo "\$ curl --unix-socket \$SOCK http://keyward/v1/secrets/db"
-curl -s --unix-socket "$SOCK" http://keyward/v1/secrets/db; echo
-echo "\$ curl --unix-socket \$SOCK http://keyward/v1/secrets/db/password"
-curl -s --unix-socket "$SOCK" http://keyward/v1/secrets/db/password; echo
-
-say "a new version reaches the app without a restart (long-poll wakes up)"
-curl -s --unix-socket "$SOCK" "http://keyward/v1/secrets/db?index=1&wait=30s" >"$WORK/poll.json" &
-POLL=$!
-"$KEYWARD_BAO" kv put -mount=secret orders/db password=demo-password-v2 username=orders >/dev/null
-wait $POLL
-cat "$WORK/poll.json"; echo
-
-say "a caller asking for a secret that is not declared"
-curl -s --unix-socket "$SOCK" http://keyward/v1/secrets/payments; echo
-
-say "SIGTERM: the broker revokes its token and removes its socket"
-kill -TERM "$BROKER"; wait "$BROKER" || true
-[ ! -e "$SOCK" ] && echo "socket removed"
-
-say "what the security team sees: keyward audit query"
-"$KEYWARD" audit query "$WORK/run/audit.log"
-say "keyward audit verify"
-"$KEYWARD" audit verify "$WORK/run/audit.log"
+say "running the shop (podrun shop: the injected spec is the only source of how the sidecar starts)"
+"$PODRUN" shop --keyward "$KEYWARD" --examples examples

@@ -94,13 +94,47 @@ async fn shop(keyward: PathBuf, examples: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     let tools = Tools::from_env(keyward, examples)?;
     let mut shop = Shop::up(tools, &|s| say(s)).await?;
-    let result = scenario(&mut shop).await;
+    // Ctrl-C ends the scenario early but still cleans up.
+    let result = tokio::select! {
+        r = scenario(&mut shop) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if result.is_err() {
+        for p in shop.cluster.pods() {
+            for c in ["keyward", "app"] {
+                eprintln!(
+                    "--- {}/{} {c} ---\n{}",
+                    p.def.namespace,
+                    p.def.name,
+                    p.logs(c)
+                );
+            }
+        }
+    }
     say("stopping: app containers first, sidecars last; then OpenBao, PostgreSQL, namespaces");
     shop.down().await;
+    let dir = shop.cluster.dir().to_path_buf();
     drop(shop);
+    let prefix = format!("kw{}-", std::process::id());
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !namespaces.is_empty() || dir.exists() {
+        bail!(
+            "left behind: namespaces {namespaces:?}, directory {} exists: {}",
+            dir.display(),
+            dir.exists()
+        );
+    }
     println!(
-        "done in {:.1}s; no process, namespace, mount or socket left behind",
-        started.elapsed().as_secs_f64()
+        "done in {:.0}s: every pod stopped, OpenBao and PostgreSQL stopped, network namespaces and {} removed",
+        started.elapsed().as_secs_f64(),
+        dir.display()
     );
     result
 }
