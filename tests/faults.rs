@@ -441,3 +441,51 @@ async fn openbao_sealed_unsealed_and_restarted_with_persistent_storage() {
     assert_all_reads_audited(&s, served.get());
     assert!(!s.log().contains("panicked"));
 }
+
+#[tokio::test]
+async fn pki_role_deleted_keeps_the_current_certificate_and_recovers() {
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    Pki::setup(&v.bao).await;
+    let mut s = Sidecar::start(
+        &v.bao.addr(),
+        SidecarSpec {
+            ns: "shop",
+            sa: "orders",
+            token: v.token("shop", "orders"),
+            ttl: "30s",
+            bundle: None,
+            policy: None,
+            inbound: "[]".into(),
+            outbound: "[]".into(),
+            extra: "",
+        },
+    );
+    s.wait_ready().await;
+    v.bao.api("DELETE", "pki_int/roles/spiffe", None).await;
+    // Renewal is due at about 20 s: it is refused, logged, counted and audited...
+    eventually(Duration::from_secs(40), "a refused renewal", || async {
+        (s.metric("keyward_svid_errors_total").await >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        s.log().contains("Cannot renew workload certificate"),
+        "{}",
+        s.log()
+    );
+    assert!(count(&s, "svid.issue", "error") >= 1);
+    // ...while the current certificate, still valid, keeps the sidecar ready.
+    assert_eq!(ready_status(&s).await, 200);
+    let id = get(&s.socket, "/v1/identity").await;
+    assert_eq!(id.status, 200, "{}", id.body);
+    // The role comes back: the next retry issues a new certificate.
+    let issued = count(&s, "svid.issue", "ok");
+    Pki::create_role(&v.bao).await;
+    eventually(
+        Duration::from_secs(30),
+        "a certificate issued after the role returned",
+        || async { (count(&s, "svid.issue", "ok") > issued).then_some(()) },
+    )
+    .await;
+    assert_eq!(ready_status(&s).await, 200);
+    assert!(!s.log().contains("panicked"));
+}

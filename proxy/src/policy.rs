@@ -274,6 +274,25 @@ inbound:
             .allows(15443, &id("spiffe://td/ns/shop/sa/frontend"))
             .is_none());
         assert_eq!(metrics.policy_reloads.get(), 1);
+
+        // A deleted file is counted too, and keeps the policy in force.
+        let in_force = rx.borrow_and_update().clone();
+        let errors = metrics.policy_errors.get();
+        std::fs::remove_file(&path).expect("remove");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics.policy_errors.get() == errors {
+            assert!(tokio::time::Instant::now() < deadline, "deletion not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*rx.borrow(), in_force);
+        // Garbage bytes likewise.
+        std::fs::write(&path, [0xff, 0x00, 0x7b, 0x5b]).expect("write");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics.policy_errors.get() == errors + 1 {
+            assert!(tokio::time::Instant::now() < deadline, "garbage not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*rx.borrow(), in_force);
         cancel.cancel();
         task.await.expect("join");
     }

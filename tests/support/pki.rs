@@ -71,6 +71,12 @@ impl Pki {
             Some(json!({"certificate": format!("{int_pem}\n{root_pem}\n")})),
         )
         .await;
+        Self::create_role(bao).await;
+        Pki { root_pem, int_pem }
+    }
+
+    /// The `pki_int/roles/spiffe` role that signs workload SVIDs.
+    pub async fn create_role(bao: &Bao) {
         bao.api(
             "POST",
             "pki_int/roles/spiffe",
@@ -87,7 +93,6 @@ impl Pki {
             })),
         )
         .await;
-        Pki { root_pem, int_pem }
     }
 
     /// A key and a certificate for `id` signed by OpenBao as root: (chain PEM leaf+int, key).
