@@ -281,7 +281,10 @@ inbound:
         std::fs::remove_file(&path).expect("remove");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while metrics.policy_errors.get() == errors {
-            assert!(tokio::time::Instant::now() < deadline, "deletion not counted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deletion not counted"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(*rx.borrow(), in_force);
@@ -289,7 +292,10 @@ inbound:
         std::fs::write(&path, [0xff, 0x00, 0x7b, 0x5b]).expect("write");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while metrics.policy_errors.get() == errors + 1 {
-            assert!(tokio::time::Instant::now() < deadline, "garbage not counted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "garbage not counted"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(*rx.borrow(), in_force);
