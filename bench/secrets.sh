@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Secret reads: keyward broker vs bao agent vs OpenBao directly, in one run.
 # Usage: bench/secrets.sh [SECONDS_PER_CASE]   (release build; tools from scripts/deps.sh)
+#        bench/secrets.sh soak [SECONDS]        (100 socket clients; fd and RSS curve)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
@@ -10,4 +11,4 @@ scripts/deps.sh core >&2
 source "$KEYWARD_CACHE/env.sh"
 cargo build --release --locked --bin keyward
 cargo build --release --locked -p keyward-bench --bin secrets
-"$CARGO_TARGET_DIR/release/secrets" "$CARGO_TARGET_DIR/release/keyward" "${1:-5}"
+"$CARGO_TARGET_DIR/release/secrets" "$CARGO_TARGET_DIR/release/keyward" "${@:-5}"

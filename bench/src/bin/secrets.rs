@@ -3,6 +3,8 @@
 //! plus the broker's RSS. Run through `bench/secrets.sh`.
 //!
 //! Usage: secrets KEYWARD_BIN [SECONDS_PER_CASE]
+//!        secrets KEYWARD_BIN soak [SECONDS]   (100 clients reading and long-polling; fd and
+//!                                             RSS curve of the broker)
 
 #[allow(dead_code)]
 #[path = "../../../tests/support/bao.rs"]
@@ -177,7 +179,10 @@ async fn wait_for_socket(path: &Path, what: &str) {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let keyward = PathBuf::from(args.next().expect("usage: secrets KEYWARD_BIN [SECONDS]"));
-    let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mode = args.next().unwrap_or_default();
+    let soak_secs =
+        (mode == "soak").then(|| args.next().and_then(|s| s.parse().ok()).unwrap_or(600u64));
+    let secs: u64 = mode.parse().unwrap_or(5);
     let dir = tempfile::tempdir().expect("tmp");
 
     let vault = bao::Bao::start();
@@ -246,6 +251,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let broker_rss_start = rss_kib(broker.0.id());
+    if let Some(total) = soak_secs {
+        soak(&vault, &sock, broker.0.id(), total).await;
+        return;
+    }
 
     // bao agent with a unix listener, cache and api_proxy.
     let agent_sock = dir.path().join("agent.sock");
@@ -362,5 +371,111 @@ listener "unix" {{
         broker_rss_start as f64 / 1024.0,
         rss_kib(broker.0.id()) as f64 / 1024.0,
         rss_kib(agent.0.id()) as f64 / 1024.0
+    );
+}
+
+/// 100 keep-alive clients for `total` seconds: half read, half long-poll for the next version,
+/// while secret s0 gets a new version every second. Prints the broker's fd count and RSS at
+/// every tenth of the run.
+async fn soak(vault: &bao::Bao, sock: &Path, pid: u32, total: u64) {
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(total);
+    println!(
+        "soak: 100 clients for {total} s; fds before: {}, RSS {:.1} MiB",
+        fds(pid),
+        rss_kib(pid) as f64 / 1024.0
+    );
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let sock = sock.to_owned();
+        let (ok, failed) = (ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(&sock)
+                .await
+                .expect("connect");
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake::<_, Body>(hyper_util::rt::TokioIo::new(s))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            let mut version = 0u64;
+            while Instant::now() < deadline {
+                let uri = if i % 2 == 0 {
+                    "/v1/secrets/s0".to_owned()
+                } else {
+                    format!("/v1/secrets/s0?index={version}&wait=5s")
+                };
+                let req = hyper::Request::get(uri)
+                    .header("host", "bench")
+                    .body(Body::new())
+                    .expect("request");
+                match send.send_request(req).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        let body = resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        version = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["version"].as_u64())
+                            .unwrap_or(version);
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    println!("| elapsed s | requests | failed | fds | RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|");
+    let step = Duration::from_secs((total / 10).max(1));
+    let mut n = 0u64;
+    let mut next_sample = start + step;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        n += 1;
+        vault
+            .kv_put(
+                "bench/s0",
+                json!({"password": format!("soak-{n}"), "user": "bench"}),
+            )
+            .await;
+        if Instant::now() >= next_sample {
+            next_sample += step;
+            println!(
+                "| {} | {} | {} | {} | {:.1} |",
+                start.elapsed().as_secs(),
+                ok.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                fds(pid),
+                rss_kib(pid) as f64 / 1024.0
+            );
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "soak done: {} requests, {} failed; fds after the clients closed: {}; RSS {:.1} MiB",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        fds(pid),
+        rss_kib(pid) as f64 / 1024.0
     );
 }
