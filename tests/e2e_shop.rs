@@ -133,8 +133,7 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
     ensure!(version == 2);
 
     // frontend -> orders over mTLS, through both sidecars, with the database password.
-    let (code, page) = shop.frontend_page().await?;
-    ensure!(code == 0, "frontend page: {page}");
+    let page = shop.wait_frontend_page(Duration::from_secs(30)).await?;
     ensure!(
         page.contains("-> orders: 3 open orders (read from PostgreSQL as v-"),
         "frontend reached orders, which read PostgreSQL with its dynamic credential: {page}"

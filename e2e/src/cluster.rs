@@ -62,23 +62,20 @@ impl Cluster {
         let mut net = Network::create()?;
         let node = net.add_host("node")?;
         let hosts_file = dir.path().join("hosts");
+        let issuer = Arc::new(jwt::Issuer::new());
         Ok(Cluster {
             node,
-            issuer: Arc::new(jwt::Issuer::new()),
+            issuer: issuer.clone(),
             pods: Vec::new(),
             env: PodEnv {
                 images: imgs,
-                issuer: Arc::new(jwt::Issuer::new()),
+                issuer,
                 hosts_file,
                 run_dir: dir.path().to_path_buf(),
                 config_maps: BTreeMap::new(),
             },
             net: Some(net),
             dir: Some(dir),
-        })
-        .map(|mut c| {
-            c.env.issuer = c.issuer.clone();
-            c
         })
     }
 

@@ -149,3 +149,43 @@ impl Manifests {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Manifests;
+
+    #[test]
+    fn pods_from_pods_and_templates_with_services_and_config_maps() {
+        let m = Manifests::parse(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             kind: ConfigMap\nmetadata: {name: apps, namespace: shop}\ndata: {run.sh: echo hi}\n---\n\
+             kind: Service\nmetadata: {name: orders, namespace: shop}\nspec: {selector: {app: orders}}\n---\n\
+             kind: Deployment\nmetadata: {name: orders, namespace: shop}\n\
+             spec: {template: {metadata: {labels: {app: orders}}, spec: {serviceAccountName: orders, containers: [{name: app}]}}}\n---\n\
+             kind: Pod\nmetadata: {name: client, namespace: other}\nspec: {containers: [{name: app}]}\n",
+        )
+        .expect("parse");
+        assert_eq!(m.pods.len(), 2);
+        let orders = &m.pods[0];
+        assert!(orders.name.starts_with("orders-") && orders.name.len() == "orders-".len() + 5);
+        assert_eq!(orders.service_account, "orders");
+        assert_eq!(orders.uid, format!("uid-{}", orders.name));
+        assert_eq!(m.pods[1].service_account, "default");
+        let selected: Vec<_> = m.selected(&m.services[0]).map(|p| p.name.clone()).collect();
+        assert_eq!(selected, vec![orders.name.clone()]);
+        assert_eq!(
+            m.config_maps[&("shop".to_owned(), "apps".to_owned())]["run.sh"],
+            "echo hi"
+        );
+    }
+
+    #[test]
+    fn a_pod_without_containers_is_refused() {
+        let e = Manifests::parse("kind: Pod\nmetadata: {name: x}\nspec: {}\n")
+            .expect_err("no containers");
+        assert!(
+            e.to_string().contains("default/x has no spec.containers"),
+            "{e}"
+        );
+    }
+}

@@ -469,6 +469,25 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
         Ok((code, format!("{out}{err}")))
     }
 
+    /// Polls [`Shop::frontend_page`] until the apps answer (they have no readiness probes)
+    /// and the page shows orders; fails with the last page after `timeout`.
+    pub async fn wait_frontend_page(&self, timeout: Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (code, page) = self.frontend_page().await?;
+            if code == 0 && page.contains("open orders") {
+                return Ok(page);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("the frontend page to show orders (last: {page})"),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `curl http://127.0.0.1:15001/` in the other namespace's client: a call to orders through
     /// its sidecar: (curl exit code, output).
     pub async fn client_call(&self) -> Result<(i32, String)> {
