@@ -186,15 +186,21 @@ impl Pod {
             let cs = pod.container_spec(&c, env)?;
             let name = cs.name.clone();
             pod.spawn(cs, sidecar)?;
+            pod.wait_started(&name).await?;
             if sidecar {
                 pod.wait_startup(&name).await?;
             } else {
                 pod.wait_exit(&name).await?;
             }
         }
+        let mut apps = Vec::new();
         for c in spec["containers"].as_array().cloned().unwrap_or_default() {
             let cs = pod.container_spec(&c, env)?;
+            apps.push(cs.name.clone());
             pod.spawn(cs, false)?;
+        }
+        for name in apps {
+            pod.wait_started(&name).await?;
         }
         Ok(pod)
     }
@@ -539,6 +545,11 @@ impl Pod {
             sh_quote(&self.hosts_file.to_string_lossy())
         );
         s += &format!("hostname {}\n", sh_quote(&self.def.name));
+        // The container's namespaces are in place: tell the runner (the kubelet's "started").
+        s += &format!(
+            ": > {}\n",
+            sh_quote(&self.started_marker(&cs.name).to_string_lossy())
+        );
         if cs.read_only_root {
             s += "mount -o remount,bind,ro /\n";
         }
@@ -546,6 +557,36 @@ impl Pod {
         let creds: Vec<String> = Self::creds(cs).iter().map(|a| sh_quote(a)).collect();
         s += &format!("exec {} \"$@\"\n", creds.join(" "));
         Ok(s)
+    }
+
+    fn started_marker(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!(".{container}.started"))
+    }
+
+    /// Waits until a container's shim has set up its namespaces and is about to exec the
+    /// container's command; before that, `exec` would enter the wrong mount namespace.
+    async fn wait_started(&mut self, name: &str) -> Result<()> {
+        let marker = self.started_marker(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !marker.exists() {
+            if let Some(status) = self.running(name)?.poll() {
+                return Err(perr(
+                    &self.def,
+                    format!(
+                        "container {name} exited with {status} while starting:\n{}",
+                        self.logs(name)
+                    ),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(perr(
+                    &self.def,
+                    format!("container {name} did not start within 30s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, cs: ContainerSpec, sidecar: bool) -> Result<()> {
