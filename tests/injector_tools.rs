@@ -546,7 +546,7 @@ fn sidecar_passes_pod_security_restricted() {
             );
             // Resources: modest requests, a memory limit.
             assert_eq!(sidecar["resources"]["requests"]["cpu"], "10m");
-            assert_eq!(sidecar["resources"]["limits"]["memory"], "64Mi");
+            assert_eq!(sidecar["resources"]["limits"]["memory"], "128Mi");
             if mode == "native" {
                 assert_eq!(sidecar["restartPolicy"], "Always");
                 assert_eq!(

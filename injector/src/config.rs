@@ -154,7 +154,7 @@ pub struct IdentityConfig {
 pub struct Resources {
     /// Requests (default cpu 10m, memory 24Mi).
     pub requests: BTreeMap<String, String>,
-    /// Limits (default memory 64Mi, no CPU limit: see docs/annotations.md).
+    /// Limits (default memory 128Mi, no CPU limit: see docs/annotations.md).
     pub limits: BTreeMap<String, String>,
 }
 
@@ -240,7 +240,7 @@ impl Default for Resources {
                 ("cpu".to_owned(), "10m".to_owned()),
                 ("memory".to_owned(), "24Mi".to_owned()),
             ]),
-            limits: BTreeMap::from([("memory".to_owned(), "64Mi".to_owned())]),
+            limits: BTreeMap::from([("memory".to_owned(), "128Mi".to_owned())]),
         }
     }
 }
