@@ -16,8 +16,13 @@ use tokio::net::TcpStream;
 
 const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
-const CONNECTIONS: usize = 1_000;
-const REQUESTS_PER_CONNECTION: usize = 34;
+/// Sizes of the run; `bench/proxy-load.sh` raises them (10,000 connections, 1,020,000 requests).
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -92,6 +97,8 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
     );
     orders.wait_ready().await;
     frontend.wait_ready().await;
+    let connections = size("KEYWARD_LOAD_CONNECTIONS", 1_000);
+    let requests = size("KEYWARD_LOAD_REQUESTS", 34);
     let pids = [orders.pid(), frontend.pid()];
     let fds_idle = pids.map(fds);
     let rss_idle = pids.map(rss_kib);
@@ -103,9 +110,10 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
     // a leak would keep growing with every round.
     let mut rss_rounds = Vec::new();
     for round in 0..3 {
+        let started = std::time::Instant::now();
         let gate = Arc::new(tokio::sync::Semaphore::new(100));
         let mut opening = Vec::new();
-        for _ in 0..CONNECTIONS {
+        for _ in 0..connections {
             let gate = gate.clone();
             opening.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await.expect("gate");
@@ -117,13 +125,13 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
                 s
             }));
         }
-        let mut conns = Vec::with_capacity(CONNECTIONS);
+        let mut conns = Vec::with_capacity(connections);
         for t in opening {
             conns.push(t.await.expect("open"));
         }
         let open_now = orders.metric("keyward_proxy_connections_open").await;
         assert!(
-            open_now >= CONNECTIONS as f64,
+            open_now >= connections as f64,
             "{open_now} connections open at the inbound"
         );
         let rss_open = pids.map(rss_kib);
@@ -132,8 +140,8 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
         for (i, mut s) in conns.into_iter().enumerate() {
             work.push(tokio::spawn(async move {
                 let mut buf = [0u8; 32];
-                for j in 0..REQUESTS_PER_CONNECTION {
-                    let msg = format!("c{i:04}-r{j:03}-{:>18}", "payload");
+                for j in 0..requests {
+                    let msg = format!("c{i:05}-r{j:04}-{:>16}", "payload");
                     s.write_all(msg.as_bytes()).await.expect("write");
                     s.read_exact(&mut buf[..msg.len()]).await.expect("read");
                     assert_eq!(&buf[..msg.len()], msg.as_bytes(), "byte-exact echo");
@@ -158,7 +166,8 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
         }
         let rss_after = pids.map(rss_kib);
         eprintln!(
-            "round {round}: RSS KiB (orders, frontend): idle {rss_idle:?}, 1000 open {rss_open:?}, after {rss_after:?}"
+            "round {round}: {connections} connections x {requests} requests; RSS KiB (orders, frontend): idle {rss_idle:?}, open {rss_open:?}, after {rss_after:?}; {:.1} s",
+            started.elapsed().as_secs_f64()
         );
         rss_rounds.push(rss_after);
     }
