@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
-/// Sizes of the run; `bench/proxy-load.sh` raises them (10,000 connections, 1,020,000 requests).
+/// Sizes of the run; `bench/proxy-load.sh` raises them (9,500 connections, 1,026,000 requests).
 fn size(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
