@@ -450,8 +450,14 @@ async fn broker_process_is_not_dumpable() {
         nobody.uid
     );
     // And the broker, running as nobody, still works.
-    let a = support::broker::get(&sock, "/v1/health/ready").await;
-    assert_eq!(a.status, 200, "{}", a.body);
+    eventually(
+        Duration::from_secs(30),
+        "the broker running as nobody ready",
+        || async {
+            (support::broker::get(&sock, "/v1/health/ready").await.status == 200).then_some(())
+        },
+    )
+    .await;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,

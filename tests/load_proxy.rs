@@ -171,8 +171,7 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
         );
         rss_rounds.push(rss_after);
     }
-    for i in 0..2 {
-        let (second, third) = (rss_rounds[1][i], rss_rounds[2][i]);
+    for (second, third) in rss_rounds[1].into_iter().zip(rss_rounds[2]) {
         assert!(
             third <= second + second / 10 + 2048,
             "RSS still growing after warm-up (leak?): {second} KiB then {third} KiB"
