@@ -118,6 +118,13 @@ async fn vault_slow_resetting_or_5xx_keeps_cache_served_and_recovers() {
     assert_all_reads_audited(&s, served.get());
     assert!(!s.log().contains("panicked"));
     assert!(!s.log().contains(CANARY));
+    // Nor in the metrics, which name secrets and outcomes only.
+    let (_, metrics) = s.admin_get("/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("keyward_secret_fetches_total{secret=\"app\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(CANARY));
 }
 
 #[tokio::test]
