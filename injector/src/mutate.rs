@@ -287,6 +287,35 @@ fn check_conflicts(
             .into());
         }
     }
+    // The proxy refuses (and the sidecar then never starts with) patterns outside its trust
+    // domain, so they are refused here, at admission.
+    let td = cfg.identity.trust_domain.as_str();
+    let outside = |p: &keyward_identity::IdPattern| {
+        let rest = p.as_str().strip_prefix("spiffe://").unwrap_or_default();
+        rest.split('/').next().unwrap_or_default() != td
+    };
+    let in_domain = |key: String, patterns: &[keyward_identity::IdPattern]| match patterns
+        .iter()
+        .find(|p| outside(p))
+    {
+        Some(p) => Err(AnnotationError {
+            key,
+            problem: format!("'{p}' is not in the trust domain {td}"),
+        }),
+        None => Ok(()),
+    };
+    for i in &settings.inbound {
+        in_domain(
+            format!("{}inbound-allow-{}", annotations::PREFIX, i.tls_port),
+            &i.allow,
+        )?;
+    }
+    for o in &settings.outbound {
+        in_domain(
+            format!("{}outbound-{}-id", annotations::PREFIX, o.name),
+            &o.expect,
+        )?;
+    }
     for c in all() {
         for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
             if m.mount_path.trim_end_matches('/') == SOCKET_DIR {

@@ -159,6 +159,9 @@ fn invalid_mesh_annotations_are_denied() {
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: needs keyward.io/outbound-orders-id with the SPIFFE ID (or pattern) the upstream must present");
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "https://orders"}), "annotation keyward.io/outbound-orders-id: 'https://orders' is not a SPIFFE ID or pattern: SPIFFE ID must start with spiffe://");
     rejects(json!({"keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/outbound-orders-id: there is no keyward.io/outbound-orders annotation for it to apply to");
+    // The proxy refuses IDs outside its trust domain; found by fuzz/fuzz_targets/annotations.rs.
+    rejects(json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/a/*,spiffe://other.org/ns/a/sa/b"}), "annotation keyward.io/inbound-allow-15443: 'spiffe://other.org/ns/a/sa/b' is not in the trust domain cluster.local");
+    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.localx/ns/a/sa/b"}), "annotation keyward.io/outbound-orders-id: 'spiffe://cluster.localx/ns/a/sa/b' is not in the trust domain cluster.local");
     rejects(json!({"keyward.io/outbound-a": "15001=a.svc:443", "keyward.io/outbound-a-id": "spiffe://cluster.local/ns/a/sa/a", "keyward.io/outbound-b": "15001=b.svc:443", "keyward.io/outbound-b-id": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/outbound-b: local port 15001 is already used by keyward.io/outbound-a");
 }
 
