@@ -29,3 +29,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
+
+step "fuzz smoke (every target in fuzz/, 10 s each)"
+scripts/fuzz-smoke.sh
