@@ -40,7 +40,8 @@ failed=()
 for t in $targets; do
   mkdir -p "$work/$t" "$work/artifacts/$t"
   echo "=== fuzz $t (${seconds}s)"
-  if cargo fuzz run -a "${target_dir[@]}" "$t" "$work/$t" "seeds/$t" -- \
+  # TMPDIR: what a target leaves in temporary directories (socket_api's broker) goes with $work.
+  if TMPDIR="$work" cargo fuzz run -a "${target_dir[@]}" "$t" "$work/$t" "seeds/$t" -- \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -artifact_prefix="$work/artifacts/$t/" -print_final_stats=1 >"$work/$t.log" 2>&1; then
     grep -E '^stat::number_of_executed_units|^Done' "$work/$t.log" | tr '\n' ' '
