@@ -10,25 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::broker::{get, BrokerProc};
-use support::{eventually, TestVault};
+use support::{eventually, fds, rss_kib, TestVault};
 
 const CLIENTS: usize = 100;
 const RUN: Duration = Duration::from_secs(8);
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_reading_and_long_polling_lose_nothing_and_leak_nothing() {
