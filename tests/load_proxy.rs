@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::pki::{echo_app, Pki, Sidecar, SidecarSpec};
-use support::{eventually, fds, rss_kib, TestVault};
+use support::pki::{echo_app, Sidecar, SidecarSpec};
+use support::{eventually, fds, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -26,25 +26,10 @@ fn size(var: &str, default: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pair() {
-    let vault = TestVault::start("shop", "orders", "10m", "1h").await;
-    support::jwt::role(
-        &vault.bao,
-        "frontend",
-        "shop",
-        "frontend",
-        "10m",
-        "1h",
-        &["app"],
-    )
-    .await;
-    Pki::setup(&vault.bao).await;
+    let (vault, _pki) = support::pki::shop_vault().await;
     let app = echo_app().await;
-    let inbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .expect("addr");
-    let outbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .expect("addr");
+    let inbound: SocketAddr = support::pki::loopback_addr();
+    let outbound: SocketAddr = support::pki::loopback_addr();
     let mut orders = Sidecar::start_with_env(
         &vault.bao.addr(),
         SidecarSpec {

@@ -7,8 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::envoy::{cluster, mtls_listener, tcp_listener, Envoy, TlsFiles};
-use support::pki::{echo_app, Pki, Sidecar, SidecarSpec};
-use support::TestVault;
+use support::pki::{echo_app, Sidecar, SidecarSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,18 +29,7 @@ async fn roundtrip(addr: std::net::SocketAddr, data: &[u8]) -> std::io::Result<V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_both_directions_and_san_mismatch() {
-    let vault = TestVault::start("shop", "orders", "10m", "1h").await;
-    support::jwt::role(
-        &vault.bao,
-        "frontend",
-        "shop",
-        "frontend",
-        "10m",
-        "1h",
-        &["app"],
-    )
-    .await;
-    let pki = Pki::setup(&vault.bao).await;
+    let (vault, pki) = support::pki::shop_vault().await;
     let app = echo_app().await;
     let inbound = support::free_port();
     let outbound = support::free_port();

@@ -37,26 +37,11 @@ fn policy(allow: &[&str], port: u16) -> String {
 }
 
 async fn mesh(ttl: &str) -> Mesh {
-    let vault = TestVault::start("shop", "orders", "10m", "1h").await;
-    support::jwt::role(
-        &vault.bao,
-        "frontend",
-        "shop",
-        "frontend",
-        "10m",
-        "1h",
-        &["app"],
-    )
-    .await;
-    let pki = Pki::setup(&vault.bao).await;
+    let (vault, pki) = support::pki::shop_vault().await;
     let app = echo_app().await;
     let test_ca = TestCa::new("rogue");
-    let inbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .expect("addr");
-    let outbound: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-        .parse()
-        .expect("addr");
+    let inbound: SocketAddr = support::pki::loopback_addr();
+    let outbound: SocketAddr = support::pki::loopback_addr();
     let mut orders = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {

@@ -111,6 +111,29 @@ impl Pki {
     }
 }
 
+/// A real OpenBao with roles for the two shop workloads (`orders` and `frontend`, 10 m tokens)
+/// and the PKI that signs their SVIDs.
+pub async fn shop_vault() -> (super::TestVault, Pki) {
+    let vault = super::TestVault::start("shop", "orders", "10m", "1h").await;
+    super::jwt::role(
+        &vault.bao,
+        "frontend",
+        "shop",
+        "frontend",
+        "10m",
+        "1h",
+        &["app"],
+    )
+    .await;
+    let pki = Pki::setup(&vault.bao).await;
+    (vault, pki)
+}
+
+/// A free loopback address for a listener.
+pub fn loopback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
+}
+
 /// A `keyward sidecar` process, sent SIGTERM and then killed when dropped.
 pub struct Sidecar {
     child: Option<Child>,
