@@ -66,17 +66,6 @@ fuzz_target!(|data: &[u8]| {
         // Refused for a conflict with the pod (e.g. an unknown container in keyward.io/containers).
         return;
     };
-    // KNOWN ISSUE (reported, not fixed here): keyward.io/outbound-NAME-id takes patterns
-    // (docs/annotations.md, injector tests), but the proxy's `outbound[].expect` takes exact
-    // SPIFFE IDs only, so such a pod is admitted and its sidecar refuses its config.
-    if settings
-        .outbound
-        .iter()
-        .any(|o| o.expect.iter().any(|p| p.as_str().ends_with("/*")))
-    {
-        return;
-    }
-
     // The sidecar must start with the config the injector wrote for it.
     let sidecar = mutate::sidecar_config(&settings, &cfg, 1000);
     let yaml = serde_yaml_ng::to_string(&sidecar).expect("sidecar config serializes");

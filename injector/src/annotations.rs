@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use keyward_identity::IdPattern;
+use keyward_identity::{IdPattern, SpiffeId};
 
 use crate::quantity;
 
@@ -129,8 +129,10 @@ pub struct Outbound {
     pub local_port: u16,
     /// The mTLS upstream, `host:port`.
     pub upstream: String,
-    /// Identities the upstream may present (`keyward.io/outbound-NAME-id`).
-    pub expect: Vec<IdPattern>,
+    /// Exact identities the upstream may present (`keyward.io/outbound-NAME-id`). Patterns are
+    /// refused: a client names the one service it means to reach, and a pattern would let any
+    /// workload it matches answer in that service's place.
+    pub expect: Vec<SpiffeId>,
 }
 
 /// Resource overrides for the sidecar, each a Kubernetes quantity.
@@ -421,11 +423,11 @@ fn build_outbound(name: &str, parts: OutboundParts) -> Result<Outbound, Annotati
         return Err(AnnotationError::new(
             &key,
             format!(
-                "needs keyward.io/outbound-{name}-id with the SPIFFE ID (or pattern) the upstream must present"
+                "needs keyward.io/outbound-{name}-id with the SPIFFE ID the upstream must present"
             ),
         ));
     };
-    let expect = parse_patterns(&id_key, &id_value)?;
+    let expect = parse_ids(&id_key, &id_value)?;
     Ok(Outbound {
         name: name.to_owned(),
         local_port,
@@ -545,6 +547,32 @@ fn parse_patterns(key: &str, value: &str) -> Result<Vec<IdPattern>, AnnotationEr
         })?;
         if !out.contains(&p) {
             out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_ids(key: &str, value: &str) -> Result<Vec<SpiffeId>, AnnotationError> {
+    let mut out: Vec<SpiffeId> = Vec::new();
+    if value.trim().is_empty() {
+        return Err(AnnotationError::new(
+            key,
+            "expected a comma-separated list of SPIFFE IDs such as spiffe://cluster.local/ns/shop/sa/orders, got ''",
+        ));
+    }
+    for item in value.split(',').map(str::trim) {
+        if item.ends_with("/*") && IdPattern::parse(item).is_ok() {
+            return Err(AnnotationError::new(
+                key,
+                format!(
+                    "'{item}' is a pattern; the upstream must present one of the exact SPIFFE IDs listed here (list each, comma-separated)"
+                ),
+            ));
+        }
+        let id = SpiffeId::parse(item)
+            .map_err(|e| AnnotationError::new(key, format!("'{item}' is not a SPIFFE ID: {e}")))?;
+        if !out.contains(&id) {
+            out.push(id);
         }
     }
     Ok(out)

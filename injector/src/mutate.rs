@@ -113,6 +113,13 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
         Decision::Skip(reason) => return Ok(Outcome::Skipped(reason)),
         Decision::Inject(s) => s,
     };
+    if pod.spec.containers.is_empty() {
+        // The API server would refuse such a pod anyway; saying so here beats a patch that
+        // cannot apply (`add /spec/containers/0` below a missing array, in legacy mode).
+        return Err(MutateError::Conflict(
+            "the pod has no containers (spec.containers is empty or missing); there is nothing to inject into".into(),
+        ));
+    }
     check_conflicts(pod.spec, &settings, cfg)?;
     let native = cfg.mode == SidecarMode::Native;
     let spec = pod.spec;
@@ -311,10 +318,13 @@ fn check_conflicts(
         )?;
     }
     for o in &settings.outbound {
-        in_domain(
-            format!("{}outbound-{}-id", annotations::PREFIX, o.name),
-            &o.expect,
-        )?;
+        if let Some(id) = o.expect.iter().find(|id| id.trust_domain() != td) {
+            return Err(AnnotationError {
+                key: format!("{}outbound-{}-id", annotations::PREFIX, o.name),
+                problem: format!("'{id}' is not in the trust domain {td}"),
+            }
+            .into());
+        }
     }
     for c in all() {
         for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
@@ -502,7 +512,7 @@ pub fn sidecar_config(
                 .map(|o| SidecarOutbound {
                     listen: format!("127.0.0.1:{}", o.local_port),
                     upstream: o.upstream.clone(),
-                    expect: o.expect.iter().map(|p| p.as_str().to_owned()).collect(),
+                    expect: o.expect.iter().map(|id| id.as_str().to_owned()).collect(),
                 })
                 .collect(),
         }),

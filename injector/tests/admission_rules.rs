@@ -94,7 +94,7 @@ fn valid_annotations_are_accepted() {
         json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/shop/sa/orders"}),
     );
     accepts(
-        json!({"keyward.io/outbound-v6": "15002=[fd00::1]:15443", "keyward.io/outbound-v6-id": "spiffe://cluster.local/ns/shop/*"}),
+        json!({"keyward.io/outbound-v6": "15002=[fd00::1]:15443", "keyward.io/outbound-v6-id": "spiffe://cluster.local/ns/shop/sa/a, spiffe://cluster.local/ns/shop/sa/b"}),
     );
     accepts(
         json!({"keyward.io/cpu-request": "5m", "keyward.io/memory-request": "16Mi", "keyward.io/cpu-limit": "0.5", "keyward.io/memory-limit": "128Mi"}),
@@ -156,13 +156,27 @@ fn invalid_mesh_annotations_are_denied() {
         "annotation keyward.io/inbound: port 15090 is already used by the sidecar's admin port",
     );
     rejects(json!({"keyward.io/outbound-orders": "orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: expected LOCAL_PORT=HOST:PORT such as 15001=orders.shop.svc:15443, got 'orders.shop.svc:15443'");
-    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: needs keyward.io/outbound-orders-id with the SPIFFE ID (or pattern) the upstream must present");
-    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "https://orders"}), "annotation keyward.io/outbound-orders-id: 'https://orders' is not a SPIFFE ID or pattern: SPIFFE ID must start with spiffe://");
+    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443"}), "annotation keyward.io/outbound-orders: needs keyward.io/outbound-orders-id with the SPIFFE ID the upstream must present");
+    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "https://orders"}), "annotation keyward.io/outbound-orders-id: 'https://orders' is not a SPIFFE ID: SPIFFE ID must start with spiffe://");
+    rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/shop/*"}), "annotation keyward.io/outbound-orders-id: 'spiffe://cluster.local/ns/shop/*' is a pattern; the upstream must present one of the exact SPIFFE IDs listed here (list each, comma-separated)");
     rejects(json!({"keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/outbound-orders-id: there is no keyward.io/outbound-orders annotation for it to apply to");
     // The proxy refuses IDs outside its trust domain; found by fuzz/fuzz_targets/annotations.rs.
     rejects(json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/a/*,spiffe://other.org/ns/a/sa/b"}), "annotation keyward.io/inbound-allow-15443: 'spiffe://other.org/ns/a/sa/b' is not in the trust domain cluster.local");
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.localx/ns/a/sa/b"}), "annotation keyward.io/outbound-orders-id: 'spiffe://cluster.localx/ns/a/sa/b' is not in the trust domain cluster.local");
     rejects(json!({"keyward.io/outbound-a": "15001=a.svc:443", "keyward.io/outbound-a-id": "spiffe://cluster.local/ns/a/sa/a", "keyward.io/outbound-b": "15001=b.svc:443", "keyward.io/outbound-b-id": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/outbound-b: local port 15001 is already used by keyward.io/outbound-a");
+}
+
+#[test]
+fn pods_without_containers_are_denied_not_sent_a_patch_that_cannot_apply() {
+    let message = "the pod has no containers (spec.containers is empty or missing); there is nothing to inject into";
+    rejects_with_spec(json!(null), json!({}), message);
+    rejects_with_spec(json!(null), json!({"containers": []}), message);
+    // Also with only init containers (in legacy mode the patch would be `add /spec/containers/0`).
+    rejects_with_spec(
+        json!(null),
+        json!({"initContainers": [{"name": "setup", "image": "s"}]}),
+        message,
+    );
 }
 
 #[test]
