@@ -121,8 +121,8 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
         "PostgreSQL holds the orders credential's role"
     );
 
-    // A KV update, to reach the frontend app without a restart (checked below: the broker
-    // re-reads KV every kv_refresh, 60s by default).
+    // A KV update, to reach the frontend app without a restart (checked below: the frontend's
+    // broker re-reads KV every 5s, from its keyward.io/kv-refresh annotation).
     let app_pid = shop.cluster.pod("shop", "frontend")?.pid("app");
     let version = shop
         .kv_put(
@@ -213,7 +213,7 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
 
     // The KV update reaches the running frontend app (its long-poll), no restart.
     keyward_e2e::eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(30),
         "the KV update in the frontend app",
         || {
             let seen = shop

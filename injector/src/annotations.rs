@@ -27,6 +27,7 @@ const FIXED_KEYS: &[&str] = &[
     "role",
     "inbound",
     "log-level",
+    "kv-refresh",
     "containers",
     "cpu-request",
     "memory-request",
@@ -161,6 +162,9 @@ pub struct PodSettings {
     pub log_level: Option<LogLevel>,
     /// App containers that get the socket; all when absent.
     pub containers: Option<Vec<String>>,
+    /// How often the broker re-reads unleased (KV) secrets (`keyward.io/kv-refresh`); the
+    /// broker's default (60s) when absent.
+    pub kv_refresh: Option<std::time::Duration>,
 }
 
 /// What the annotations say about injecting at all.
@@ -271,6 +275,7 @@ pub fn parse_settings(
                 })?)
             }
             "containers" => settings.containers = Some(parse_name_list(key, value)?),
+            "kv-refresh" => settings.kv_refresh = Some(parse_kv_refresh(key, value)?),
             "cpu-request" => settings.resources.cpu_request = Some(parse_quantity(key, value)?),
             "memory-request" => {
                 settings.resources.memory_request = Some(parse_quantity(key, value)?)
@@ -576,6 +581,27 @@ fn parse_ids(key: &str, value: &str) -> Result<Vec<SpiffeId>, AnnotationError> {
         }
     }
     Ok(out)
+}
+
+/// Bounds of `keyward.io/kv-refresh`: the broker's own floor, and a day (a longer interval
+/// would keep a rotated KV secret stale for longer than anyone expects).
+const KV_REFRESH_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const KV_REFRESH_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn parse_kv_refresh(key: &str, value: &str) -> Result<std::time::Duration, AnnotationError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|_| {
+        AnnotationError::new(
+            key,
+            format!("expected a duration such as 30s, 5m or 1h, got '{value}'"),
+        )
+    })?;
+    if !(KV_REFRESH_MIN..=KV_REFRESH_MAX).contains(&d) {
+        return Err(AnnotationError::new(
+            key,
+            format!("must be between 1s and 24h, got '{value}'"),
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_role(key: &str, value: &str) -> Result<String, AnnotationError> {

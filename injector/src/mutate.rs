@@ -366,6 +366,9 @@ pub struct SidecarConfig {
     pub secrets: Vec<SidecarSecret>,
     pub socket: SidecarSocket,
     pub audit: SidecarAudit,
+    /// `keyward.io/kv-refresh`, as a humantime duration (`30s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_refresh: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<SidecarIdentity>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -490,6 +493,9 @@ pub fn sidecar_config(
             file: AUDIT_PATH.to_owned(),
             stdout: cfg.audit_stdout,
         },
+        kv_refresh: settings
+            .kv_refresh
+            .map(|d| humantime::format_duration(d).to_string()),
         identity: mesh.then(|| SidecarIdentity {
             trust_domain: cfg.identity.trust_domain.clone(),
             pki_mount: cfg.identity.pki_mount.clone(),

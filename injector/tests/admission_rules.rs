@@ -100,6 +100,8 @@ fn valid_annotations_are_accepted() {
         json!({"keyward.io/cpu-request": "5m", "keyward.io/memory-request": "16Mi", "keyward.io/cpu-limit": "0.5", "keyward.io/memory-limit": "128Mi"}),
     );
     accepts(json!({"keyward.io/log-level": "trace", "keyward.io/containers": "app"}));
+    accepts(json!({"keyward.io/kv-refresh": "5s"}));
+    accepts(json!({"keyward.io/kv-refresh": "1h 30m"}));
 }
 
 #[test]
@@ -136,7 +138,7 @@ fn invalid_annotations_are_denied_with_the_annotation_named() {
     rejects(json!({"keyward.io/cpu-request": "lots"}), "annotation keyward.io/cpu-request: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got 'lots'");
     rejects(json!({"keyward.io/memory-limit": "-1Mi"}), "annotation keyward.io/memory-limit: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got '-1Mi'");
     rejects(json!({"keyward.io/memory-request": "128Mi", "keyward.io/memory-limit": "64Mi"}), "annotation keyward.io/memory-request: request 128Mi is above the limit 64Mi (keyward.io/memory-limit)");
-    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id");
+    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, kv-refresh, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id");
     rejects(json!({"keyward.io/containers": "app,worker"}), "annotation keyward.io/containers: the pod has no container named 'worker' (containers: app)");
     rejects(json!({"keyward.io/containers": ""}), "annotation keyward.io/containers: expected a comma-separated list of container names such as app,worker, got ''");
 }
@@ -164,6 +166,26 @@ fn invalid_mesh_annotations_are_denied() {
     rejects(json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/a/*,spiffe://other.org/ns/a/sa/b"}), "annotation keyward.io/inbound-allow-15443: 'spiffe://other.org/ns/a/sa/b' is not in the trust domain cluster.local");
     rejects(json!({"keyward.io/outbound-orders": "15001=orders.shop.svc:15443", "keyward.io/outbound-orders-id": "spiffe://cluster.localx/ns/a/sa/b"}), "annotation keyward.io/outbound-orders-id: 'spiffe://cluster.localx/ns/a/sa/b' is not in the trust domain cluster.local");
     rejects(json!({"keyward.io/outbound-a": "15001=a.svc:443", "keyward.io/outbound-a-id": "spiffe://cluster.local/ns/a/sa/a", "keyward.io/outbound-b": "15001=b.svc:443", "keyward.io/outbound-b-id": "spiffe://cluster.local/ns/a/sa/b"}), "annotation keyward.io/outbound-b: local port 15001 is already used by keyward.io/outbound-a");
+}
+
+#[test]
+fn kv_refresh_is_a_bounded_duration() {
+    rejects(
+        json!({"keyward.io/kv-refresh": "soon"}),
+        "annotation keyward.io/kv-refresh: expected a duration such as 30s, 5m or 1h, got 'soon'",
+    );
+    rejects(
+        json!({"keyward.io/kv-refresh": "60"}),
+        "annotation keyward.io/kv-refresh: expected a duration such as 30s, 5m or 1h, got '60'",
+    );
+    rejects(
+        json!({"keyward.io/kv-refresh": "500ms"}),
+        "annotation keyward.io/kv-refresh: must be between 1s and 24h, got '500ms'",
+    );
+    rejects(
+        json!({"keyward.io/kv-refresh": "2d"}),
+        "annotation keyward.io/kv-refresh: must be between 1s and 24h, got '2d'",
+    );
 }
 
 #[test]

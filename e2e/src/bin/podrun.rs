@@ -268,9 +268,9 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
         .unwrap_or_default();
     println!("  lease_expires_at: {first_lease} -> {now_lease} (same username, same password)");
 
-    say("waiting for the KV update to reach the frontend app (the broker re-reads KV every kv_refresh, 60s by default)");
+    say("waiting for the KV update to reach the frontend app (its broker re-reads KV every 5s: keyward.io/kv-refresh)");
     keyward_e2e::eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(30),
         "the KV update in the frontend app",
         || {
             let seen = shop
