@@ -1,4 +1,5 @@
-//! The `keyward` binary: parses the command line, sets up tracing and hands over to the crates.
+//! The `keyward` binary: parses the command line, sets up logging and the panic hook
+//! (`keyward-telemetry`) and hands over to the crates.
 
 use std::process::ExitCode;
 
@@ -28,24 +29,9 @@ enum Command {
     Inject(keyward_injector::cli::InjectArgs),
 }
 
-/// Logs go to stderr; `KEYWARD_LOG` takes an `EnvFilter` directive (default `info`),
-/// `KEYWARD_LOG_FORMAT=json` switches to one JSON object per line.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("KEYWARD_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    keyward_telemetry::init();
     match cli.command {
         Command::Audit(args) => keyward_audit::cli::run(args),
         Command::Inject(args) => keyward_injector::cli::run_inject(args),
