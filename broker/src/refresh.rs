@@ -116,7 +116,7 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
             let wait = two_thirds(remaining);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = vault.relogin_requested() => {
+                _ = vault.refusal_of(&token.accessor) => {
                     info!("Vault refused the token; logging in again");
                     vault.forget_token();
                     ctx.metrics.logged_in.set(0);

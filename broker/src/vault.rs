@@ -140,6 +140,10 @@ pub struct Vault {
     token: RwLock<Option<TokenState>>,
     pod: RwLock<Option<PodIdentity>>,
     logged_in: watch::Sender<bool>,
+    /// Accessor of the token Vault last refused (403), and a wake-up for the auth loop. Keyed by
+    /// token so that a 403 for a token already replaced (a request in flight across a login)
+    /// does not cause one more login.
+    refused: std::sync::Mutex<Option<String>>,
     relogin: tokio::sync::Notify,
 }
 
@@ -199,6 +203,7 @@ impl Vault {
             token: RwLock::new(None),
             pod: RwLock::new(None),
             logged_in: watch::channel(false).0,
+            refused: std::sync::Mutex::new(None),
             relogin: tokio::sync::Notify::new(),
         })
     }
@@ -237,13 +242,32 @@ impl Vault {
         self.logged_in.subscribe()
     }
 
-    /// Asks the auth loop to log in again now (after a 403 with the current token).
-    pub fn request_relogin(&self) {
-        self.relogin.notify_one();
+    /// Reports that Vault refused the token with this accessor (a 403): the auth loop logs in
+    /// again if that is still the current token, and ignores it otherwise.
+    pub fn token_refused(&self, accessor: &str) {
+        if let Ok(mut r) = self.refused.lock() {
+            *r = Some(accessor.to_owned());
+        }
+        self.relogin.notify_waiters();
     }
 
-    pub(crate) async fn relogin_requested(&self) {
-        self.relogin.notified().await
+    /// Resolves once Vault has refused the token with this accessor.
+    pub(crate) async fn refusal_of(&self, accessor: &str) {
+        loop {
+            let notified = self.relogin.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a refusal between the two is not missed.
+            notified.as_mut().enable();
+            let refused = self
+                .refused
+                .lock()
+                .map(|r| r.as_deref() == Some(accessor))
+                .unwrap_or(false);
+            if refused {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Reads the token file and logs in with the configured method; stores the new token.
@@ -403,7 +427,7 @@ impl Vault {
             .to_vec();
         if status.as_u16() == 403 {
             // The token may have been revoked or expired out of band.
-            self.request_relogin();
+            self.token_refused(&token.accessor);
         }
         let result = if status.is_success() {
             if bytes.is_empty() {
@@ -502,3 +526,59 @@ pub fn read_token_file(path: &Path) -> Result<SecretString, VaultError> {
 
 /// A shared handle.
 pub type SharedVault = Arc<Vault>;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    fn vault() -> Vault {
+        let config = Config::from_yaml(
+            "vault: {addr: \"http://127.0.0.1:1\"}\nauth: {role: r, token_file: /nonexistent}\nsecrets: []\n",
+            &BTreeMap::<String, String>::new(),
+        )
+        .expect("config");
+        Vault::new(&config).expect("vault")
+    }
+
+    fn token(accessor: &str) -> TokenState {
+        TokenState {
+            token: SecretString::new("t".into()),
+            accessor: accessor.to_owned(),
+            ttl: Duration::from_secs(60),
+            renewable: true,
+            obtained: Instant::now(),
+        }
+    }
+
+    fn ready<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
+        f.poll(&mut Context::from_waker(Waker::noop())).is_ready()
+    }
+
+    #[test]
+    fn a_refusal_wakes_the_auth_loop_only_for_the_token_it_holds() {
+        let v = vault();
+        // A 403 for an earlier token, arriving while no one waits (during a login): stored,
+        // but not for the token logged in afterwards.
+        v.token_refused("old");
+        v.set_token(Some(token("new")));
+        let mut waiting = pin!(v.refusal_of("new"));
+        assert!(
+            !ready(waiting.as_mut()),
+            "a stale refusal must not cause a login"
+        );
+        // Another stale one while waiting: still nothing.
+        v.token_refused("old");
+        assert!(!ready(waiting.as_mut()));
+        // The current token refused: the loop wakes.
+        v.token_refused("new");
+        assert!(ready(waiting.as_mut()));
+        // A refusal that came while the loop was busy (renewing) is not lost.
+        v.token_refused("new");
+        assert!(ready(pin!(v.refusal_of("new")).as_mut()));
+    }
+}

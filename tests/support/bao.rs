@@ -144,8 +144,11 @@ impl Bao {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // `bao status` exits 0 when unsealed, 2 when sealed: either means it answers.
-            if matches!(self.status_code(), Some(0 | 2)) {
+            // `bao status` exits 0 when unsealed, 2 when sealed: either means it answers. A dev
+            // server is ready only once its root token and its KV mount at secret/ exist (it
+            // answers `status` a moment earlier).
+            let answers = matches!(self.status_code(), Some(0 | 2));
+            if answers && (self.persistent || self.cli_status(&["read", "sys/mounts/secret"]).0) {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
