@@ -92,6 +92,50 @@ async fn bad_input_gets_its_status_and_others_keep_being_served() {
 }
 
 #[tokio::test]
+async fn connections_over_the_limit_get_a_503_saying_so_and_the_rest_are_served() {
+    let v = vault_with_app().await;
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        "secrets:\n  - {name: app, path: secret/data/app}\nsocket: {max_connections: 2, read_timeout: 60s}\n",
+        &[],
+    );
+    b.wait_ready().await;
+    // Two idle connections take both slots (each is accepted before the next, in order).
+    let first = tokio::net::UnixStream::connect(&b.socket)
+        .await
+        .expect("connect");
+    let second = tokio::net::UnixStream::connect(&b.socket)
+        .await
+        .expect("connect");
+    let over = raw(
+        &b.socket,
+        b"GET /v1/secrets/app/user HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(over.status, 503, "{}", over.body);
+    assert_eq!(
+        over.json()["error"],
+        "too_many_connections",
+        "{}",
+        over.body
+    );
+    assert!(
+        b.log().contains("too many open connections"),
+        "logged: {}",
+        b.log()
+    );
+    // A slot frees when a client leaves; the broker serves again.
+    drop(first);
+    eventually(Duration::from_secs(10), "a slot to free up", || async {
+        let a = b.get("/v1/secrets/app/user").await;
+        (a.status == 200 && a.body == "orders").then_some(())
+    })
+    .await;
+    drop(second);
+}
+
+#[tokio::test]
 async fn uid_allow_list_denies_other_callers_and_audits_it() {
     let v = vault_with_app().await;
     let me = nix::unistd::getuid().as_raw();

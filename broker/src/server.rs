@@ -67,6 +67,11 @@ pub fn bind(cfg: &SocketConfig) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
+/// The answer to a connection over `socket.max_connections`, written without reading the request.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nconnection: close\r\ncontent-length: 88\r\n\r\n\
+{\"error\":\"too_many_connections\",\"detail\":\"socket.max_connections are open; retry later\"}";
+
 /// Serves until `shutdown`; then stops accepting and lets open requests finish.
 pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: CancellationToken) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
@@ -88,7 +93,13 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!("Socket connection refused: too many open connections");
+            warn!(
+                max_connections = inner.config.socket.max_connections,
+                "Socket connection refused: too many open connections"
+            );
+            // Say why instead of a bare close. The socket's send buffer is empty, so this
+            // small write completes at once or not at all; either way the stream is dropped.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
             continue;
         };
         let caller = match stream.peer_cred() {
