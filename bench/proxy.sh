@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy benchmark: client -> outbound -> inbound -> server on loopback, through keyward's proxy,
 # two Envoys (same certificates, same worker threads) and direct. Prints a Markdown table.
-# Usage: bench/proxy.sh [--workers N] [--secs S] [--open N]
+# Usage: bench/proxy.sh [--workers N] [--secs S] [--open N] [--only direct,keyward,envoy]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${KEYWARD_ENVOY:-}" ]]; then

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{IdentityConfig, ProxyConfig};
-use crate::identity::{CsrSigner, IdentityError, IdentityStore, Rotator, SignedCert};
+use crate::identity::{Backoff, CsrSigner, IdentityError, IdentityStore, Rotator, SignedCert};
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy};
 use crate::server::{Limits, Proxy};
@@ -310,17 +310,17 @@ async fn serve(
         audit: broker.audit(),
         metrics: metrics.clone(),
     };
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new();
     loop {
         match rotator.issue_once().await {
             Ok(()) => break,
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "Cannot obtain the workload certificate");
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "Cannot obtain the workload certificate");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

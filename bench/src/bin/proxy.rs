@@ -1,7 +1,8 @@
 //! Proxy benchmark: client → outbound → inbound → server on loopback, through keyward's proxy,
 //! through two Envoys with the same certificates and worker threads, and direct.
 //!
-//! `proxy run --envoy PATH [--workers 1] [--secs 10]` prints a Markdown table. The keyward
+//! `proxy run --envoy PATH [--workers 1] [--secs 10] [--open 1000] [--only direct,keyward,envoy]`
+//! prints a Markdown table. The keyward
 //! proxies run as child processes of this binary (`proxy node ...`), each the keyward-proxy
 //! library serving one listener with rcgen-minted SVIDs (no Vault: the broker is not in the
 //! measured process).
@@ -40,7 +41,7 @@ fn main() -> Result<(), Error> {
         Some("node") => node(&args[1..]),
         Some("run") => run(&args[1..]),
         _ => {
-            eprintln!("usage: proxy run --envoy PATH [--workers N] [--secs S] | proxy node ...");
+            eprintln!("usage: proxy run --envoy PATH [--workers N] [--secs S] [--open N] [--only LIST] | proxy node ...");
             std::process::exit(2);
         }
     }
@@ -141,14 +142,33 @@ impl Proc {
         })
     }
 
+    /// The process, or for a bash wrapper its single child.
+    fn pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|kids| kids.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
+    /// CPU time (user + system) the process has used, in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let pid = self.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                // Fields after the parenthesised command name; utime and stime are 14 and 15.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+                Some(ticks / 100.0)
+            })
+            .unwrap_or(f64::NAN)
+    }
+
     /// RSS of the process (or, for a bash wrapper, of its single child) in MiB.
     fn rss_mib(&self) -> f64 {
-        let mut pid = self.child.id();
-        if let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-            if let Some(k) = kids.split_whitespace().next().and_then(|k| k.parse().ok()) {
-                pid = k;
-            }
-        }
+        let pid = self.pid();
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
@@ -241,10 +261,12 @@ struct Results {
     p50_us: f64,
     p99_us: f64,
     bulk_mbs: f64,
+    /// CPU seconds both proxies spent per GiB of the bulk upload.
+    bulk_cpu: f64,
     conns_per_s: f64,
 }
 
-async fn measure(entry: SocketAddr, secs: u64) -> Result<Results, Error> {
+async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Results, Error> {
     // HTTP/1.1 keep-alive, 64 connections.
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -289,6 +311,8 @@ async fn measure(entry: SocketAddr, secs: u64) -> Result<Results, Error> {
     let total: u64 = 1 << 30;
     let mut s = TcpStream::connect(entry).await?;
     let chunk = vec![0x5a_u8; 256 * 1024];
+    let cpu = || procs.iter().map(|p| p.cpu_secs()).sum::<f64>();
+    let cpu0 = cpu();
     let t = Instant::now();
     s.write_all(b"BULK").await?;
     let mut sent = 4u64;
@@ -300,6 +324,11 @@ async fn measure(entry: SocketAddr, secs: u64) -> Result<Results, Error> {
     let mut ack = String::new();
     s.read_to_string(&mut ack).await?;
     let bulk_mbs = sent as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let bulk_cpu = if procs.is_empty() {
+        f64::NAN
+    } else {
+        (cpu() - cpu0) * (1u64 << 30) as f64 / sent as f64
+    };
     if ack.trim() != sent.to_string() {
         return Err(format!("bulk: backend got {ack}, sent {sent}").into());
     }
@@ -334,12 +363,14 @@ async fn measure(entry: SocketAddr, secs: u64) -> Result<Results, Error> {
         p50_us,
         p99_us,
         bulk_mbs,
+        bulk_cpu,
         conns_per_s,
     })
 }
 
-/// RSS (MiB) of the proxies with `n` connections open through the chain.
-async fn rss_with_open(entry: SocketAddr, n: usize, procs: &[&Proc]) -> Result<f64, Error> {
+/// RSS (MiB) of the proxies with `n` connections open through the chain (each has carried
+/// one request), and one second after they were all closed.
+async fn rss_with_open(entry: SocketAddr, n: usize, procs: &[&Proc]) -> Result<(f64, f64), Error> {
     let mut open = Vec::with_capacity(n);
     let mut buf = [0u8; 256];
     for _ in 0..n {
@@ -350,7 +381,9 @@ async fn rss_with_open(entry: SocketAddr, n: usize, procs: &[&Proc]) -> Result<f
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss = procs.iter().map(|p| p.rss_mib()).sum();
     drop(open);
-    Ok(rss)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = procs.iter().map(|p| p.rss_mib()).sum();
+    Ok((rss, after))
 }
 
 fn envoy_config(admin: u16, listener: String, cluster: String) -> String {
@@ -431,6 +464,7 @@ fn run(args: &[String]) -> Result<(), Error> {
     let conns: usize = flag(args, "--open")
         .unwrap_or_else(|| "1000".into())
         .parse()?;
+    let only = flag(args, "--only").unwrap_or_else(|| "direct,keyward,envoy".into());
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let ca = TestCa::new("bench");
@@ -452,11 +486,13 @@ fn run(args: &[String]) -> Result<(), Error> {
         let mut rows = Vec::new();
 
         // Direct.
-        let r = measure(backend, secs).await?;
-        rows.push(("direct", r, f64::NAN, f64::NAN));
+        if only.contains("direct") {
+        let r = measure(backend, secs, &[]).await?;
+        rows.push(("direct", r, f64::NAN, (f64::NAN, f64::NAN)));
+        }
 
         // keyward: outbound → inbound.
-        {
+        if only.contains("keyward") {
             let me = std::env::current_exe()?;
             let (pin, pout) = (free_port()?, free_port()?);
             let inb = Proc::spawn(
@@ -488,13 +524,13 @@ fn run(args: &[String]) -> Result<(), Error> {
             wait_listening(entry).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let idle = inb.rss_mib() + out.rss_mib();
-            let r = measure(entry, secs).await?;
+            let r = measure(entry, secs, &[&inb, &out]).await?;
             let open = rss_with_open(entry, conns, &[&inb, &out]).await?;
             rows.push(("keyward", r, idle, open));
         }
 
         // Envoy: outbound Envoy → inbound Envoy.
-        {
+        if only.contains("envoy") {
             let (pin, pout, ain, aout) = (free_port()?, free_port()?, free_port()?, free_port()?);
             let cin = envoy_config(
                 ain,
@@ -523,29 +559,37 @@ fn run(args: &[String]) -> Result<(), Error> {
             wait_listening(entry).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let idle = inb.rss_mib() + out.rss_mib();
-            let r = measure(entry, secs).await?;
+            let r = measure(entry, secs, &[&inb, &out]).await?;
             let open = rss_with_open(entry, conns, &[&inb, &out]).await?;
             rows.push(("envoy", r, idle, open));
         }
 
         println!("workers per proxy: {workers}, {secs}s per load phase, {conns} open connections\n");
-        println!("| path | req/s (64 conns) | p50 µs | p99 µs | bulk MB/s | new mTLS conns/s | RSS idle MiB (both proxies) | RSS {conns} conns MiB |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for (name, r, idle, open) in &rows {
+        println!("| path | req/s (64 conns) | p50 µs | p99 µs | bulk MB/s | bulk CPU s/GiB (both proxies) | new mTLS conns/s | RSS idle MiB (both proxies) | RSS {conns} conns MiB | RSS after close MiB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for (name, r, idle, (open, after)) in &rows {
             println!(
-                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} |",
-                r.rps, r.p50_us, r.p99_us, r.bulk_mbs, r.conns_per_s, idle, open
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                r.rps, r.p50_us, r.p99_us, r.bulk_mbs, r.bulk_cpu, r.conns_per_s, idle, open, after
+            );
+        }
+        if let Some(k) = rows.iter().find(|r| r.0 == "keyward") {
+            let (open, idle) = (k.3 .0, k.2);
+            println!(
+                "\nkeyward per open connection per proxy: {:.1} KiB",
+                (open - idle) * 1024.0 / (2.0 * conns as f64)
             );
         }
         if let (Some(k), Some(e)) = (rows.iter().find(|r| r.0 == "keyward"), rows.iter().find(|r| r.0 == "envoy")) {
             println!(
-                "\nkeyward / envoy: req/s {:.2}x, bulk {:.2}x, new conns {:.2}x, p99 {:.2}x, RSS idle {:.2}x, RSS open {:.2}x",
+                "\nkeyward / envoy: req/s {:.2}x, bulk {:.2}x, bulk CPU per GiB {:.2}x, new conns {:.2}x, p99 {:.2}x, RSS idle {:.2}x, RSS open {:.2}x",
                 k.1.rps / e.1.rps,
                 k.1.bulk_mbs / e.1.bulk_mbs,
+                k.1.bulk_cpu / e.1.bulk_cpu,
                 k.1.conns_per_s / e.1.conns_per_s,
                 k.1.p99_us / e.1.p99_us,
                 k.2 / e.2,
-                k.3 / e.3
+                k.3 .0 / e.3 .0
             );
         }
         Ok::<(), Error>(())
