@@ -51,16 +51,20 @@ fn sidecar_config(pod: &Value) -> Config {
 
 #[test]
 fn every_golden_injected_pod_has_a_config_the_sidecar_accepts() {
-    for name in [
-        "minimal",
-        "full",
-        "securitycontext",
-        "generatename",
-        "mesh",
-        "legacy",
-    ] {
-        sidecar_config(&golden(name));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("injector/tests/golden");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("golden dir") {
+        let file = entry.expect("entry").file_name();
+        if let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".pod.json")) {
+            sidecar_config(&golden(name));
+            checked += 1;
+        }
     }
+    assert!(
+        checked >= 6,
+        "only {checked} golden pods in {}",
+        dir.display()
+    );
 }
 
 #[test]

@@ -539,45 +539,51 @@ fn check_resources(r: &ResourceOverrides) -> Result<(), AnnotationError> {
 }
 
 fn parse_patterns(key: &str, value: &str) -> Result<Vec<IdPattern>, AnnotationError> {
-    let mut out: Vec<IdPattern> = Vec::new();
-    if value.trim().is_empty() {
-        return Err(AnnotationError::new(
-            key,
-            "expected a comma-separated list of SPIFFE IDs or patterns such as spiffe://cluster.local/ns/shop/sa/frontend, got ''",
-        ));
-    }
-    for item in value.split(',').map(str::trim) {
-        let p = IdPattern::parse(item).map_err(|e| {
-            AnnotationError::new(key, format!("'{item}' is not a SPIFFE ID or pattern: {e}"))
-        })?;
-        if !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    Ok(out)
+    parse_list(
+        key,
+        value,
+        "SPIFFE IDs or patterns such as spiffe://cluster.local/ns/shop/sa/frontend",
+        |item| {
+            IdPattern::parse(item)
+                .map_err(|e| format!("'{item}' is not a SPIFFE ID or pattern: {e}"))
+        },
+    )
 }
 
 fn parse_ids(key: &str, value: &str) -> Result<Vec<SpiffeId>, AnnotationError> {
-    let mut out: Vec<SpiffeId> = Vec::new();
+    parse_list(
+        key,
+        value,
+        "SPIFFE IDs such as spiffe://cluster.local/ns/shop/sa/orders",
+        |item| {
+            if item.ends_with("/*") && IdPattern::parse(item).is_ok() {
+                return Err(format!(
+                    "'{item}' is a pattern; the upstream must present one of the exact SPIFFE IDs listed here (list each, comma-separated)"
+                ));
+            }
+            SpiffeId::parse(item).map_err(|e| format!("'{item}' is not a SPIFFE ID: {e}"))
+        },
+    )
+}
+
+/// A non-empty comma-separated list, each item parsed by `parse`, duplicates dropped.
+fn parse_list<T: PartialEq>(
+    key: &str,
+    value: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, AnnotationError> {
     if value.trim().is_empty() {
         return Err(AnnotationError::new(
             key,
-            "expected a comma-separated list of SPIFFE IDs such as spiffe://cluster.local/ns/shop/sa/orders, got ''",
+            format!("expected a comma-separated list of {what}, got ''"),
         ));
     }
+    let mut out: Vec<T> = Vec::new();
     for item in value.split(',').map(str::trim) {
-        if item.ends_with("/*") && IdPattern::parse(item).is_ok() {
-            return Err(AnnotationError::new(
-                key,
-                format!(
-                    "'{item}' is a pattern; the upstream must present one of the exact SPIFFE IDs listed here (list each, comma-separated)"
-                ),
-            ));
-        }
-        let id = SpiffeId::parse(item)
-            .map_err(|e| AnnotationError::new(key, format!("'{item}' is not a SPIFFE ID: {e}")))?;
-        if !out.contains(&id) {
-            out.push(id);
+        let parsed = parse(item).map_err(|problem| AnnotationError::new(key, problem))?;
+        if !out.contains(&parsed) {
+            out.push(parsed);
         }
     }
     Ok(out)
