@@ -230,6 +230,21 @@ impl Broker {
         self.inner.metrics.register(registry);
     }
 
+    /// Serves one connection from `caller` on any byte stream, as the socket does for each
+    /// connection it accepts (with `caller` from `SO_PEERCRED` there), until the client closes
+    /// or `shutdown` is cancelled. For in-memory tests and fuzzing; `run` does not need it.
+    pub async fn serve_connection<IO>(
+        &self,
+        io: IO,
+        caller: keyward_audit::Caller,
+        shutdown: CancellationToken,
+    ) -> Result<(), hyper::Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        server::connection(io, self.inner.clone(), caller, shutdown).await
+    }
+
     /// Binds the socket and runs the login and refresh loops until `shutdown` is cancelled;
     /// then stops serving, revokes leases and the token (unless configured not to) and
     /// removes the socket.

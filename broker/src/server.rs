@@ -117,20 +117,7 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
                 continue;
             }
         };
-        let conn_inner = inner.clone();
-        let stop = shutdown.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let inner = conn_inner.clone();
-            let caller = caller.clone();
-            let stop = stop.clone();
-            async move { Ok::<_, Infallible>(handle(req, &inner, &caller, &stop).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(inner.config.socket.read_timeout)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let conn = graceful.watch(connection(stream, inner.clone(), caller, shutdown.clone()));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "Socket connection ended with an error");
@@ -144,6 +131,40 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
             warn!("Socket connections still open after 5s; closing");
         }
     }
+}
+
+/// One HTTP/1.1 connection from `caller` on any byte stream: the socket's limits (head size,
+/// read timeout), routing, allow lists and auditing. `serve` runs one per accepted socket
+/// connection; tests and the fuzz target run it over in-memory streams.
+pub(crate) fn connection<IO>(
+    io: IO,
+    inner: Arc<Inner>,
+    caller: Caller,
+    shutdown: CancellationToken,
+) -> hyper::server::conn::http1::Connection<
+    TokioIo<IO>,
+    impl hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future = impl Send,
+        > + Send,
+>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let read_timeout = inner.config.socket.read_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let inner = inner.clone();
+        let caller = caller.clone();
+        let stop = shutdown.clone();
+        async move { Ok::<_, Infallible>(handle(req, &inner, &caller, &stop).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service)
 }
 
 /// `/proc/PID/comm`, or empty.

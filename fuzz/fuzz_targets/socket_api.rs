@@ -1,29 +1,29 @@
-//! The broker's socket API, whole: one real broker (`Broker::run`, hyper over its Unix socket,
-//! `SO_PEERCRED`, routing, query and name parsing, uid allow lists, auditing) started once per
-//! process, with a Vault that is not there. Each input is written raw to a new connection.
-//! The broker never panics, answers only with well-formed HTTP/1.x status lines, never with a
-//! 5xx other than 503 (not ready) and never 200 for a secret (none was ever fetched), and still
-//! answers its readiness probe afterwards.
+//! The broker's socket API, whole: a real `keyward_broker::Broker` (routing, query and name
+//! parsing, uid allow lists, auditing, hyper's HTTP/1 parsing with the socket's head limit and
+//! read timeout) serving each input on a fresh in-memory connection
+//! (`Broker::serve_connection` over `tokio::io::duplex`), with a Vault that is not there. The
+//! broker never panics, answers only with well-formed HTTP/1.x status lines, never with a 5xx
+//! other than 503 (not ready) and never 200 for a secret (none was ever fetched), and still
+//! answers its readiness probe afterwards. `SO_PEERCRED` and the socket file are covered by
+//! `tests/broker_socket.rs`.
 //!
-//! (The in-memory route, `server::handle` over `tokio::io::duplex`, needs an `Arc<Inner>`,
-//! which only `Broker` holds; see fuzz/README.md.)
+//! The runtime's clock is paused: when the broker is only waiting (for a body longer than the
+//! input, a long-poll, a read timeout), time jumps ahead at once instead of being slept through.
 #![no_main]
 
-use std::io::{ErrorKind, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keyward_audit::Caller;
 use keyward_broker::config::Config;
 use keyward_broker::Broker;
 use libfuzzer_sys::fuzz_target;
-use nix::sys::socket::{send, MsgFlags};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 struct Server {
-    socket: PathBuf,
+    broker: Broker,
+    rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
@@ -31,46 +31,34 @@ fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("broker.sock");
-        // Port 9 (discard) on loopback: nothing listens, so every login fails fast.
+        // Port 9 (discard) on loopback: nothing listens, and nothing here logs in anyway.
         let yaml = format!(
             r#"
 vault: {{addr: "http://127.0.0.1:9", timeout: 1s}}
-auth: {{role: fuzz, token_file: {token}, max_backoff: 60s}}
+auth: {{role: fuzz, token_file: {token}}}
 revoke_on_shutdown: false
 secrets:
   - {{name: db, path: database/creds/app, key: password}}
   - {{name: api, path: secret/data/shop/api, required: false, allow_uids: [4242]}}
   - {{name: cfg, path: secret/data/shop/cfg, required: false}}
-socket: {{path: {socket}, read_timeout: 2s, max_wait: 20ms, max_connections: 64}}
+socket: {{path: {socket}, read_timeout: 2s, max_wait: 20ms}}
 audit: {{file: /dev/null}}
 "#,
             token = dir.path().join("token").display(),
-            socket = socket.display(),
+            socket = dir.path().join("unused.sock").display(),
         );
         let config = Config::from_yaml(&yaml, &std::collections::BTreeMap::new()).expect("config");
         let broker = Broker::new(config).expect("broker");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                // Never cancelled: the broker runs for the life of the process.
-                let shutdown = CancellationToken::new();
-                broker.run(shutdown).await.expect("broker runs");
-            });
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the broker socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        Server {
+            broker,
+            rt,
+            _dir: dir,
         }
-        Server { socket, _dir: dir }
     })
 }
 
@@ -79,34 +67,49 @@ audit: {{file: /dev/null}}
 const CLOSE: &[u8] =
     b"\r\n\r\nGET /v1/health/ready HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n";
 
-/// Writes `data` (without SIGPIPE: libFuzzer's `main` does not ignore it as Rust's does) and
-/// reads whatever comes back until the broker closes, or nothing came for 200 ms (an input
-/// that declares a body longer than what follows it). Half-closing the write side instead
-/// would not do: hyper then drops the connection without answering.
-fn exchange(socket: &PathBuf, data: &[u8]) -> Vec<u8> {
-    let mut s = UnixStream::connect(socket).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    for chunk in [data, CLOSE] {
-        let mut sent = 0;
-        while sent < chunk.len() {
-            match send(s.as_raw_fd(), &chunk[sent..], MsgFlags::MSG_NOSIGNAL) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => sent += n,
+/// Writes `data` on a new connection and reads whatever comes back until the broker closes, or
+/// it has nothing more to say for 200 ms of (paused, so instant) time: an input that declares a
+/// body longer than what follows it. Half-closing instead would not do: hyper then drops the
+/// connection without answering.
+fn exchange(server: &Server, uid: u32, data: &[u8]) -> Vec<u8> {
+    server.rt.block_on(async {
+        let (client, io) = tokio::io::duplex(64 * 1024);
+        let broker = server.broker.clone();
+        let caller = Caller {
+            pid: 4242,
+            uid,
+            gid: uid,
+            comm: "fuzz".into(),
+        };
+        let conn = tokio::spawn(async move {
+            let _ = broker
+                .serve_connection(io, caller, CancellationToken::new())
+                .await;
+        });
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Writes and reads interleave: an answer can be larger than the pipe's buffer.
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let write = async {
+            for chunk in [data, CLOSE] {
+                if wr.write_all(chunk).await.is_err() {
+                    break;
+                }
             }
-        }
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    out
+        };
+        let read = async {
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), rd.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+        };
+        tokio::join!(write, read);
+        conn.abort();
+        let _ = conn.await.map_err(|e| assert!(!e.is_panic(), "the connection panicked"));
+        out
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -115,7 +118,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fuzz_target!(|data: &[u8]| {
     let server = server();
-    let resp = exchange(&server.socket, data);
+    // The first byte picks the caller: in `api`'s allow list or not.
+    let uid = if data.first().is_some_and(|b| b & 1 == 1) { 4242 } else { 1000 };
+    let resp = exchange(server, uid, data);
     if !resp.is_empty() {
         // hyper answers an HTTP/1.0 request in HTTP/1.0.
         assert!(
@@ -139,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
             String::from_utf8_lossy(&resp)
         );
     }
-    let probe = exchange(&server.socket, b"");
+    let probe = exchange(server, 1000, b"");
     assert!(
         probe.starts_with(b"HTTP/1.1 503"),
         "readiness after the input: {:?}",
