@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const ROOT_TOKEN: &str = "root";
+/// A root token of its own for each dev server, so that a request can only succeed at this
+/// server.
+fn new_root_token() -> String {
+    format!("root-{:016x}", rand::random::<u64>())
+}
 
 pub struct Bao {
     child: Option<Child>,
@@ -29,11 +33,11 @@ impl Bao {
             port,
             bin: super::tools::bao(),
             dir: tempfile::tempdir().expect("tempdir"),
-            token: ROOT_TOKEN.into(),
+            token: new_root_token(),
             persistent: false,
             unseal_key: None,
         };
-        bao.spawn();
+        bao.spawn_on_a_free_port();
         bao
     }
 
@@ -50,7 +54,7 @@ impl Bao {
             persistent: true,
             unseal_key: None,
         };
-        bao.spawn();
+        bao.spawn_on_a_free_port();
         let init: Value = serde_json::from_str(&bao.cli(&[
             "operator",
             "init",
@@ -99,7 +103,29 @@ impl Bao {
         }
     }
 
+    /// Starts the server; when its port was taken meanwhile (it exits unable to bind), on
+    /// another port.
+    fn spawn_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log) if log.contains("address already in use") => {
+                    self.port = super::free_port_pair();
+                }
+                Err(log) => panic!("OpenBao exited: {log}"),
+            }
+        }
+        panic!("OpenBao found no free port in 5 tries: {}", self.log());
+    }
+
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("OpenBao exited: {log}");
+        }
+    }
+
+    /// Starts the server and waits until it answers; `Err(log)` when it exited instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,7 +155,7 @@ impl Bao {
             vec![
                 "server".into(),
                 "-dev".into(),
-                format!("-dev-root-token-id={ROOT_TOKEN}"),
+                format!("-dev-root-token-id={}", self.token),
                 format!("-dev-listen-address=127.0.0.1:{}", self.port),
             ]
         };
@@ -141,20 +167,23 @@ impl Bao {
             .stderr(log)
             .spawn()
             .expect("start OpenBao");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            // `bao status` exits 0 when unsealed, 2 when sealed: either means it answers. A dev
-            // server is ready only once its root token and its KV mount at secret/ exist (it
-            // answers `status` a moment earlier).
-            let answers = matches!(self.status_code(), Some(0 | 2));
-            if answers && (self.persistent || self.cli_status(&["read", "sys/mounts/secret"]).0) {
-                return;
-            }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("OpenBao exited with {status}: {}", self.log());
+                    self.child = None;
+                    return Err(format!("exit {status}: {}", self.log()));
                 }
+            }
+            // Our own process must hold the port (another test's server could answer there),
+            // and `bao status` exits 0 when unsealed, 2 when sealed: either means it answers.
+            // A dev server is ready only once its root token and its KV mount at secret/ exist
+            // (it answers `status` a moment earlier).
+            let answers = listens_on(pid, self.port) && matches!(self.status_code(), Some(0 | 2));
+            if answers && (self.persistent || self.cli_status(&["read", "sys/mounts/secret"]).0) {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -279,4 +308,33 @@ impl Drop for Bao {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether process `pid` itself holds a listening TCP socket on 127.0.0.1:`port` (not some
+/// other process that happens to answer there).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // Columns: sl local_address rem_address st ... uid timeout inode; 0100007F:PORT, state 0A.
+    let wanted = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == wanted && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+            })
+        })
+        .unwrap_or(false)
 }

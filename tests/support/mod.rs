@@ -34,11 +34,26 @@ where
 
 /// A free TCP port on 127.0.0.1 whose successor is free too (OpenBao binds PORT+1).
 pub fn free_port_pair() -> u16 {
+    free_ports(2)
+}
+
+/// Ports for test servers come from below the kernel's ephemeral range (32768-60999 here), so
+/// the many outgoing connections of concurrently running tests never take one between this
+/// check and the server's bind (asking the kernel for port 0 hands out ports from that very
+/// range). Picks are random, so concurrent test processes seldom pick the same; a server that
+/// then fails to bind is detected by its starter (`bao::Bao` checks that its own process holds
+/// the listening socket).
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// `n` consecutive free ports on 127.0.0.1; returns the first.
+fn free_ports(n: u16) -> u16 {
+    use rand::Rng;
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
+        let base = rand::thread_rng().gen_range(TEST_PORTS.start..TEST_PORTS.end - n);
+        let all_free =
+            (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return base;
         }
     }
 }
@@ -62,11 +77,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_ports(1)
 }
 
 /// The policy the test workloads get: read their secrets, manage their own leases, and have
