@@ -2,7 +2,8 @@
 //! through two Envoys with the same certificates and worker threads, and direct.
 //!
 //! `proxy run --envoy PATH [--workers 1] [--secs 10] [--open 1000] [--only direct,keyward,envoy]`
-//! prints a Markdown table. The keyward
+//! prints a Markdown table (`--secs 0` skips the timed phases: only the bulk upload and the
+//! open connections, e.g. to profile the bulk path). The keyward
 //! proxies run as child processes of this binary (`proxy node ...`), each the keyward-proxy
 //! library serving one listener with rcgen-minted SVIDs (no Vault: the broker is not in the
 //! measured process).
@@ -267,7 +268,29 @@ struct Results {
 }
 
 async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Results, Error> {
-    // HTTP/1.1 keep-alive, 64 connections.
+    let (rps, p50_us, p99_us) = if secs == 0 {
+        (f64::NAN, f64::NAN, f64::NAN)
+    } else {
+        keep_alive(entry, secs).await?
+    };
+    let (bulk_mbs, bulk_cpu) = bulk(entry, procs).await?;
+    let conns_per_s = if secs == 0 {
+        f64::NAN
+    } else {
+        new_conns(entry, secs).await?
+    };
+    Ok(Results {
+        rps,
+        p50_us,
+        p99_us,
+        bulk_mbs,
+        bulk_cpu,
+        conns_per_s,
+    })
+}
+
+/// HTTP/1.1 keep-alive over 64 connections: (requests/s, p50 µs, p99 µs).
+async fn keep_alive(entry: SocketAddr, secs: u64) -> Result<(f64, f64, f64), Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -305,9 +328,12 @@ async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Result
             .copied()
             .unwrap_or(0) as f64
     };
-    let (p50_us, p99_us) = (pct(0.50), pct(0.99));
+    Ok((rps, pct(0.50), pct(0.99)))
+}
 
-    // Bulk: one connection, 1 GiB one way, acknowledged by the backend's byte count.
+/// One connection, 1 GiB one way, acknowledged by the backend's byte count: (MB/s, CPU seconds
+/// of `procs` per GiB).
+async fn bulk(entry: SocketAddr, procs: &[&Proc]) -> Result<(f64, f64), Error> {
     let total: u64 = 1 << 30;
     let mut s = TcpStream::connect(entry).await?;
     let chunk = vec![0x5a_u8; 256 * 1024];
@@ -332,8 +358,11 @@ async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Result
     if ack.trim() != sent.to_string() {
         return Err(format!("bulk: backend got {ack}, sent {sent}").into());
     }
+    Ok((bulk_mbs, bulk_cpu))
+}
 
-    // New connections per second: 16 concurrent loops of connect, one request, close.
+/// New connections per second: 16 concurrent loops of connect, one request, close.
+async fn new_conns(entry: SocketAddr, secs: u64) -> Result<f64, Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -358,14 +387,7 @@ async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Result
     for t in tasks {
         t.await??;
     }
-    Ok(Results {
-        rps,
-        p50_us,
-        p99_us,
-        bulk_mbs,
-        bulk_cpu,
-        conns_per_s,
-    })
+    Ok(conns_per_s)
 }
 
 /// RSS (MiB) of the proxies with `n` connections open through the chain (each has carried
