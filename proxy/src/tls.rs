@@ -127,12 +127,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        verify_signature(rustls::crypto::verify_tls12_signature, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -141,12 +136,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        verify_signature(rustls::crypto::verify_tls13_signature, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -154,6 +144,27 @@ impl ClientCertVerifier for ClientVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The handshake signature checks both verifiers share: the provider's algorithms, which are
+/// the ones the proxy offers.
+fn verify_signature(
+    verify: fn(
+        &[u8],
+        &CertificateDer<'_>,
+        &DigitallySignedStruct,
+        &rustls::crypto::WebPkiSupportedAlgorithms,
+    ) -> Result<HandshakeSignatureValid, rustls::Error>,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
 }
 
 /// Verifies server SVIDs and refuses any ID not in `expect`. The server name is not checked:
@@ -197,12 +208,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        verify_signature(rustls::crypto::verify_tls12_signature, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -211,12 +217,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+        verify_signature(rustls::crypto::verify_tls13_signature, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
