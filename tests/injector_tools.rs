@@ -114,6 +114,7 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "sidecar.auth.method=kubernetes",
             "sidecar.auth.mount=kubernetes",
             "sidecar.resources.limits.cpu=200m",
+            "sidecar.kvRefresh=5m",
         ],
     ),
 ];
@@ -227,6 +228,7 @@ fn values_schema_rejects_bad_values() {
             "sidecar.security.runAsUser=0",
             "/sidecar/security/runAsUser",
         ),
+        ("sidecar.kvRefresh=soon", "/sidecar/kvRefresh"),
         ("unknownKey=1", "unknownKey"),
     ] {
         let out = helm(scratch.path())
@@ -341,6 +343,16 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
             &spec["initContainers"][0]
         };
         assert_eq!(sidecar["name"], "keyward", "{name}");
+        let sidecar_config = sidecar["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == "KEYWARD_CONFIG"))
+            .and_then(|e| e["value"].as_str())
+            .expect("KEYWARD_CONFIG");
+        assert_eq!(
+            sidecar_config.contains("kv_refresh: 5m"),
+            sets.contains(&"sidecar.kvRefresh=5m"),
+            "{name}: sidecar.kvRefresh reaches the sidecar config:\n{sidecar_config}"
+        );
         assert_eq!(
             sidecar["image"],
             "ghcr.io/keyward/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000"

@@ -595,17 +595,15 @@ const KV_REFRESH_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 const KV_REFRESH_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn parse_kv_refresh(key: &str, value: &str) -> Result<std::time::Duration, AnnotationError> {
-    let d = humantime::parse_duration(value.trim()).map_err(|_| {
-        AnnotationError::new(
-            key,
-            format!("expected a duration such as 30s, 5m or 1h, got '{value}'"),
-        )
-    })?;
+    kv_refresh(value).map_err(|problem| AnnotationError::new(key, problem))
+}
+
+/// A KV re-read interval, as the annotation and the injector config take it.
+pub(crate) fn kv_refresh(value: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|_| format!("expected a duration such as 30s, 5m or 1h, got '{value}'"))?;
     if !(KV_REFRESH_MIN..=KV_REFRESH_MAX).contains(&d) {
-        return Err(AnnotationError::new(
-            key,
-            format!("must be between 1s and 24h, got '{value}'"),
-        ));
+        return Err(format!("must be between 1s and 24h, got '{value}'"));
     }
     Ok(d)
 }

@@ -88,6 +88,9 @@ pub struct InjectorConfig {
     pub audit_stdout: bool,
     /// Default sidecar log level; `keyward.io/log-level` overrides it.
     pub log_level: String,
+    /// Default interval at which sidecars re-read unleased (KV) secrets, a duration such as
+    /// `5m`; `keyward.io/kv-refresh` overrides it. The broker's own default (60s) when absent.
+    pub kv_refresh: Option<String>,
 }
 
 /// Vault address and CA.
@@ -192,6 +195,7 @@ impl Default for InjectorConfig {
             socket: SocketConfig::default(),
             audit_stdout: true,
             log_level: "info".to_owned(),
+            kv_refresh: None,
         }
     }
 }
@@ -412,6 +416,9 @@ impl InjectorConfig {
                 format!("'{}' is not a positive quantity", self.socket.size_limit),
             ));
         }
+        if let Some(d) = &self.kv_refresh {
+            crate::annotations::kv_refresh(d).map_err(|problem| invalid("kv_refresh", problem))?;
+        }
         if crate::annotations::LogLevel::parse(&self.log_level).is_none() {
             return Err(invalid(
                 "log_level",
@@ -463,6 +470,8 @@ mod tests {
             ("identity: {trust_domain: Bad}", "identity.trust_domain"),
             ("resources: {limits: {memory: lots}}", "resources.limits"),
             ("log_level: loud", "log_level"),
+            ("kv_refresh: often", "kv_refresh"),
+            ("kv_refresh: 100ms", "kv_refresh"),
         ] {
             match InjectorConfig::from_yaml(text) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),

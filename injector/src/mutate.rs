@@ -493,8 +493,14 @@ pub fn sidecar_config(
             file: AUDIT_PATH.to_owned(),
             stdout: cfg.audit_stdout,
         },
+        // The pod's annotation, else the injector's default (validated at start-up).
         kv_refresh: settings
             .kv_refresh
+            .or_else(|| {
+                cfg.kv_refresh
+                    .as_deref()
+                    .and_then(|d| annotations::kv_refresh(d).ok())
+            })
             .map(|d| humantime::format_duration(d).to_string()),
         identity: mesh.then(|| SidecarIdentity {
             trust_domain: cfg.identity.trust_domain.clone(),
@@ -630,4 +636,47 @@ fn sidecar_container(settings: &PodSettings, cfg: &InjectorConfig, fs_group: i64
         }
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn kv_refresh_in_config(annotation: Option<&str>, default: Option<&str>) -> Option<String> {
+        let mut annotations = BTreeMap::new();
+        if let Some(v) = annotation {
+            annotations.insert("keyward.io/kv-refresh".to_owned(), v.to_owned());
+        }
+        let settings = annotations::parse_settings(&annotations).expect("valid annotations");
+        let cfg = InjectorConfig {
+            kv_refresh: default.map(str::to_owned),
+            ..InjectorConfig::default()
+        };
+        cfg.validate().expect("valid config");
+        sidecar_config(&settings, &cfg, 1000).kv_refresh
+    }
+
+    #[test]
+    fn kv_refresh_comes_from_the_annotation_else_the_injector_default() {
+        assert_eq!(
+            kv_refresh_in_config(None, None),
+            None,
+            "the broker's default"
+        );
+        assert_eq!(
+            kv_refresh_in_config(None, Some("5m")).as_deref(),
+            Some("5m")
+        );
+        assert_eq!(
+            kv_refresh_in_config(Some("30s"), Some("5m")).as_deref(),
+            Some("30s"),
+            "the pod's annotation wins"
+        );
+        assert_eq!(
+            kv_refresh_in_config(Some("90s"), None).as_deref(),
+            Some("1m 30s")
+        );
+    }
 }
