@@ -305,7 +305,8 @@ fn refuses_version(addr: SocketAddr, client: &ClientCert, flag: &str) {
 
 /// `s_client -msg` over TLS 1.2 with stdin left open, asked to renegotiate (`R` at the start of
 /// a line, read once the handshake is done). Returns its output (every TLS message it sent and
-/// received) once it has sent the new ClientHello and `refused()` holds, or after 20 s.
+/// received) once it has sent the new ClientHello, received the no_renegotiation alert and
+/// `refused()` holds, or after 20 s.
 fn renegotiate(addr: SocketAddr, client: &ClientCert, refused: impl Fn() -> bool) -> String {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
@@ -344,7 +345,7 @@ fn renegotiate(addr: SocketAddr, client: &ClientCert, refused: impl Fn() -> bool
     // order in `out` is not theirs: count messages instead.
     let hello_sent = || {
         let out = out.lock().expect("lock");
-        out.contains("RENEGOTIATING") && sent(&out, "ClientHello") >= 2
+        out.contains("RENEGOTIATING") && sent(&out, "ClientHello") >= 2 && alerted(&out)
     };
     while Instant::now() < deadline
         && !(refused() && hello_sent())
@@ -360,6 +361,13 @@ fn renegotiate(addr: SocketAddr, client: &ClientCert, refused: impl Fn() -> bool
     }
     let text = out.lock().expect("lock").clone();
     text
+}
+
+/// Whether the `s_client -msg` trace shows a no_renegotiation alert received.
+fn alerted(trace: &str) -> bool {
+    trace
+        .lines()
+        .any(|l| l.starts_with("<<<") && l.contains("Alert") && l.ends_with("no_renegotiation"))
 }
 
 /// How many TLS handshake messages `name` the `s_client -msg` trace shows as sent.
@@ -476,9 +484,8 @@ async fn inbound_offers_only_the_documented_tls() {
     }
 
     // Renegotiation (TLS 1.2 only; TLS 1.3 has none): rustls answers the client's new
-    // ClientHello with a no_renegotiation warning alert and never a ServerHello; the session
-    // stays under its first handshake. (The proxy sends that alert out only with its next write,
-    // so the client does not see it before then; the server's log records it.)
+    // ClientHello with a no_renegotiation warning alert, sent at once, and never a ServerHello;
+    // the session stays under its first handshake.
     let refusals = || {
         s.tls12
             .log()
@@ -491,6 +498,10 @@ async fn inbound_offers_only_the_documented_tls() {
         refusals() > before_refusals,
         "the server did not refuse renegotiation: {out}\n{}",
         s.tls12.log()
+    );
+    assert!(
+        alerted(&out),
+        "the client did not receive the no_renegotiation alert: {out}"
     );
     assert!(out.contains("RENEGOTIATING"), "s_client did not try: {out}");
     assert_eq!(sent(&out, "ClientHello"), 2, "no second ClientHello: {out}");

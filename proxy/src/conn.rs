@@ -278,6 +278,10 @@ where
                 if let Poll::Ready(Err(e)) = ab.poll_copy(cx, Pin::new(&mut a), Pin::new(&mut b)) {
                     return Poll::Ready(Err(e));
                 }
+                // Reading TLS records can queue records to send back with no data to carry
+                // them (a no_renegotiation alert, a key update): send them now, not with the
+                // next write. A no-op when nothing is queued; a failure shows on the next I/O.
+                let _ = Pin::new(&mut a).poll_flush(cx);
             }
             if !ba.done {
                 if let Poll::Ready(Err(e)) = ba.poll_copy(cx, Pin::new(&mut b), Pin::new(&mut a)) {
