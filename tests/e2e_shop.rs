@@ -77,6 +77,27 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
             .any(|l| l.starts_with("Uid:") && l.contains("65532")),
         "the sidecar runs as the spec's runAsUser 65532: {status}"
     );
+    // The apps run as their pod's non-root uid 1000, with the injected fsGroup (65532) as a
+    // supplementary group: that group is what opens the socket (mode 0660) to them.
+    for (ns, pod) in [("shop", "orders"), ("shop", "frontend"), ("other", "client")] {
+        let app = shop
+            .cluster
+            .pod(ns, pod)?
+            .pid("app")
+            .context("app pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{app}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        ensure!(
+            field("Uid:") == ["1000"; 4] && field("Groups:").contains(&"65532"),
+            "{ns}/{pod}'s app runs as uid 1000 with group 65532: {status}"
+        );
+    }
     if shop.cluster.mode() == NetMode::Namespaces {
         let ours = std::fs::read_link("/proc/self/ns/net")?;
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
@@ -205,6 +226,18 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
     );
     ensure!(!sock.exists(), "the socket is removed");
     let recs = shop.audit_records("shop", "orders")?;
+    // keyward.io/secret-db-uids: "1000": every read of the credential came from the app's uid.
+    let db_reads: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["action"] == "secret.read" && r["secret"] == "db")
+        .collect();
+    ensure!(
+        !db_reads.is_empty()
+            && db_reads
+                .iter()
+                .all(|r| r["caller"]["uid"] == 1000 && r["decision"] == "allow"),
+        "db reads audited as uid 1000, allowed: {db_reads:?}"
+    );
     ensure!(
         recs.iter()
             .any(|r| r["action"] == "vault.revoke" && r["decision"] == "ok"),
