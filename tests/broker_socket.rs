@@ -402,6 +402,35 @@ async fn audit_cli_verifies_queries_and_finds_tampering() {
     let text = std::fs::read_to_string(&b.audit).expect("audit");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 5);
+
+    // Its last lines cut off, the chain still verifies on its own; with the record count a
+    // collector saw (the keyward_audit_last_seq metric), verify finds the cut.
+    let all = lines.len().to_string();
+    let verify_min = |path: &std::path::Path| {
+        let out = Command::new(KEYWARD)
+            .args(["audit", "verify", "--min-records", &all])
+            .arg(path)
+            .output()
+            .expect("verify");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(verify_min(&b.audit).0, "the whole log passes");
+    let cut = tempfile::NamedTempFile::new().expect("tmp");
+    let kept: String = lines[..lines.len() - 2]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(cut.path(), kept).expect("write");
+    assert!(verify(cut.path()).0, "the chain alone cannot tell");
+    let (ok, err) = verify_min(cut.path());
+    assert!(
+        !ok && err.contains(&format!("ends at record {}", lines.len() - 2))
+            && err.contains("the last 2 were cut off"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().expect("tmp");
     let write = |name: &str, ls: &[String]| {
         let p = dir.path().join(name);

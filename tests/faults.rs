@@ -361,6 +361,12 @@ async fn full_audit_disk_refuses_to_serve_then_recovers_with_an_intact_chain() {
         assert!(!a.body.contains(CANARY));
     }
     assert!(s.metric("keyward_audit_write_failures_total").await >= 3.0);
+    // Refused writes do not count: the last sequence number is the file's last record.
+    let in_file = std::fs::read_to_string(&audit)
+        .expect("audit")
+        .lines()
+        .count();
+    assert_eq!(s.metric("keyward_audit_last_seq").await, in_file as f64);
     assert!(s.log().contains("Audit write failed"), "{}", s.log());
 
     disk.free();

@@ -19,6 +19,11 @@ pub enum AuditCommand {
     Verify {
         /// The audit log file.
         file: PathBuf,
+        /// Fail unless the log holds at least this many records: the highest
+        /// `keyward_audit_last_seq` a collector saw, or the last `seq` of the stdout copy. The
+        /// chain alone cannot show that its last lines were cut off; this does.
+        #[arg(long, value_name = "N")]
+        min_records: Option<u64>,
     },
     /// Show records as a table (or JSON lines), filtered.
     Query {
@@ -48,7 +53,18 @@ pub enum AuditCommand {
 /// Runs `keyward audit`.
 pub fn run(args: AuditArgs) -> ExitCode {
     match args.command {
-        AuditCommand::Verify { file } => match crate::verify(&file) {
+        AuditCommand::Verify { file, min_records } => match crate::verify(&file) {
+            Ok(r) if min_records.is_some_and(|n| r.records < n) => {
+                eprintln!(
+                    "FAILED: {}: the chain is intact but ends at record {}, and {} were written: \
+                     the last {} were cut off",
+                    file.display(),
+                    r.records,
+                    min_records.unwrap_or_default(),
+                    min_records.unwrap_or_default() - r.records
+                );
+                ExitCode::FAILURE
+            }
             Ok(r) => {
                 println!(
                     "OK: {} records, chain intact, head {}",

@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
@@ -206,6 +207,8 @@ pub struct AuditLog {
     fsync: bool,
     hmac_key: Zeroizing<Vec<u8>>,
     state: Mutex<State>,
+    /// `seq` of the last record in the file, readable without the lock (for metrics).
+    last_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -255,7 +258,15 @@ impl AuditLog {
                 prev,
                 pod: None,
             }),
+            last_seq: AtomicU64::new(seq),
         })
+    }
+
+    /// The sequence number of the last record in the file (0 when empty). Exported as the
+    /// metric `keyward_audit_last_seq`: a collector's history of it is what shows a log whose
+    /// last lines were cut off (`keyward audit verify --min-records`).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
     }
 
     /// The log file's path.
@@ -313,6 +324,7 @@ impl AuditLog {
         }
         state.len += text.len() as u64;
         state.seq = seq;
+        self.last_seq.store(seq, Ordering::Relaxed);
         state.prev = hash;
         if self.stdout {
             let mut out = std::io::stdout().lock();
@@ -416,11 +428,19 @@ mod tests {
                 service_account: "orders".into(),
                 ..Default::default()
             });
+            assert_eq!(log.last_seq(), 0);
             log.record(&read("db")).expect("write");
             log.record(&read("api")).expect("write");
+            assert_eq!(log.last_seq(), 2);
         }
         let log = open(&path);
+        assert_eq!(
+            log.last_seq(),
+            2,
+            "reopening continues from the file's last record"
+        );
         log.record(&read("db")).expect("write");
+        assert_eq!(log.last_seq(), 3);
         let report = verify(&path).expect("verify");
         assert_eq!(report.records, 3);
         let text = std::fs::read_to_string(&path).expect("read");

@@ -6,6 +6,31 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// `keyward_audit_last_seq`: the sequence number of the last record in the audit log, read at
+/// scrape time. Its history, kept by the collector outside the pod, shows a log that lost its
+/// last lines (`keyward audit verify --min-records`).
+#[derive(Debug)]
+pub struct AuditLastSeq(pub std::sync::Arc<keyward_audit::AuditLog>);
+
+impl prometheus_client::collector::Collector for AuditLastSeq {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
+            i64::try_from(self.0.last_seq()).unwrap_or(i64::MAX),
+        );
+        let metric = encoder.encode_descriptor(
+            "keyward_audit_last_seq",
+            "Sequence number of the last record in the audit log (0 when empty)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
