@@ -79,12 +79,12 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
     );
     // The apps run as their pod's non-root uid 1000, with the injected fsGroup (65532) as a
     // supplementary group: that group is what opens the socket (mode 0660) to them.
-    for (ns, pod) in [("shop", "orders"), ("shop", "frontend"), ("other", "client")] {
-        let app = shop
-            .cluster
-            .pod(ns, pod)?
-            .pid("app")
-            .context("app pid")?;
+    for (ns, pod) in [
+        ("shop", "orders"),
+        ("shop", "frontend"),
+        ("other", "client"),
+    ] {
+        let app = shop.cluster.pod(ns, pod)?.pid("app").context("app pid")?;
         let status = std::fs::read_to_string(format!("/proc/{app}/status"))?;
         let field = |name: &str| {
             status
