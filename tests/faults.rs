@@ -24,15 +24,8 @@ async fn sidecar(v: &TestVault, vault_addr: &str, extra: &str, env: &[(&str, &st
     let mut s = Sidecar::start_with_env(
         vault_addr,
         SidecarSpec {
-            ns: "shop",
-            sa: "orders",
-            token: v.token("shop", "orders"),
-            ttl: "1h",
-            bundle: None,
-            policy: None,
-            inbound: "[]".into(),
-            outbound: "[]".into(),
             extra,
+            ..SidecarSpec::new("shop", "orders", v.token("shop", "orders"))
         },
         env,
     );
@@ -462,15 +455,8 @@ async fn pki_role_deleted_keeps_the_current_certificate_and_recovers() {
     let mut s = Sidecar::start(
         &v.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "orders",
-            token: v.token("shop", "orders"),
             ttl: "30s",
-            bundle: None,
-            policy: None,
-            inbound: "[]".into(),
-            outbound: "[]".into(),
-            extra: "",
+            ..SidecarSpec::new("shop", "orders", v.token("shop", "orders"))
         },
     );
     s.wait_ready().await;

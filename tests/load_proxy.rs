@@ -33,35 +33,21 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
     let mut orders = Sidecar::start_with_env(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "orders",
-            token: vault.token("shop", "orders"),
-            ttl: "1h",
-            bundle: None,
-            policy: None,
             inbound: format!(
                 "[{{listen: \"{inbound}\", forward: \"{app}\", allow: [\"{FRONTEND}\"]}}]"
             ),
-            outbound: "[]".into(),
-            extra: "",
+            ..SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
         },
         &[("KEYWARD_LOG", "warn")],
     );
     let mut frontend = Sidecar::start_with_env(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "frontend",
-            token: vault.token("shop", "frontend"),
-            ttl: "1h",
-            bundle: None,
-            policy: None,
-            inbound: "[]".into(),
             outbound: format!(
                 "[{{listen: \"{outbound}\", upstream: \"localhost:{}\", expect: [\"{ORDERS}\"]}}]",
                 inbound.port()
             ),
-            extra: "",
+            ..SidecarSpec::new("shop", "frontend", vault.token("shop", "frontend"))
         },
         &[("KEYWARD_LOG", "warn")],
     );

@@ -43,34 +43,20 @@ async fn envoy_both_directions_and_san_mismatch() {
     let mut orders = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "orders",
-            token: vault.token("shop", "orders"),
-            ttl: "1h",
-            bundle: None,
-            policy: None,
             inbound: format!(
                 "[{{listen: \"127.0.0.1:{inbound}\", forward: \"{app}\", allow: [\"{EDGE}\"]}}]"
             ),
-            outbound: "[]".into(),
-            extra: "",
+            ..SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
         },
     );
     // frontend: outbound → Envoy's mTLS listener, which must present PAYMENTS.
     let mut frontend = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "frontend",
-            token: vault.token("shop", "frontend"),
-            ttl: "1h",
-            bundle: None,
-            policy: None,
-            inbound: "[]".into(),
             outbound: format!(
                 "[{{listen: \"127.0.0.1:{outbound}\", upstream: \"127.0.0.1:{env_server}\", expect: [\"{PAYMENTS}\"]}}]"
             ),
-            extra: "",
+            ..SidecarSpec::new("shop", "frontend", vault.token("shop", "frontend"))
         },
     );
     orders.wait_ready().await;

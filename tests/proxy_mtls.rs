@@ -45,32 +45,22 @@ async fn mesh(ttl: &str) -> Mesh {
     let mut orders = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "orders",
-            token: vault.token("shop", "orders"),
             ttl,
             bundle: Some(format!("{}\n{}", pki.root_pem, test_ca.cert_pem)),
             policy: Some(policy(&[FRONTEND], inbound.port())),
             inbound: format!("[{{listen: \"{inbound}\", forward: \"{app}\"}}]"),
-            outbound: "[]".into(),
-            extra: "",
+            ..SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
         },
     );
     let mut frontend = Sidecar::start(
         &vault.bao.addr(),
         SidecarSpec {
-            ns: "shop",
-            sa: "frontend",
-            token: vault.token("shop", "frontend"),
             ttl,
-            bundle: None,
-            policy: None,
-            inbound: "[]".into(),
             outbound: format!(
                 "[{{listen: \"{outbound}\", upstream: \"localhost:{}\", expect: [\"{ORDERS}\"]}}]",
                 inbound.port()
             ),
-            extra: "",
+            ..SidecarSpec::new("shop", "frontend", vault.token("shop", "frontend"))
         },
     );
     orders.wait_ready().await;

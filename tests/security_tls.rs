@@ -97,17 +97,11 @@ async fn servers() -> Server {
         Sidecar::start(
             &vault.bao.addr(),
             SidecarSpec {
-                ns: "shop",
-                sa: "orders",
-                token: vault.token("shop", "orders"),
-                ttl: "1h",
-                bundle: None,
-                policy: None,
                 inbound: format!(
                     "[{{listen: \"{port}\", forward: \"{app}\", allow: [\"{FRONTEND}\"]}}]"
                 ),
-                outbound: "[]".into(),
                 extra,
+                ..SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
             },
         )
     };

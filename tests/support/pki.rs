@@ -159,6 +159,24 @@ pub struct SidecarSpec<'a> {
     pub extra: &'a str,
 }
 
+impl<'a> SidecarSpec<'a> {
+    /// A sidecar for `ns`/`sa` with 1h certificates, Vault's CA chain as its bundle, no policy
+    /// file, no listeners and nothing extra: set what a test needs with `..SidecarSpec::new(..)`.
+    pub fn new(ns: &'a str, sa: &'a str, token: String) -> Self {
+        SidecarSpec {
+            ns,
+            sa,
+            token,
+            ttl: "1h",
+            bundle: None,
+            policy: None,
+            inbound: "[]".into(),
+            outbound: "[]".into(),
+            extra: "",
+        }
+    }
+}
+
 impl Sidecar {
     pub fn start(vault_addr: &str, spec: SidecarSpec<'_>) -> Sidecar {
         Self::start_with_env(vault_addr, spec, &[])
