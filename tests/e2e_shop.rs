@@ -30,30 +30,14 @@ async fn shop_end_to_end() {
         .unwrap_or_else(|e| panic!("starting the shop: {e}"));
     let result = scenario(&mut shop).await;
     if let Err(e) = &result {
-        for p in shop.cluster.pods() {
-            for c in ["keyward", "app"] {
-                eprintln!(
-                    "--- {}/{} {c} ---\n{}",
-                    p.def.namespace,
-                    p.def.name,
-                    p.logs(c)
-                );
-            }
-        }
+        shop.cluster.dump_logs();
         panic!("{e:#}");
     }
     shop.down().await;
     let dir = shop.cluster.dir().to_path_buf();
     drop(shop);
     assert!(!dir.exists(), "the run directory is removed");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("kw{}-", std::process::id())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = keyward_e2e::net::own_namespaces();
     assert!(left.is_empty(), "network namespaces left behind: {left:?}");
 }
 

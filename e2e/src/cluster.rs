@@ -136,6 +136,20 @@ impl Cluster {
         &self.pods
     }
 
+    /// Prints every pod's sidecar and app logs to stderr (after a failed scenario).
+    pub fn dump_logs(&self) {
+        for p in &self.pods {
+            for c in ["keyward", "app"] {
+                eprintln!(
+                    "--- {}/{} {c} ---\n{}",
+                    p.def.namespace,
+                    p.def.name,
+                    p.logs(c)
+                );
+            }
+        }
+    }
+
     /// The pod in `namespace` whose name is `name` or starts with `name-` (Deployment pods).
     pub fn pod(&self, namespace: &str, name: &str) -> Result<&Pod> {
         self.pods

@@ -201,6 +201,19 @@ fn delete_netns(ns: &str) {
     let _ = ip(&["netns", "del", ns]);
 }
 
+/// Network namespaces this process created that still exist: empty after a clean teardown.
+pub fn own_namespaces() -> Vec<String> {
+    let prefix = format!("kw{}-", std::process::id());
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes namespaces left by runs whose process no longer exists (killed with SIGKILL).
 fn reap_stale() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {

@@ -153,16 +153,8 @@ async fn runs_a_pod_as_a_kubelet_would() {
         .logs("app")
         .contains("got SIGTERM"));
 
-    let prefix = format!("kw{}-", std::process::id());
     drop(cluster);
     assert!(!dir.exists(), "run directory removed");
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let left = keyward_e2e::net::own_namespaces();
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }

@@ -100,30 +100,13 @@ async fn shop(keyward: PathBuf, examples: PathBuf) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if result.is_err() {
-        for p in shop.cluster.pods() {
-            for c in ["keyward", "app"] {
-                eprintln!(
-                    "--- {}/{} {c} ---\n{}",
-                    p.def.namespace,
-                    p.def.name,
-                    p.logs(c)
-                );
-            }
-        }
+        shop.cluster.dump_logs();
     }
     say("stopping: app containers first, sidecars last; then OpenBao, PostgreSQL, namespaces");
     shop.down().await;
     let dir = shop.cluster.dir().to_path_buf();
     drop(shop);
-    let prefix = format!("kw{}-", std::process::id());
-    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let namespaces = keyward_e2e::net::own_namespaces();
     if !namespaces.is_empty() || dir.exists() {
         bail!(
             "left behind: namespaces {namespaces:?}, directory {} exists: {}",
