@@ -267,6 +267,26 @@ struct Results {
     conns_per_s: f64,
 }
 
+/// Measures a proxy pair listening on `pin` (inbound) and `pout` (the entry) once both listen:
+/// load, RSS of both idle, then RSS with `conns` connections open and after they close.
+async fn measure_pair(
+    pin: u16,
+    pout: u16,
+    procs: [&Proc; 2],
+    secs: u64,
+    conns: usize,
+) -> Result<(Results, f64, (f64, f64)), Error> {
+    let entry: SocketAddr = format!("127.0.0.1:{pout}").parse()?;
+    wait_listening(format!("127.0.0.1:{pin}").parse()?).await?;
+    wait_listening(entry).await?;
+    // Let start-up allocations settle before the idle reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = procs.iter().map(|p| p.rss_mib()).sum();
+    let r = measure(entry, secs, &procs).await?;
+    let open = rss_with_open(entry, conns, &procs).await?;
+    Ok((r, idle, open))
+}
+
 async fn measure(entry: SocketAddr, secs: u64, procs: &[&Proc]) -> Result<Results, Error> {
     let (rps, p50_us, p99_us) = if secs == 0 {
         (f64::NAN, f64::NAN, f64::NAN)
@@ -541,13 +561,7 @@ fn run(args: &[String]) -> Result<(), Error> {
                 ]),
                 &d.join("kw-out.log"),
             )?;
-            let entry: SocketAddr = format!("127.0.0.1:{pout}").parse()?;
-            wait_listening(format!("127.0.0.1:{pin}").parse()?).await?;
-            wait_listening(entry).await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let idle = inb.rss_mib() + out.rss_mib();
-            let r = measure(entry, secs, &[&inb, &out]).await?;
-            let open = rss_with_open(entry, conns, &[&inb, &out]).await?;
+            let (r, idle, open) = measure_pair(pin, pout, [&inb, &out], secs, conns).await?;
             rows.push(("keyward", r, idle, open));
         }
 
@@ -576,13 +590,7 @@ fn run(args: &[String]) -> Result<(), Error> {
             };
             let inb = spawn("envoy-in", "envoy-in.yaml", base + 1)?;
             let out = spawn("envoy-out", "envoy-out.yaml", base + 2)?;
-            let entry: SocketAddr = format!("127.0.0.1:{pout}").parse()?;
-            wait_listening(format!("127.0.0.1:{pin}").parse()?).await?;
-            wait_listening(entry).await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let idle = inb.rss_mib() + out.rss_mib();
-            let r = measure(entry, secs, &[&inb, &out]).await?;
-            let open = rss_with_open(entry, conns, &[&inb, &out]).await?;
+            let (r, idle, open) = measure_pair(pin, pout, [&inb, &out], secs, conns).await?;
             rows.push(("envoy", r, idle, open));
         }
 
