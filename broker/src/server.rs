@@ -68,9 +68,15 @@ pub fn bind(cfg: &SocketConfig) -> Result<UnixListener, StartError> {
 }
 
 /// The answer to a connection over `socket.max_connections`, written without reading the request.
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\ncontent-length: 88\r\n\r\n\
-{\"error\":\"too_many_connections\",\"detail\":\"socket.max_connections are open; retry later\"}";
+fn too_many_connections() -> Vec<u8> {
+    let body = r#"{"error":"too_many_connections","detail":"socket.max_connections are open; retry later"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// Serves until `shutdown`; then stops accepting and lets open requests finish.
 pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: CancellationToken) {
@@ -99,7 +105,7 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
             );
             // Say why instead of a bare close. The socket's send buffer is empty, so this
             // small write completes at once or not at all; either way the stream is dropped.
-            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            let _ = stream.try_write(&too_many_connections());
             continue;
         };
         let caller = match stream.peer_cred() {
