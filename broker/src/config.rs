@@ -77,6 +77,13 @@ pub struct VaultConfig {
     /// Timeout of one Vault request (default 10s).
     #[serde(default = "default_vault_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Accept a plain `http://` address: secrets and tokens then cross the network unencrypted.
+    /// Only for a dev server on loopback (default false: `http://` is refused at start-up).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Largest Vault response body accepted, in bytes (default 1 MiB, 4 KiB to 64 MiB).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 /// Which auth method logs in with the service-account token.
@@ -238,6 +245,9 @@ fn default_kv_refresh() -> Duration {
 }
 fn default_vault_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_response_bytes() -> usize {
+    1 << 20
 }
 fn default_method() -> AuthMethod {
     AuthMethod::Jwt
