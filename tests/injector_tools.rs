@@ -117,6 +117,16 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "sidecar.kvRefresh=5m",
         ],
     ),
+    (
+        "policy-strict",
+        &[
+            "policy.allowOptOut=false",
+            "policy.minKvRefresh=30s",
+            "policy.allowHostNamespaces=true",
+            "policy.allowTrustDomainWidePatterns=true",
+            "sidecar.exposedAppPort=refuse",
+        ],
+    ),
 ];
 
 fn render(scratch: &Path, sets: &[&str]) -> String {
@@ -229,6 +239,9 @@ fn values_schema_rejects_bad_values() {
             "/sidecar/security/runAsUser",
         ),
         ("sidecar.kvRefresh=soon", "/sidecar/kvRefresh"),
+        ("sidecar.exposedAppPort=maybe", "/sidecar/exposedAppPort"),
+        ("policy.minKvRefresh=soon", "/policy/minKvRefresh"),
+        ("policy.allowOptOut=sometimes", "/policy/allowOptOut"),
         ("unknownKey=1", "unknownKey"),
     ] {
         let out = helm(scratch.path())
@@ -266,10 +279,17 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
             w["namespaceSelector"]["matchLabels"]["keyward.io/inject"],
             "enabled"
         );
-        assert_eq!(
-            w["objectSelector"]["matchExpressions"][0]["key"],
-            "keyward.io/inject"
-        );
+        if sets.contains(&"policy.allowOptOut=false") {
+            assert!(
+                w.get("objectSelector").is_none(),
+                "{name}: no label opt-out when the policy forbids opting out"
+            );
+        } else {
+            assert_eq!(
+                w["objectSelector"]["matchExpressions"][0]["key"],
+                "keyward.io/inject"
+            );
+        }
         assert_eq!(w["rules"][0]["resources"], serde_json::json!(["pods"]));
         assert_eq!(w["rules"][0]["operations"], serde_json::json!(["CREATE"]));
 
@@ -329,6 +349,28 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
 
         // The ConfigMap's config is what the injector loads: inject with it.
         let cm = find(&d, "ConfigMap").expect("configmap");
+        let loaded = keyward_injector::config::InjectorConfig::from_yaml(
+            cm["data"]["config.yaml"].as_str().expect("config.yaml"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: the chart's config does not load: {e}"));
+        let strict = sets.contains(&"policy.allowOptOut=false");
+        assert_eq!(loaded.policy.allow_opt_out, !strict, "{name}");
+        assert_eq!(loaded.policy.allow_host_namespaces, strict, "{name}");
+        assert_eq!(loaded.policy.allow_trust_domain_wide_patterns, strict, "{name}");
+        assert_eq!(
+            loaded.policy.min_kv_refresh,
+            if strict { "30s" } else { "1s" },
+            "{name}"
+        );
+        assert_eq!(
+            loaded.exposed_app_port,
+            if strict {
+                keyward_injector::config::ExposedAppPort::Refuse
+            } else {
+                keyward_injector::config::ExposedAppPort::Warn
+            },
+            "{name}"
+        );
         let cfg = scratch.path().join(format!("{name}-config.yaml"));
         std::fs::write(
             &cfg,

@@ -28,6 +28,7 @@ const FIXED_KEYS: &[&str] = &[
     "inbound",
     "log-level",
     "kv-refresh",
+    "identity-uids",
     "containers",
     "cpu-request",
     "memory-request",
@@ -165,6 +166,9 @@ pub struct PodSettings {
     /// How often the broker re-reads unleased (KV) secrets (`keyward.io/kv-refresh`); the
     /// broker's default (60s) when absent.
     pub kv_refresh: Option<std::time::Duration>,
+    /// Uids that may read the pod's SVID private key from the broker
+    /// (`keyward.io/identity-uids`); nobody when absent.
+    pub identity_uids: Option<Vec<u32>>,
 }
 
 /// What the annotations say about injecting at all.
@@ -276,6 +280,7 @@ pub fn parse_settings(
             }
             "containers" => settings.containers = Some(parse_name_list(key, value)?),
             "kv-refresh" => settings.kv_refresh = Some(parse_kv_refresh(key, value)?),
+            "identity-uids" => settings.identity_uids = Some(parse_uids(key, value)?),
             "cpu-request" => settings.resources.cpu_request = Some(parse_quantity(key, value)?),
             "memory-request" => {
                 settings.resources.memory_request = Some(parse_quantity(key, value)?)
@@ -327,6 +332,15 @@ pub fn parse_settings(
     }
     settings.inbound = build_inbound(inbound_value, inbound_allow)?;
     check_ports(&settings)?;
+    if settings.identity_uids.is_some()
+        && settings.inbound.is_empty()
+        && settings.outbound.is_empty()
+    {
+        return Err(AnnotationError::new(
+            &format!("{PREFIX}identity-uids"),
+            "needs keyward.io/inbound or a keyward.io/outbound-NAME port: no identity is issued to a pod without one",
+        ));
+    }
     check_resources(&settings.resources)?;
     Ok(settings)
 }
@@ -376,25 +390,31 @@ fn build_secret(name: &str, parts: SecretParts) -> Result<SecretSpec, Annotation
         };
     }
     if let Some((k, v)) = parts.uids {
-        let mut uids = Vec::new();
-        for part in v.split(',').map(str::trim) {
-            match part.parse::<u32>() {
-                Ok(uid) if !part.starts_with('+') => {
-                    if !uids.contains(&uid) {
-                        uids.push(uid)
-                    }
-                }
-                _ => {
-                    return Err(AnnotationError::new(
-                        &k,
-                        format!("expected a comma-separated list of numeric uids such as 1000,1001, got '{v}'"),
-                    ))
-                }
-            }
-        }
-        spec.allow_uids = Some(uids);
+        spec.allow_uids = Some(parse_uids(&k, &v)?);
     }
     Ok(spec)
+}
+
+/// A comma-separated list of numeric uids (`keyward.io/secret-NAME-uids`,
+/// `keyward.io/identity-uids`), duplicates dropped.
+fn parse_uids(key: &str, value: &str) -> Result<Vec<u32>, AnnotationError> {
+    let mut uids = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        match part.parse::<u32>() {
+            Ok(uid) if !part.starts_with('+') => {
+                if !uids.contains(&uid) {
+                    uids.push(uid)
+                }
+            }
+            _ => {
+                return Err(AnnotationError::new(
+                    key,
+                    format!("expected a comma-separated list of numeric uids such as 1000,1001, got '{value}'"),
+                ))
+            }
+        }
+    }
+    Ok(uids)
 }
 
 fn build_outbound(name: &str, parts: OutboundParts) -> Result<Outbound, AnnotationError> {
@@ -512,6 +532,37 @@ fn check_ports(settings: &PodSettings) -> Result<(), AnnotationError> {
             return Err(AnnotationError::new(
                 &key,
                 format!("local port {} is already used by {by}", o.local_port),
+            ));
+        }
+    }
+    // The inbound listener forwards every allowed peer to 127.0.0.1:APP_PORT. Pointing it at one
+    // of the sidecar's own loopback ports would hand that peer the sidecar's powers: the admin
+    // port, or an outbound port that reaches another service *as this pod*.
+    for i in &settings.inbound {
+        if let Some(by) = used.get(&i.app_port) {
+            let (what, why) = if i.app_port == ADMIN_PORT {
+                (
+                    by.clone(),
+                    "a peer allowed on the TLS port would reach the sidecar's admin API".to_owned(),
+                )
+            } else if by.ends_with("TLS port") {
+                (
+                    format!("a {by}"),
+                    "the sidecar would forward the port to itself".to_owned(),
+                )
+            } else {
+                (
+                    format!("the local port of {by}"),
+                    "a peer allowed on the TLS port would reach that upstream as this pod"
+                        .to_owned(),
+                )
+            };
+            return Err(AnnotationError::new(
+                &format!("{PREFIX}inbound"),
+                format!(
+                    "app port {} (of TLS port {}) is {what}; {why}",
+                    i.app_port, i.tls_port
+                ),
             ));
         }
     }
@@ -681,22 +732,9 @@ fn parse_port(s: &str) -> Option<u16> {
     s.parse::<u16>().ok().filter(|p| *p != 0)
 }
 
-fn valid_vault_path(p: &str) -> bool {
-    let segments: Vec<&str> = p.split('/').collect();
-    p.len() <= 1024
-        && segments.len() >= 2
-        && segments.iter().all(|s| {
-            !s.is_empty()
-                && *s != "."
-                && *s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-}
-
-fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 256 && k.chars().all(|c| c.is_ascii_graphic() && c != '#')
-}
+// The path and key rules are the sidecar config contract's: one definition, so the injector
+// never admits what the sidecar refuses.
+use keyward_config::{valid_secret_key as valid_key, valid_vault_path};
 
 fn valid_host(h: &str) -> bool {
     if let Some(inner) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {

@@ -91,6 +91,72 @@ pub struct InjectorConfig {
     /// Default interval at which sidecars re-read unleased (KV) secrets, a duration such as
     /// `5m`; `keyward.io/kv-refresh` overrides it. The broker's own default (60s) when absent.
     pub kv_refresh: Option<String>,
+    /// What the proxy does when an inbound app port is reachable from outside the pod (not only
+    /// on 127.0.0.1): `warn` (default) or `refuse` to start. Written into the sidecar config.
+    pub exposed_app_port: ExposedAppPort,
+    /// The operator's ceilings on what a pod's annotations and spec may ask for.
+    pub policy: PolicyConfig,
+}
+
+/// `exposed_app_port`: what the sidecar's proxy does when an inbound app port also listens
+/// beyond 127.0.0.1, where peers could reach the app without mTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExposedAppPort {
+    /// Log a warning and serve.
+    Warn,
+    /// Refuse to start.
+    Refuse,
+}
+
+impl ExposedAppPort {
+    /// The name as the sidecar config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+/// What pod authors may ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Inject pods with `hostNetwork: true` or `hostPID: true` (default false: refused, since the
+    /// sidecar's plaintext outbound ports and admin port would listen on the node, and the
+    /// node's processes would share the pod's process view).
+    pub allow_host_namespaces: bool,
+    /// Shortest `keyward.io/kv-refresh` a pod may ask for (default `1s`), so that many replicas
+    /// cannot hammer Vault.
+    pub min_kv_refresh: String,
+    /// Accept `keyward.io/inbound-allow-PORT` patterns that name no namespace
+    /// (`spiffe://TD/*`, `spiffe://TD/ns/*`), which let every workload of the trust domain in
+    /// (default false).
+    pub allow_trust_domain_wide_patterns: bool,
+    /// Let pods opt out with `keyward.io/inject: "false"` (default true). When false that
+    /// annotation is refused (and the chart drops the label opt-out from the webhook's
+    /// objectSelector).
+    pub allow_opt_out: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allow_host_namespaces: false,
+            min_kv_refresh: "1s".to_owned(),
+            allow_trust_domain_wide_patterns: false,
+            allow_opt_out: true,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// `min_kv_refresh` as a duration (validated at load; the broker's floor if unreadable).
+    pub fn min_kv_refresh(&self) -> std::time::Duration {
+        crate::annotations::kv_refresh(&self.min_kv_refresh)
+            .unwrap_or(std::time::Duration::from_secs(1))
+    }
 }
 
 /// Vault address and CA.
@@ -102,6 +168,10 @@ pub struct VaultConfig {
     /// A ConfigMap, present in every injected namespace (for example distributed by
     /// trust-manager), holding Vault's CA certificate; mounted into the sidecar only.
     pub ca_config_map: Option<CaConfigMap>,
+    /// Accept a plain `http://` address (no TLS to Vault): only for a dev server. Required for
+    /// an `http://` address, and written into the sidecar config, which refuses `http://`
+    /// without it.
+    pub allow_insecure_http: bool,
 }
 
 /// A ConfigMap key holding a PEM CA bundle.
@@ -196,6 +266,8 @@ impl Default for InjectorConfig {
             audit_stdout: true,
             log_level: "info".to_owned(),
             kv_refresh: None,
+            exposed_app_port: ExposedAppPort::Warn,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -205,6 +277,7 @@ impl Default for VaultConfig {
         Self {
             addr: "https://vault.vault.svc:8200".to_owned(),
             ca_config_map: None,
+            allow_insecure_http: false,
         }
     }
 }
@@ -342,6 +415,16 @@ impl InjectorConfig {
                 ),
             ));
         }
+        if self.vault.addr.starts_with("http://") && !self.vault.allow_insecure_http {
+            return Err(invalid(
+                "vault.allow_insecure_http",
+                format!(
+                    "vault.addr '{}' is plain http (tokens and secrets unencrypted): use https://, \
+                     or set vault.allow_insecure_http: true for a dev server",
+                    self.vault.addr
+                ),
+            ));
+        }
         if let Some(ca) = &self.vault.ca_config_map {
             if !crate::annotations::is_dns_subdomain(&ca.name) {
                 return Err(invalid(
@@ -416,8 +499,20 @@ impl InjectorConfig {
                 format!("'{}' is not a positive quantity", self.socket.size_limit),
             ));
         }
+        let min = crate::annotations::kv_refresh(&self.policy.min_kv_refresh)
+            .map_err(|problem| invalid("policy.min_kv_refresh", problem))?;
         if let Some(d) = &self.kv_refresh {
-            crate::annotations::kv_refresh(d).map_err(|problem| invalid("kv_refresh", problem))?;
+            let d = crate::annotations::kv_refresh(d)
+                .map_err(|problem| invalid("kv_refresh", problem))?;
+            if d < min {
+                return Err(invalid(
+                    "kv_refresh",
+                    format!(
+                        "is below policy.min_kv_refresh ({})",
+                        self.policy.min_kv_refresh
+                    ),
+                ));
+            }
         }
         if crate::annotations::LogLevel::parse(&self.log_level).is_none() {
             return Err(invalid(
@@ -472,6 +567,11 @@ mod tests {
             ("log_level: loud", "log_level"),
             ("kv_refresh: often", "kv_refresh"),
             ("kv_refresh: 100ms", "kv_refresh"),
+            ("policy: {min_kv_refresh: often}", "policy.min_kv_refresh"),
+            (
+                "kv_refresh: 10s\npolicy: {min_kv_refresh: 1m}",
+                "kv_refresh",
+            ),
         ] {
             match InjectorConfig::from_yaml(text) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),

@@ -35,6 +35,11 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/keyward";
 pub const CA_DIR: &str = "/etc/keyward/vault-ca";
 /// Env var naming the socket, set in the sidecar and every selected app container.
 pub const SOCKET_ENV: &str = "KEYWARD_SOCKET";
+/// Label set on injected pods that accept inbound mTLS, value [`MESH_INBOUND`], so that a
+/// NetworkPolicy can select them.
+pub const MESH_LABEL: &str = "keyward.io/mesh";
+/// Value of [`MESH_LABEL`].
+pub const MESH_INBOUND: &str = "inbound";
 
 /// One JSON Patch operation (only `add` is ever produced).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -109,6 +114,19 @@ pub struct PodView<'a> {
 pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateError> {
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let system = pod
+        .namespace
+        .is_some_and(|ns| annotations::SYSTEM_NAMESPACES.contains(&ns));
+    if !cfg.policy.allow_opt_out
+        && !system
+        && annotations.get(annotations::INJECT).map(String::as_str) == Some("false")
+    {
+        return Err(AnnotationError {
+            key: annotations::INJECT.to_owned(),
+            problem: "opting out is not allowed in this cluster (the injector's policy.allow_opt_out is false)".to_owned(),
+        }
+        .into());
+    }
     let settings = match annotations::decide(pod.namespace, annotations)? {
         Decision::Skip(reason) => return Ok(Outcome::Skipped(reason)),
         Decision::Inject(s) => s,
@@ -121,6 +139,7 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
         ));
     }
     check_conflicts(pod.spec, &settings, cfg)?;
+    check_policy(pod, annotations, &settings, cfg)?;
     let native = cfg.mode == SidecarMode::Native;
     let spec = pod.spec;
     let init = spec.init_containers.as_deref().unwrap_or(&[]);
@@ -199,6 +218,18 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
         }
         Some(_) => {}
     }
+    if !settings.inbound.is_empty() {
+        match &pod.metadata.labels {
+            None => ops.push(PatchOp::add(
+                "/metadata/labels",
+                json!({ MESH_LABEL: MESH_INBOUND }),
+            )),
+            Some(_) => ops.push(PatchOp::add(
+                format!("/metadata/labels/{}", escape(MESH_LABEL)),
+                json!(MESH_INBOUND),
+            )),
+        }
+    }
     match &pod.metadata.annotations {
         None => ops.push(PatchOp::add(
             "/metadata/annotations",
@@ -242,6 +273,112 @@ fn app_container_ops(ops: &mut Vec<PatchOp>, base: &str, c: &Container) {
         c.volume_mounts.is_some(),
         vec![json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true})],
     );
+}
+
+/// The operator's ceilings (`policy:` of the injector config) and what no pod may ask for.
+fn check_policy(
+    pod: PodView<'_>,
+    annotations: &BTreeMap<String, String>,
+    settings: &PodSettings,
+    cfg: &InjectorConfig,
+) -> Result<(), MutateError> {
+    let spec = pod.spec;
+    let policy = &cfg.policy;
+    if !policy.allow_host_namespaces {
+        for (field, on) in [
+            ("spec.hostNetwork", spec.host_network),
+            ("spec.hostPID", spec.host_pid),
+        ] {
+            if on == Some(true) {
+                return Err(MutateError::Conflict(format!(
+                    "{field} is true: the sidecar's plaintext outbound ports and admin port would \
+                     listen on the node, and its socket peers would share the node's processes; \
+                     such pods are refused unless the injector's policy.allow_host_namespaces is true"
+                )));
+            }
+        }
+    }
+    if let Some(d) = settings.kv_refresh {
+        let min = policy.min_kv_refresh();
+        if d < min {
+            let key = format!("{}kv-refresh", annotations::PREFIX);
+            let value = annotations.get(&key).cloned().unwrap_or_default();
+            return Err(AnnotationError {
+                key,
+                problem: format!(
+                    "must be at least {} (the injector's policy.min_kv_refresh), got '{value}'",
+                    policy.min_kv_refresh
+                ),
+            }
+            .into());
+        }
+    }
+    if !policy.allow_trust_domain_wide_patterns {
+        for i in &settings.inbound {
+            if let Some(p) = i.allow.iter().find(|p| names_no_namespace(p)) {
+                return Err(AnnotationError {
+                    key: format!("{}inbound-allow-{}", annotations::PREFIX, i.tls_port),
+                    problem: format!(
+                        "'{p}' names no namespace and would let every workload of the trust domain in; \
+                         list namespaces (spiffe://TD/ns/NS/*) or identities, or ask the operator to set \
+                         policy.allow_trust_domain_wide_patterns"
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    if let Some(v) = pod.metadata.labels.as_ref().and_then(|l| l.get(MESH_LABEL)) {
+        if settings.inbound.is_empty() || v != MESH_INBOUND {
+            return Err(MutateError::Conflict(format!(
+                "label {MESH_LABEL} is set by the injector (to '{MESH_INBOUND}' on pods with keyward.io/inbound ports); remove it from the pod, got '{v}'"
+            )));
+        }
+    }
+    // The token logs in to Vault as the pod: it is the sidecar's alone. The socket directory is
+    // the sidecar's to write: an app that could write it could replace the socket.
+    let groups = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or(&[]),
+        ),
+        ("containers", &spec.containers[..]),
+    ];
+    for (list, containers) in groups {
+        for (i, c) in containers.iter().enumerate() {
+            for (j, m) in c.volume_mounts.as_deref().unwrap_or(&[]).iter().enumerate() {
+                let field = format!("spec.{list}[{i}].volumeMounts[{j}]");
+                if m.name == TOKEN_VOLUME {
+                    return Err(MutateError::Conflict(format!(
+                        "{field}: container '{}' mounts the volume '{TOKEN_VOLUME}', the sidecar's Vault login token; only the sidecar may mount it",
+                        c.name
+                    )));
+                }
+                if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
+                    return Err(MutateError::Conflict(format!(
+                        "{field}: container '{}' mounts the volume '{SOCKET_VOLUME}' read-write; mount it with readOnly: true (connecting to the socket works on a read-only mount)",
+                        c.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an allow-list pattern matches identities of more than one namespace
+/// (`spiffe://TD/*`, `spiffe://TD/ns/*`).
+fn names_no_namespace(p: &keyward_identity::IdPattern) -> bool {
+    let s = p.as_str();
+    let Some(prefix) = s.strip_suffix("/*") else {
+        return false;
+    };
+    let path = prefix
+        .strip_prefix("spiffe://")
+        .and_then(|r| r.split_once('/'))
+        .map(|(_, path)| path)
+        .unwrap_or("");
+    path.split('/').filter(|seg| !seg.is_empty()).count() < 2
 }
 
 fn check_conflicts(
@@ -381,6 +518,9 @@ pub struct SidecarVault {
     pub addr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// `vault.allow_insecure_http` of the injector config (written only when set).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
 }
 
 /// `auth:` of the sidecar config.
@@ -426,12 +566,17 @@ pub struct SidecarIdentity {
     pub trust_domain: String,
     pub pki_mount: String,
     pub pki_role: String,
+    /// `keyward.io/identity-uids`: uids that may read the SVID private key; nobody when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_uids: Option<Vec<u32>>,
 }
 
 /// `proxy:` of the sidecar config.
 #[derive(Debug, Serialize)]
 pub struct SidecarProxy {
     pub admin: String,
+    /// `warn` or `refuse`: the injector config's `exposed_app_port`.
+    pub exposed_app_port: &'static str,
     pub inbound: Vec<SidecarInbound>,
     pub outbound: Vec<SidecarOutbound>,
 }
@@ -467,6 +612,7 @@ pub fn sidecar_config(
                 .ca_config_map
                 .as_ref()
                 .map(|_| format!("{CA_DIR}/ca.crt")),
+            allow_insecure_http: cfg.vault.allow_insecure_http,
         },
         auth: SidecarAuth {
             method: cfg.auth.method.as_str(),
@@ -506,9 +652,11 @@ pub fn sidecar_config(
             trust_domain: cfg.identity.trust_domain.clone(),
             pki_mount: cfg.identity.pki_mount.clone(),
             pki_role: cfg.identity.pki_role.clone(),
+            allow_uids: settings.identity_uids.clone(),
         }),
         proxy: mesh.then(|| SidecarProxy {
             admin: format!("127.0.0.1:{}", annotations::ADMIN_PORT),
+            exposed_app_port: cfg.exposed_app_port.as_str(),
             inbound: settings
                 .inbound
                 .iter()

@@ -138,7 +138,7 @@ fn invalid_annotations_are_denied_with_the_annotation_named() {
     rejects(json!({"keyward.io/cpu-request": "lots"}), "annotation keyward.io/cpu-request: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got 'lots'");
     rejects(json!({"keyward.io/memory-limit": "-1Mi"}), "annotation keyward.io/memory-limit: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got '-1Mi'");
     rejects(json!({"keyward.io/memory-request": "128Mi", "keyward.io/memory-limit": "64Mi"}), "annotation keyward.io/memory-request: request 128Mi is above the limit 64Mi (keyward.io/memory-limit)");
-    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, kv-refresh, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id");
+    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, kv-refresh, identity-uids, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id");
     rejects(json!({"keyward.io/containers": "app,worker"}), "annotation keyward.io/containers: the pod has no container named 'worker' (containers: app)");
     rejects(json!({"keyward.io/containers": ""}), "annotation keyward.io/containers: expected a comma-separated list of container names such as app,worker, got ''");
 }
@@ -321,4 +321,250 @@ fn offline_errors_name_the_document_and_the_annotation() {
         err.to_string().starts_with("document 1: not valid YAML"),
         "{err}"
     );
+}
+
+fn run_cfg(
+    cfg: &InjectorConfig,
+    annotations: Value,
+    spec: Value,
+    labels: Value,
+) -> (ReviewOutcome, Value, Value) {
+    let mut v: Value =
+        serde_json::from_slice(&pod_review("shop", annotations, spec)).expect("json");
+    v["request"]["object"]["metadata"]["labels"] = labels;
+    let body = serde_json::to_vec(&v).expect("json");
+    let reviewed = review(&body, cfg).expect("review");
+    let out: Value = serde_json::from_slice(&reviewed.body).expect("json");
+    let resp = out["response"].clone();
+    let mut pod = v["request"]["object"].clone();
+    if let Some(patch) = resp["patch"].as_str() {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .expect("base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch");
+        json_patch::patch(&mut pod, &patch).expect("patch applies");
+    }
+    (reviewed.outcome, resp, pod)
+}
+
+#[track_caller]
+fn rejects_cfg(cfg: &InjectorConfig, annotations: Value, spec: Value, message: &str) {
+    let (outcome, resp, _) = run_cfg(cfg, annotations.clone(), spec, json!(null));
+    assert_eq!(outcome, ReviewOutcome::Denied, "{annotations}: {resp}");
+    assert_eq!(
+        resp["status"]["message"],
+        format!("keyward: {message}"),
+        "{annotations}"
+    );
+}
+
+#[track_caller]
+fn injected_pod(cfg: &InjectorConfig, annotations: Value, spec: Value) -> Value {
+    let (outcome, resp, pod) = run_cfg(cfg, annotations.clone(), spec, json!(null));
+    assert_eq!(outcome, ReviewOutcome::Injected, "{annotations}: {resp}");
+    pod
+}
+
+fn sidecar_config(pod: &Value) -> Value {
+    let sidecar = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(pod["spec"]["containers"].as_array())
+        .flatten()
+        .find(|c| c["name"] == "keyward")
+        .expect("sidecar");
+    let text = sidecar["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == "KEYWARD_CONFIG"))
+        .and_then(|e| e["value"].as_str())
+        .expect("KEYWARD_CONFIG");
+    serde_yaml_ng::from_str(text).expect("sidecar config YAML")
+}
+
+const PEER: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+
+#[test]
+fn inbound_app_port_may_not_be_one_of_the_sidecars_own_ports() {
+    rejects(
+        json!({"keyward.io/inbound": "15443:15090", "keyward.io/inbound-allow-15443": PEER}),
+        "annotation keyward.io/inbound: app port 15090 (of TLS port 15443) is the sidecar's admin port; a peer allowed on the TLS port would reach the sidecar's admin API",
+    );
+    rejects(
+        json!({"keyward.io/inbound": "15443:15001", "keyward.io/inbound-allow-15443": PEER,
+               "keyward.io/outbound-orders": "15001=orders.shop.svc:15443",
+               "keyward.io/outbound-orders-id": "spiffe://cluster.local/ns/shop/sa/orders"}),
+        "annotation keyward.io/inbound: app port 15001 (of TLS port 15443) is the local port of keyward.io/outbound-orders; a peer allowed on the TLS port would reach that upstream as this pod",
+    );
+    rejects(
+        json!({"keyward.io/inbound": "15443:8080,15444:15443", "keyward.io/inbound-allow-15443": PEER, "keyward.io/inbound-allow-15444": PEER}),
+        "annotation keyward.io/inbound: app port 15443 (of TLS port 15444) is a keyward.io/inbound TLS port; the sidecar would forward the port to itself",
+    );
+}
+
+#[test]
+fn host_network_and_host_pid_pods_are_refused_unless_the_operator_allows_them() {
+    let mut cfg = InjectorConfig::default();
+    for field in ["hostNetwork", "hostPID"] {
+        let mut spec = app_spec();
+        spec[field] = json!(true);
+        rejects_cfg(&cfg, json!(null), spec.clone(), &format!("spec.{field} is true: the sidecar's plaintext outbound ports and admin port would listen on the node, and its socket peers would share the node's processes; such pods are refused unless the injector's policy.allow_host_namespaces is true"));
+        cfg.policy.allow_host_namespaces = true;
+        injected_pod(&cfg, json!(null), spec);
+        cfg.policy.allow_host_namespaces = false;
+    }
+}
+
+#[test]
+fn other_containers_may_not_mount_the_token_or_write_the_socket() {
+    let cfg = InjectorConfig::default();
+    let spec = json!({"containers": [{"name": "app", "image": "a"}, {"name": "thief", "image": "t",
+        "volumeMounts": [{"name": "keyward-token", "mountPath": "/t"}]}]});
+    rejects_cfg(&cfg, json!(null), spec, "spec.containers[1].volumeMounts[0]: container 'thief' mounts the volume 'keyward-token', the sidecar's Vault login token; only the sidecar may mount it");
+    let spec = json!({"containers": [{"name": "app", "image": "a"}], "initContainers": [{"name": "init", "image": "i",
+        "volumeMounts": [{"name": "keyward-token", "mountPath": "/t", "readOnly": true}]}]});
+    rejects_cfg(&cfg, json!(null), spec, "spec.initContainers[0].volumeMounts[0]: container 'init' mounts the volume 'keyward-token', the sidecar's Vault login token; only the sidecar may mount it");
+    for ro in [json!(false), json!(null)] {
+        let spec = json!({"containers": [{"name": "app", "image": "a"}, {"name": "side", "image": "s",
+            "volumeMounts": [{"name": "keyward-socket", "mountPath": "/sock", "readOnly": ro}]}]});
+        rejects_cfg(&cfg, json!({"keyward.io/containers": "app"}), spec, "spec.containers[1].volumeMounts[0]: container 'side' mounts the volume 'keyward-socket' read-write; mount it with readOnly: true (connecting to the socket works on a read-only mount)");
+    }
+    // Read-only is fine, and the injector itself mounts the socket read-only into apps.
+    let spec = json!({"containers": [{"name": "app", "image": "a"}, {"name": "side", "image": "s",
+        "volumeMounts": [{"name": "keyward-socket", "mountPath": "/sock", "readOnly": true}]}],
+        "initContainers": [{"name": "migrate", "image": "m"}]});
+    let pod = injected_pod(&cfg, json!({"keyward.io/containers": "app,migrate"}), spec);
+    for c in pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .chain(pod["spec"]["initContainers"].as_array())
+        .flatten()
+    {
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if m["name"] == "keyward-socket" && c["name"] != "keyward" {
+                assert_eq!(m["readOnly"], true, "{c}");
+            }
+        }
+    }
+    let sidecar = &pod["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "keyward");
+    assert!(pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["name"] == "keyward-socket" && m["readOnly"] == true));
+}
+
+#[test]
+fn operator_ceilings_bound_kv_refresh_wide_patterns_and_opt_out() {
+    let mut cfg = InjectorConfig::default();
+    cfg.policy.min_kv_refresh = "30s".to_owned();
+    rejects_cfg(&cfg, json!({"keyward.io/kv-refresh": "5s"}), app_spec(), "annotation keyward.io/kv-refresh: must be at least 30s (the injector's policy.min_kv_refresh), got '5s'");
+    injected_pod(&cfg, json!({"keyward.io/kv-refresh": "30s"}), app_spec());
+
+    let cfg = InjectorConfig::default();
+    for wide in ["spiffe://cluster.local/*", "spiffe://cluster.local/ns/*"] {
+        rejects_cfg(&cfg, json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": format!("{PEER},{wide}")}), app_spec(),
+            &format!("annotation keyward.io/inbound-allow-15443: '{wide}' names no namespace and would let every workload of the trust domain in; list namespaces (spiffe://TD/ns/NS/*) or identities, or ask the operator to set policy.allow_trust_domain_wide_patterns"));
+        let mut open = InjectorConfig::default();
+        open.policy.allow_trust_domain_wide_patterns = true;
+        injected_pod(
+            &open,
+            json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": wide}),
+            app_spec(),
+        );
+    }
+    injected_pod(
+        &cfg,
+        json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": "spiffe://cluster.local/ns/shop/*"}),
+        app_spec(),
+    );
+
+    let mut cfg = InjectorConfig::default();
+    cfg.policy.allow_opt_out = false;
+    rejects_cfg(&cfg, json!({"keyward.io/inject": "false"}), app_spec(), "annotation keyward.io/inject: opting out is not allowed in this cluster (the injector's policy.allow_opt_out is false)");
+    injected_pod(&cfg, json!({"keyward.io/inject": "true"}), app_spec());
+    let (outcome, _, _) = {
+        let body = pod_review(
+            "kube-system",
+            json!({"keyward.io/inject": "false"}),
+            app_spec(),
+        );
+        let r = review(&body, &cfg).expect("review");
+        (r.outcome, (), ())
+    };
+    assert_eq!(
+        outcome,
+        ReviewOutcome::Skipped,
+        "system namespaces stay skipped"
+    );
+}
+
+#[test]
+fn identity_uids_reach_the_sidecar_config_and_need_a_mesh_port() {
+    let cfg = InjectorConfig::default();
+    let mesh = json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": PEER, "keyward.io/identity-uids": "1000, 1001,1000"});
+    let pod = injected_pod(&cfg, mesh, app_spec());
+    let sc = sidecar_config(&pod);
+    assert_eq!(sc["identity"]["allow_uids"], json!([1000, 1001]));
+    // Absent: the key is omitted (nobody may read the key).
+    let pod = injected_pod(
+        &cfg,
+        json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": PEER}),
+        app_spec(),
+    );
+    let sc = sidecar_config(&pod);
+    assert!(sc["identity"].is_object());
+    assert!(sc["identity"].get("allow_uids").is_none(), "{sc:?}");
+    rejects(
+        json!({"keyward.io/identity-uids": "1000"}),
+        "annotation keyward.io/identity-uids: needs keyward.io/inbound or a keyward.io/outbound-NAME port: no identity is issued to a pod without one",
+    );
+    rejects(json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": PEER, "keyward.io/identity-uids": "root"}),
+        "annotation keyward.io/identity-uids: expected a comma-separated list of numeric uids such as 1000,1001, got 'root'");
+}
+
+#[test]
+fn inbound_pods_are_labelled_for_network_policies_and_carry_exposed_app_port() {
+    let inbound =
+        json!({"keyward.io/inbound": "15443:8080", "keyward.io/inbound-allow-15443": PEER});
+    let mut cfg = InjectorConfig::default();
+    for (setting, expected) in [
+        (None, "warn"),
+        (
+            Some(keyward_injector::config::ExposedAppPort::Refuse),
+            "refuse",
+        ),
+    ] {
+        if let Some(s) = setting {
+            cfg.exposed_app_port = s;
+        }
+        let pod = injected_pod(&cfg, inbound.clone(), app_spec());
+        assert_eq!(pod["metadata"]["labels"]["keyward.io/mesh"], "inbound");
+        assert_eq!(sidecar_config(&pod)["proxy"]["exposed_app_port"], expected);
+    }
+    // Existing labels are kept.
+    let (outcome, _, pod) = run_cfg(&cfg, inbound.clone(), app_spec(), json!({"app": "orders"}));
+    assert_eq!(outcome, ReviewOutcome::Injected);
+    assert_eq!(
+        pod["metadata"]["labels"],
+        json!({"app": "orders", "keyward.io/mesh": "inbound"})
+    );
+    // Outbound-only and secrets-only pods are not labelled; no proxy section, no key.
+    let pod = injected_pod(
+        &cfg,
+        json!({"keyward.io/secret-db": "secret/data/db"}),
+        app_spec(),
+    );
+    assert!(pod["metadata"]["labels"].is_null(), "{pod}");
+    assert!(sidecar_config(&pod).get("proxy").is_none());
+    // The label is the injector's to set.
+    let (outcome, resp, _) = run_cfg(
+        &cfg,
+        json!(null),
+        app_spec(),
+        json!({"keyward.io/mesh": "inbound"}),
+    );
+    assert_eq!(outcome, ReviewOutcome::Denied, "{resp}");
+    assert_eq!(resp["status"]["message"], "keyward: label keyward.io/mesh is set by the injector (to 'inbound' on pods with keyward.io/inbound ports); remove it from the pod, got 'inbound'");
 }
