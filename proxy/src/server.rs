@@ -1,8 +1,10 @@
 //! The listeners: inbound (mTLS → app) and outbound (app → mTLS), with connection limits,
 //! timeouts, policy re-checks, audit records and drain.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use keyward_audit::{AuditLog, Decision, Peer, Record};
@@ -55,7 +57,12 @@ struct Shared {
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
     cut: CancellationToken,
+    connect_hook: OnceLock<ConnectHook>,
 }
+
+/// Awaited by every inbound connection right before it connects to the app: a seam for tests
+/// that must hold a connection at that stage (see [`Proxy::set_connect_hook`]).
+pub type ConnectHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The running proxy. Listeners are added with [`Proxy::inbound`] and [`Proxy::outbound`];
 /// [`Proxy::drain`] stops them.
@@ -84,6 +91,7 @@ impl Proxy {
                 tracker: TaskTracker::new(),
                 stop_accepting: CancellationToken::new(),
                 cut: CancellationToken::new(),
+                connect_hook: OnceLock::new(),
             }),
         }
     }
@@ -123,6 +131,13 @@ impl Proxy {
             },
         ));
         Ok(())
+    }
+
+    /// Sets the hook awaited before each connection to the app (once; later calls are
+    /// ignored). For tests that need a connection paused between authorisation and the app.
+    #[doc(hidden)]
+    pub fn set_connect_hook(&self, hook: ConnectHook) {
+        let _ = self.shared.connect_hook.set(hook);
     }
 
     /// Open proxied connections.
@@ -262,6 +277,8 @@ fn peer_id_of(e: &SvidError) -> Option<String> {
 
 /// Turns a failed handshake into (metric label, reason, peer ID if known).
 fn failure(
+    shared: &Shared,
+    side: tls::Side,
     verdict: &Verdict,
     err: Option<&std::io::Error>,
 ) -> (&'static str, String, Option<String>) {
@@ -270,7 +287,7 @@ fn failure(
     }
     match err {
         Some(e) => {
-            let (code, reason) = tls::classify(e);
+            let (code, reason) = tls::classify(e, side, shared.limits.allow_tls12);
             (code, reason, None)
         }
         None => ("timeout", "TLS handshake timed out".into(), None),
@@ -287,6 +304,11 @@ async fn serve_inbound(
     let port = l.port;
     let _open = OpenGuard::new(&shared.metrics, INBOUND, port);
     let local = tcp.local_addr().ok();
+    // Subscribe to policy changes before anything is authorised: every generation published
+    // from here on is unseen by this receiver until the connection has checked its peer against
+    // it, whatever stage the connection is in (handshake, authorization, app connect, splice).
+    let mut policy_rx = shared.policy.clone();
+    policy_rx.mark_unchanged();
     let verdict = Verdict::default();
     let policy = shared.policy.clone();
     let authorize: Authorize = Arc::new(move |id: &SpiffeId| {
@@ -323,9 +345,10 @@ async fn serve_inbound(
         warn!("Handshake completed without a verified peer");
         return;
     };
-    let rule = shared
-        .policy
-        .borrow()
+    // Authorise under the newest generation and mark it seen: a generation published during
+    // the handshake is checked here, any later one by `revoked` below.
+    let rule = policy_rx
+        .borrow_and_update()
         .allows(port, &id)
         .map(|p| p.to_string());
     let Some(rule) = rule else {
@@ -357,12 +380,59 @@ async fn serve_inbound(
     shared.metrics.authz(INBOUND, port, true);
     info!(peer_id = %id, "Connection allowed");
 
-    let app = match tokio::time::timeout(
-        shared.limits.handshake_timeout,
-        TcpStream::connect(l.cfg.forward.as_str()),
-    )
-    .await
-    {
+    // Everything after authorisation (app connect, PROXY header, splice) runs against the
+    // policy watch: a generation that no longer allows the peer ends the connection at once.
+    let forward = forward_inbound(&shared, &l, tls, &id, peer, local);
+    tokio::select! {
+        () = forward => {}
+        () = revoked(&mut policy_rx, port, &id) => {
+            shared.metrics.authz(INBOUND, port, false);
+            shared.metrics.connections_revoked.inc();
+            audit(
+                &shared,
+                "conn.inbound",
+                Decision::Deny,
+                Some(id.to_string()),
+                peer.to_string(),
+                port,
+                "policy changed: peer no longer allowed, connection closed".into(),
+            );
+            warn!(peer_id = %id, "Connection revoked by policy change");
+        }
+        _ = shared.cut.cancelled() => {}
+    }
+}
+
+/// Resolves once a policy generation newer than the last one `policy` has seen no longer allows
+/// `id` on `port`; never, if the policy source is gone (shutdown: the last policy stays).
+async fn revoked(policy: &mut watch::Receiver<Arc<Policy>>, port: u16, id: &SpiffeId) {
+    loop {
+        if policy.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if policy.borrow_and_update().allows(port, id).is_none() {
+            return;
+        }
+    }
+}
+
+/// Connects to the app, sends the PROXY header if configured, and splices until the end.
+async fn forward_inbound(
+    shared: &Shared,
+    l: &InboundListener,
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    id: &SpiffeId,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) {
+    let port = l.port;
+    let connect = async {
+        if let Some(hook) = shared.connect_hook.get() {
+            hook().await;
+        }
+        TcpStream::connect(l.cfg.forward.as_str()).await
+    };
+    let app = match tokio::time::timeout(shared.limits.handshake_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(forward = %l.cfg.forward, error = %e, "Cannot connect to the app");
@@ -388,41 +458,7 @@ async fn serve_inbound(
         }
     }
     let (rx, tx) = shared.metrics.bytes_of(INBOUND, port);
-    let mut policy = shared.policy.clone();
-    policy.mark_unchanged();
-    let copy = splice(tls, app, shared.limits.idle_timeout, rx, tx);
-    tokio::pin!(copy);
-    loop {
-        tokio::select! {
-            end = &mut copy => {
-                log_end(end);
-                return;
-            }
-            changed = policy.changed() => {
-                if changed.is_err() {
-                    // The policy source is gone (shutdown); keep serving on the last policy.
-                    continue;
-                }
-                let allowed = policy.borrow_and_update().allows(port, &id).is_some();
-                if !allowed {
-                    shared.metrics.authz(INBOUND, port, false);
-                    shared.metrics.connections_revoked.inc();
-                    audit(
-                        &shared,
-                        "conn.inbound",
-                        Decision::Deny,
-                        Some(id.to_string()),
-                        peer.to_string(),
-                        port,
-                        "policy changed: peer no longer allowed, connection closed".into(),
-                    );
-                    warn!(peer_id = %id, "Connection revoked by policy change");
-                    return;
-                }
-            }
-            _ = shared.cut.cancelled() => return,
-        }
-    }
+    log_end(splice(tls, app, shared.limits.idle_timeout, rx, tx).await);
 }
 
 fn inbound_denied(
@@ -432,7 +468,7 @@ fn inbound_denied(
     peer: SocketAddr,
     port: u16,
 ) {
-    let (code, reason, peer_id) = failure(verdict, err);
+    let (code, reason, peer_id) = failure(shared, tls::Side::Server, verdict, err);
     if code == "denied" {
         shared.metrics.authz(INBOUND, port, false);
     } else {
@@ -518,7 +554,7 @@ async fn serve_outbound(
                 Ok(Err(e)) => Some(e),
                 _ => None,
             };
-            let (code, reason, peer_id) = failure(&verdict, err);
+            let (code, reason, peer_id) = failure(&shared, tls::Side::Client, &verdict, err);
             if code == "unexpected_server" {
                 shared.metrics.authz(OUTBOUND, port, false);
             } else {

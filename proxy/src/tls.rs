@@ -269,16 +269,104 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
-/// Classifies a failed handshake for metrics and the audit log: (label, reason).
-pub fn classify(err: &std::io::Error) -> (&'static str, String) {
+/// Our side of a handshake, for reasons that name the peer's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Inbound: we are the TLS server, the peer the client.
+    Server,
+    /// Outbound: we are the TLS client.
+    Client,
+}
+
+/// The TLS versions this side offers or accepts, as said in reasons.
+fn versions_said(allow_tls12: bool) -> &'static str {
+    if allow_tls12 {
+        "TLS 1.3 and TLS 1.2 (proxy.allow_tls12: true)"
+    } else {
+        "TLS 1.3 only (proxy.allow_tls12: false)"
+    }
+}
+
+/// The reason of a handshake that failed on the protocol version: the versions on both sides
+/// and the setting to change on either.
+fn version_mismatch(side: Side, allow_tls12: bool, peer_offered: &str) -> String {
+    match side {
+        Side::Server => {
+            let fix = if allow_tls12 {
+                "let the client offer TLS 1.3 or TLS 1.2".to_owned()
+            } else {
+                "let the client offer TLS 1.3 (Envoy: \
+                 tls_params: {tls_maximum_protocol_version: TLSv1_3} in the cluster's \
+                 UpstreamTlsContext; Envoy's default maximum as a client is TLS 1.2), or set \
+                 proxy.allow_tls12: true on keyward to accept TLS 1.2"
+                    .to_owned()
+            };
+            format!(
+                "TLS version mismatch: the client offered {peer_offered}, this listener accepts \
+                 {}: {fix}",
+                versions_said(allow_tls12)
+            )
+        }
+        Side::Client => {
+            let fix = if allow_tls12 {
+                "let the server accept TLS 1.3 or TLS 1.2".to_owned()
+            } else {
+                "let the server accept TLS 1.3 (Envoy: \
+                 tls_params: {tls_maximum_protocol_version: TLSv1_3} in the listener's \
+                 DownstreamTlsContext), or set proxy.allow_tls12: true on keyward to also offer \
+                 TLS 1.2"
+                    .to_owned()
+            };
+            format!(
+                "TLS version mismatch: the server accepts none of the versions offered, {}: \
+                 {fix}",
+                versions_said(allow_tls12)
+            )
+        }
+    }
+}
+
+/// Classifies a failed handshake for metrics and the audit log: (label, reason). `side` and
+/// `allow_tls12` let a version mismatch name the versions and the settings to change.
+pub fn classify(err: &std::io::Error, side: Side, allow_tls12: bool) -> (&'static str, String) {
+    use rustls::AlertDescription as A;
     use rustls::Error as E;
+    use rustls::PeerIncompatible as P;
     if let Some(e) = err.get_ref().and_then(|e| e.downcast_ref::<E>()) {
         return match e {
             E::NoCertificatesPresented => {
                 ("no_certificate", "no client certificate presented".into())
             }
             E::InvalidMessage(_) => ("not_tls", format!("not a TLS handshake: {e}")),
+            // No supported_versions extension: a ClientHello of TLS 1.2 at most.
+            E::PeerIncompatible(P::SupportedVersionsExtensionRequired) => (
+                "tls_version",
+                version_mismatch(
+                    side,
+                    allow_tls12,
+                    "TLS 1.2 at most (no TLS 1.3 in its hello)",
+                ),
+            ),
+            E::PeerIncompatible(P::Tls12NotOfferedOrEnabled) => (
+                "tls_version",
+                version_mismatch(
+                    side,
+                    allow_tls12,
+                    if allow_tls12 {
+                        "neither TLS 1.3 nor TLS 1.2"
+                    } else {
+                        "no TLS 1.3"
+                    },
+                ),
+            ),
+            E::PeerIncompatible(P::Tls12NotOffered) => (
+                "tls_version",
+                version_mismatch(side, allow_tls12, "only versions older than TLS 1.2"),
+            ),
             E::PeerIncompatible(_) => ("incompatible", format!("peer incompatible: {e}")),
+            E::AlertReceived(A::ProtocolVersion) if side == Side::Client => {
+                ("tls_version", version_mismatch(side, allow_tls12, ""))
+            }
             E::AlertReceived(a) => ("alert_received", format!("peer sent alert {a:?}")),
             E::InvalidCertificate(_) => ("bad_certificate", e.to_string()),
             _ => ("tls_error", e.to_string()),
@@ -290,5 +378,48 @@ pub fn classify(err: &std::io::Error) -> (&'static str, String) {
         }
         std::io::ErrorKind::InvalidData => ("not_tls", format!("not a TLS handshake: {err}")),
         _ => ("io_error", err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn a_tls12_client_against_tls13_only_names_versions_and_both_settings() {
+        let err = io(rustls::PeerIncompatible::SupportedVersionsExtensionRequired.into());
+        let (code, reason) = classify(&err, Side::Server, false);
+        assert_eq!(code, "tls_version");
+        for needle in [
+            "TLS 1.2 at most",
+            "TLS 1.3 only",
+            "proxy.allow_tls12: true",
+            "tls_maximum_protocol_version: TLSv1_3",
+        ] {
+            assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_tls12_server_refusing_our_tls13_names_versions_and_both_settings() {
+        let err = io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion,
+        ));
+        let (code, reason) = classify(&err, Side::Client, false);
+        assert_eq!(code, "tls_version");
+        for needle in [
+            "TLS 1.3 only",
+            "proxy.allow_tls12: true",
+            "tls_maximum_protocol_version: TLSv1_3",
+            "DownstreamTlsContext",
+        ] {
+            assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+        }
+        // From a client, the same alert is just an alert.
+        assert_eq!(classify(&err, Side::Server, false).0, "alert_received");
     }
 }

@@ -608,3 +608,82 @@ fn not_allowed_maps_to_access_denied() {
         rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
     ));
 }
+
+/// An app that counts the connections it accepted and the bytes it read.
+async fn counting_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let b = bytes.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    b.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, bytes)
+}
+
+#[tokio::test]
+async fn policy_revoke_while_the_app_connect_is_pending_closes_the_connection() {
+    let env = Env::new();
+    let (app, app_bytes) = counting_app().await;
+    let inb = start_inbound(&env, &[CLIENT], app, false).await;
+    // Hold every app connect until the test says so, and say when one is waiting.
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    inb.proxy.set_connect_hook(Arc::new(move || {
+        let _ = entered_tx.send(());
+        let r = r.clone();
+        Box::pin(async move { r.notified().await })
+    }));
+
+    let client = env.ca.leaf(Leaf::new(CLIENT));
+    let mut s = raw_client(inb.addr, Some(&client)).await.expect("connect");
+    s.write_all(b"secret request").await.expect("write");
+    tokio::time::timeout(Duration::from_secs(10), entered.recv())
+        .await
+        .expect("the connection reaches the app connect")
+        .expect("hook alive");
+    env.wait_audit(|r| r["action"] == "conn.inbound" && r["decision"] == "allow")
+        .await;
+
+    // The policy changes while the connect is pending; then the connect may go on.
+    inb.policy.send_replace(Arc::new(Policy::from_ports([(
+        inb.addr.port(),
+        vec![IdPattern::parse("spiffe://td/ns/ops/*").expect("pattern")],
+    )])));
+    release.notify_one();
+
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+        .await
+        .expect("connection closed after the revoke");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let deny = env
+        .wait_audit(|r| r["action"] == "conn.inbound" && r["decision"] == "deny")
+        .await;
+    assert_eq!(deny["peer"]["spiffe_id"], CLIENT);
+    assert!(
+        deny["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("policy changed"),
+        "{deny}"
+    );
+    assert_eq!(inb.metrics.connections_revoked.get(), 1);
+    assert_eq!(
+        app_bytes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no byte reached the app"
+    );
+}
