@@ -42,6 +42,7 @@ async fn shop_end_to_end() {
 }
 
 async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
+    plainest_pods(shop).await?;
     // The sidecar was started from the injected spec alone: the image's entrypoint with the
     // spec's args, as the spec's user, in the pod's own network namespace.
     let cmdline = shop.sidecar_cmdline("shop", "orders")?;
@@ -272,6 +273,8 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
     for (ns, pod) in [
         ("shop", "orders"),
         ("shop", "frontend"),
+        ("shop", "reports"),
+        ("shop", "nightly"),
         ("other", "client"),
     ] {
         let (code, out) = shop.audit(ns, pod, &["verify"])?;
@@ -281,6 +284,90 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
         );
         let socket = shop.socket_dir(ns, pod)?.join("broker.sock");
         ensure!(!socket.exists(), "{ns}/{pod} socket removed");
+    }
+    Ok(())
+}
+
+/// The plainest users: a Deployment that only wants a secret, and a Job. Neither declares a
+/// mesh port, so each gets a broker-only sidecar (no certificate, no proxy listener) that must
+/// start, serve, and, for the Job, exit after the app with its lease and token revoked.
+async fn plainest_pods(shop: &mut Shop) -> anyhow::Result<()> {
+    // reports: started (its app ran only after the sidecar's startupProbe passed), reads its
+    // secret, and the sidecar's admin endpoint serves readiness and metrics.
+    let (code, host) = shop
+        .socket_get("shop", "reports", "/v1/secrets/smtp/host")
+        .await?;
+    ensure!(
+        code == 0 && host == "smtp.shop.example",
+        "reports secret: {host}"
+    );
+    let (code, ready, err) = shop
+        .exec(
+            "shop",
+            "reports",
+            "app",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:15090/ready",
+            ],
+        )
+        .await?;
+    ensure!(code == 0 && ready == "200", "reports /ready: {ready} {err}");
+    let (code, metrics, err) = shop
+        .exec(
+            "shop",
+            "reports",
+            "app",
+            &["curl", "-sS", "http://127.0.0.1:15090/metrics"],
+        )
+        .await?;
+    ensure!(
+        code == 0 && metrics.contains("keyward_audit_last_seq"),
+        "reports /metrics: {metrics} {err}"
+    );
+    let (_, identity) = shop.socket_get("shop", "reports", "/v1/identity").await?;
+    ensure!(
+        identity.contains("no mesh ports"),
+        "a broker-only sidecar has no identity: {identity}"
+    );
+    let recs = shop.audit_records("shop", "reports")?;
+    ensure!(
+        recs.iter().all(|r| r["action"] != "svid.issue"),
+        "no certificate requested for reports"
+    );
+
+    // nightly: the Job's app reads its dynamic credential, queries, exits 0; the sidecar then
+    // gets SIGTERM, exits 0, and revokes the lease (its PostgreSQL role is dropped).
+    let pod = shop.cluster.pod_mut("shop", "nightly")?;
+    let statuses = pod.run_to_completion(Duration::from_secs(60)).await?;
+    let app_log = pod.logs("app");
+    let names: Vec<&str> = statuses.iter().map(|(n, _)| n.as_str()).collect();
+    ensure!(names == ["app", "keyward"], "job containers: {names:?}");
+    let app_exit = statuses[0].1.context("app exited")?;
+    ensure!(app_exit.success(), "job app exit {app_exit}: {app_log}");
+    ensure!(
+        app_log.contains("nightly: counted 3 orders as v-"),
+        "job app output: {app_log}"
+    );
+    let sidecar_exit = statuses[1].1.context("sidecar exited")?;
+    ensure!(sidecar_exit.success(), "job sidecar exit: {sidecar_exit}");
+    let roles = shop.vault_roles()?;
+    ensure!(
+        !roles.iter().any(|r| r.contains("nightly")),
+        "the job's PostgreSQL role is dropped with its lease: {roles:?}"
+    );
+    let recs = shop.audit_records("shop", "nightly")?;
+    for action in ["vault.revoke", "vault.revoke_token"] {
+        ensure!(
+            recs.iter()
+                .any(|r| r["action"] == action && r["decision"] == "ok"),
+            "the job's audit has {action} ok: {recs:?}"
+        );
     }
     Ok(())
 }

@@ -452,10 +452,12 @@ async fn openbao_sealed_unsealed_and_restarted_with_persistent_storage() {
 async fn pki_role_deleted_keeps_the_current_certificate_and_recovers() {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
     Pki::setup(&v.bao).await;
+    let me = format!("[{}]", nix::unistd::getuid().as_raw());
     let mut s = Sidecar::start(
         &v.bao.addr(),
         SidecarSpec {
             ttl: "30s",
+            identity_uids: &me,
             ..SidecarSpec::new("shop", "orders", v.token("shop", "orders"))
         },
     );

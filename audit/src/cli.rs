@@ -162,6 +162,25 @@ impl Filter {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (C0, DEL, C1), bidirectional overrides
+/// and the backslash itself are written as `\u{..}` / `\\` escapes, so a record cannot move
+/// the cursor, recolour, reorder or break a row.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Writes the records of `file` that match `filter`; returns how many matched.
 pub fn query(
     file: &std::path::Path,
@@ -191,11 +210,13 @@ pub fn query(
             writeln!(out, "{line}")?;
             continue;
         }
+        // Every field is escaped: process names, secret names, SPIFFE IDs and reasons come
+        // from callers and peers, and a raw ESC, CR or newline could hide or forge a row.
         let s = |p: &str| {
             v.pointer(p)
                 .map(|x| match x {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    serde_json::Value::String(s) => printable(s),
+                    other => printable(&other.to_string()),
                 })
                 .unwrap_or_default()
         };
@@ -229,4 +250,44 @@ pub fn query(
         )?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_could_forge_a_row() {
+        assert_eq!(printable("orders-api"), "orders-api");
+        assert_eq!(printable("a\nb"), "a\\u{a}b");
+        assert_eq!(printable("\u{1b}[2K\rok"), "\\u{1b}[2K\\u{d}ok");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(printable("\u{9b}"), "\\u{9b}");
+        assert_eq!(
+            printable("\\u{a}"),
+            "\\\\u{a}",
+            "a literal escape stays distinguishable"
+        );
+    }
+
+    #[test]
+    fn query_table_rows_cannot_be_forged_by_a_process_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("audit.log");
+        let forged = "curl\n2026-01-01T00:00:00Z      1 secret.read        allow   db";
+        let line = serde_json::json!({
+            "time": "2026-12-01T00:00:00Z", "seq": 7, "action": "secret.read",
+            "decision": "deny", "secret": "db\u{1b}[8m",
+            "caller": {"uid": 1000, "pid": 42, "comm": forged},
+            "reason": "uid 1000 is not allowed\r",
+        });
+        std::fs::write(&file, format!("{line}\n")).expect("write");
+        let mut out = Vec::new();
+        let n = query(&file, &Filter::default(), false, &mut out).expect("query");
+        assert_eq!(n, 1);
+        let out = String::from_utf8(out).expect("utf8");
+        assert_eq!(out.lines().count(), 2, "header and one row:\n{out}");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.contains("curl\\u{a}2026"), "{out}");
+    }
 }

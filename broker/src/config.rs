@@ -392,14 +392,20 @@ impl Config {
                 return Err(invalid(
                     format!("{at}.path"),
                     format!(
-                        "expected a Vault API path like secret/data/db, got {:?}",
+                        "expected {}, got {:?}",
+                        keyward_config::VAULT_PATH_RULE,
                         s.path
                     ),
                 ));
             }
             if let Some(k) = &s.key {
-                if k.is_empty() {
-                    return Err(invalid(format!("{at}.key"), "empty key"));
+                if !keyward_config::valid_secret_key(k) {
+                    return Err(invalid(
+                        format!("{at}.key"),
+                        format!(
+                            "expected 1-256 printable ASCII bytes without space or '#', got {k:?}"
+                        ),
+                    ));
                 }
             }
         }
@@ -428,31 +434,7 @@ impl Config {
     }
 }
 
-/// Secret names on the socket API: 1–128 bytes of `[A-Za-z0-9_.-]`, not `.` or `..`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// A relative Vault API path without empty, `.` or `..` segments, query or fragment.
-pub fn valid_vault_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= 512
-        && !path.starts_with('/')
-        && path.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'@'))
-        })
-}
+pub use keyward_config::{valid_secret_name as valid_name, valid_vault_path};
 
 /// `name=path[#key][;name=path[#key]]...` from `KEYWARD_SECRETS`.
 fn parse_secret_list(s: &str) -> Result<serde_yaml_ng::Value, String> {
@@ -604,26 +586,6 @@ secrets:
                 .expect_err(doc)
                 .to_string();
             assert!(err.contains(needle), "{doc}: {err}");
-        }
-    }
-
-    #[test]
-    fn names_and_paths() {
-        assert!(valid_name("db-password_1.v2"));
-        for bad in ["", ".", "..", "a/b", "a b", "%2e%2e", &"x".repeat(129)] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-        assert!(valid_vault_path("secret/data/db"));
-        assert!(valid_vault_path("database/creds/app"));
-        for bad in [
-            "",
-            "/secret",
-            "secret//x",
-            "secret/../x",
-            "secret/x?y",
-            "a/b#c",
-        ] {
-            assert!(!valid_vault_path(bad), "{bad}");
         }
     }
 }

@@ -70,6 +70,14 @@ pub trait IdentitySource: Send + Sync + 'static {
     fn current(&self) -> Option<SvidPem>;
 }
 
+/// The workload identity served on the socket and the uids that may read its private key.
+#[derive(Clone)]
+pub(crate) struct IdentityAccess {
+    pub(crate) source: Arc<dyn IdentitySource>,
+    /// Callers allowed `GET /v1/identity` (`identity.allow_uids`); empty allows nobody.
+    pub(crate) allow_uids: Arc<[u32]>,
+}
+
 /// State shared by the broker's tasks.
 pub struct Inner {
     pub config: Config,
@@ -79,7 +87,7 @@ pub struct Inner {
     pub sealer: Sealer,
     /// Declared secrets by name.
     pub entries: BTreeMap<String, Arc<Entry>>,
-    identity: RwLock<Option<Arc<dyn IdentitySource>>>,
+    identity: RwLock<Option<IdentityAccess>>,
     login_error: Mutex<Option<String>>,
     digest_key: Zeroizing<Vec<u8>>,
     digests: Mutex<HashMap<String, String>>,
@@ -106,6 +114,10 @@ impl Inner {
     }
 
     pub(crate) fn identity_source(&self) -> Option<Arc<dyn IdentitySource>> {
+        self.identity_access().map(|a| a.source)
+    }
+
+    pub(crate) fn identity_access(&self) -> Option<IdentityAccess> {
         self.identity.read().ok().and_then(|s| s.clone())
     }
 
@@ -220,9 +232,15 @@ impl Broker {
         self.inner.readiness()
     }
 
-    pub fn set_identity_source(&self, source: Arc<dyn IdentitySource>) {
+    /// Serves `source` at `GET /v1/identity` to the callers whose uid is in `allow_uids` (the
+    /// response carries the private key, so an empty list allows nobody); everyone else is
+    /// refused with 403 and an audited denial.
+    pub fn set_identity_source(&self, source: Arc<dyn IdentitySource>, allow_uids: Vec<u32>) {
         if let Ok(mut slot) = self.inner.identity.write() {
-            *slot = Some(source);
+            *slot = Some(IdentityAccess {
+                source,
+                allow_uids: allow_uids.into(),
+            });
         }
     }
 

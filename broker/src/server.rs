@@ -570,9 +570,17 @@ fn list(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiErro
     let mut rec = Record::new("secret.list", Decision::Allow);
     rec.caller = Some(caller.clone());
     audit(inner, &rec)?;
+    // A caller sees only the secrets its uid may read: the names, paths and Vault errors of
+    // the others are not its business.
     let items: Vec<serde_json::Value> = inner
         .entries
         .values()
+        .filter(|e| {
+            e.spec
+                .allow_uids
+                .as_ref()
+                .is_none_or(|uids| uids.contains(&caller.uid))
+        })
         .map(|e| {
             let v = e.value();
             serde_json::json!({
@@ -596,13 +604,30 @@ fn list(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiErro
 }
 
 fn identity(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiError> {
-    let Some(source) = inner.identity_source() else {
+    let Some(access) = inner.identity_access() else {
         return Err(ApiError::NotFound(
-            "no workload identity: this broker runs without the proxy".into(),
+            "no workload identity: this pod declares no mesh ports, so no certificate is issued"
+                .into(),
         ));
     };
+    let source = access.source;
     let mut rec = Record::new("identity.read", Decision::Allow);
     rec.caller = Some(caller.clone());
+    if !access.allow_uids.contains(&caller.uid) {
+        let reason = format!(
+            "uid {} is not in identity.allow_uids (keyward.io/identity-uids)",
+            caller.uid
+        );
+        rec.decision = Decision::Deny;
+        rec.reason = Some(reason.clone());
+        audit(inner, &rec)?;
+        warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "Workload identity access denied"
+        );
+        return Err(ApiError::Denied(reason));
+    }
     let Some(svid) = source.current() else {
         let rec = rec.clone();
         let mut rec = rec;

@@ -759,6 +759,38 @@ impl Pod {
             .map(|c| c.child.id())
     }
 
+    /// A Job's pod: waits up to `timeout` for every app container to exit by itself, then stops
+    /// the native sidecars as the kubelet does once a pod's regular containers have completed
+    /// (SIGTERM, last started first). Returns each container's exit status, apps first.
+    pub async fn run_to_completion(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Option<std::process::ExitStatus>)>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<String> = self
+                .containers
+                .iter_mut()
+                .filter(|c| !c.sidecar)
+                .filter_map(|c| c.poll().is_none().then(|| c.spec.name.clone()))
+                .collect();
+            if running.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "pod {}/{}: containers {running:?} to complete",
+                        self.def.namespace, self.def.name
+                    ),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(self.stop().await)
+    }
+
     /// Stops the pod as the kubelet does: SIGTERM to the app containers, then (once they are
     /// gone) to the native sidecars in reverse order; SIGKILL after the grace period. Returns
     /// each container's exit status.

@@ -260,6 +260,18 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
                 "client",
                 r#"path "secret/data/other/client" { capabilities = ["read"] }"#,
             ),
+            (
+                "reports",
+                "shop",
+                "reports",
+                r#"path "secret/data/shop/reports" { capabilities = ["read"] }"#,
+            ),
+            (
+                "nightly",
+                "shop",
+                "nightly",
+                r#"path "database/creds/nightly" { capabilities = ["read"] }"#,
+            ),
         ] {
             b.try_api(
                 "PUT",
@@ -295,6 +307,11 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
         .await?;
         self.kv_put("other/client", json!({"token": "client-demo-1"}))
             .await?;
+        self.kv_put(
+            "shop/reports",
+            json!({"host": "smtp.shop.example", "password": "smtp-demo-1"}),
+        )
+        .await?;
         b.try_api(
             "POST",
             "sys/mounts/database",
@@ -309,13 +326,14 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
                 "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:5432/postgres?sslmode=disable",
                 "username": "postgres",
                 "password": PG_PASSWORD,
-                "allowed_roles": "orders",
+                "allowed_roles": "orders,nightly",
             })),
         )
         .await?;
-        b.try_api(
+        for role in ["orders", "nightly"] {
+            b.try_api(
             "POST",
-            "database/roles/orders",
+            &format!("database/roles/{role}"),
             Some(json!({
                 "db_name": "pg",
                 "default_ttl": DB_TTL,
@@ -326,6 +344,7 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
             })),
         )
         .await?;
+        }
         setup_pki(b).await
     }
 

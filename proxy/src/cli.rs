@@ -24,7 +24,7 @@ pub fn run_sidecar(args: SidecarArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    // Check the proxy's sections before starting anything.
+    // Check the identity and proxy sections before starting anything.
     let workers = match crate::sidecar::validate(&config) {
         Ok((_, proxy)) => proxy.worker_threads.unwrap_or(2),
         Err(e) => {

@@ -53,6 +53,11 @@ pub struct IdentityConfig {
     /// with each certificate.
     #[serde(default)]
     pub bundle_file: Option<PathBuf>,
+    /// Uids that may read the certificate and its private key at `GET /v1/identity`
+    /// (`keyward.io/identity-uids`). Default: nobody, since the key lets its holder present the
+    /// pod's identity anywhere until the certificate expires.
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
 }
 
 impl IdentityConfig {
@@ -192,7 +197,47 @@ impl IdentityConfig {
     }
 }
 
+/// The `identity` and `proxy` sections as the sidecar runs them: with an identity the sidecar
+/// obtains an SVID and serves the proxy listeners; without one it runs broker-only (no
+/// certificate, no listeners) and `proxy` may only carry the admin endpoint's settings.
+pub fn load_sections(
+    identity: Option<&serde_yaml_ng::Value>,
+    proxy: Option<&serde_yaml_ng::Value>,
+) -> Result<(Option<IdentityConfig>, ProxyConfig), ConfigError> {
+    let identity = identity
+        .map(|v| IdentityConfig::from_value(Some(v)))
+        .transpose()?;
+    let p = ProxyConfig::parse(proxy)?;
+    match &identity {
+        Some(id) => p.validate(&id.trust_domain)?,
+        None => {
+            if !p.inbound.is_empty() || !p.outbound.is_empty() || p.policy_file.is_some() {
+                return Err(invalid(
+                    "identity",
+                    "missing: proxy listeners and policy_file need the workload identity \
+                     (add an identity section, or remove proxy.inbound/outbound/policy_file \
+                     to run broker-only)",
+                ));
+            }
+            p.validate("")?;
+        }
+    }
+    Ok((identity, p))
+}
+
 impl ProxyConfig {
+    /// Parses the raw `proxy` section without validating it; an absent section gives the
+    /// defaults (admin endpoint only).
+    fn parse(value: Option<&serde_yaml_ng::Value>) -> Result<Self, ConfigError> {
+        let value = value
+            .cloned()
+            .unwrap_or_else(|| serde_yaml_ng::Value::Mapping(Default::default()));
+        serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Parse {
+            section: "proxy",
+            reason: e.to_string(),
+        })
+    }
+
     /// Parses and validates the raw `proxy` section; `trust_domain` is the identity's.
     pub fn from_value(
         value: Option<&serde_yaml_ng::Value>,

@@ -123,28 +123,54 @@ impl IdentitySource for StoreSource {
 
 /// Everything validated and bound, before anything runs.
 pub struct Prepared {
-    pub identity: IdentityConfig,
     pub proxy: ProxyConfig,
+    admin: TcpListener,
+    /// The workload identity and the proxy's listeners; `None` runs broker-only.
+    mesh: Option<Mesh>,
+}
+
+/// What a pod with mesh ports needs beyond the broker.
+struct Mesh {
+    identity: IdentityConfig,
     bundle: Option<TrustBundle>,
     policy: Policy,
     policy_bytes: Option<Vec<u8>>,
-    admin: TcpListener,
     inbound: Vec<TcpListener>,
     outbound: Vec<TcpListener>,
 }
 
-/// Parses the sections and checks the bundle and policy files (no port bound yet).
+/// Parses the `identity` and `proxy` sections (no port bound yet). Without an `identity`
+/// section the sidecar runs broker-only: no certificate is issued and no proxy listener bound,
+/// while the admin endpoint still serves readiness and metrics.
 pub fn validate(
     config: &keyward_broker::config::Config,
-) -> Result<(IdentityConfig, ProxyConfig), SidecarError> {
-    let identity = IdentityConfig::from_value(config.identity.as_ref())?;
-    let proxy = ProxyConfig::from_value(config.proxy.as_ref(), &identity.trust_domain)?;
-    Ok((identity, proxy))
+) -> Result<(Option<IdentityConfig>, ProxyConfig), SidecarError> {
+    Ok(crate::config::load_sections(
+        config.identity.as_ref(),
+        config.proxy.as_ref(),
+    )?)
 }
 
 /// Validates the configuration, reads the bundle and policy files, and binds every port.
 pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared, SidecarError> {
     let (identity, proxy) = validate(config)?;
+    let bind = |addr: std::net::SocketAddr, setting: String| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| SidecarError::Bind {
+                addr: addr.to_string(),
+                setting,
+                source,
+            })
+    };
+    let admin = bind(proxy.admin, "proxy.admin".into()).await?;
+    let Some(identity) = identity else {
+        return Ok(Prepared {
+            proxy,
+            admin,
+            mesh: None,
+        });
+    };
     let bundle = match &identity.bundle_file {
         Some(path) => {
             let err = |reason: String| SidecarError::Bundle {
@@ -163,16 +189,6 @@ pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared
         }
         None => (Policy::from_config(&proxy), None),
     };
-    let bind = |addr: std::net::SocketAddr, setting: String| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| SidecarError::Bind {
-                addr: addr.to_string(),
-                setting,
-                source,
-            })
-    };
-    let admin = bind(proxy.admin, "proxy.admin".into()).await?;
     let mut inbound = Vec::new();
     for (i, l) in proxy.inbound.iter().enumerate() {
         inbound.push(bind(l.listen, format!("proxy.inbound[{i}].listen")).await?);
@@ -182,14 +198,16 @@ pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared
         outbound.push(bind(l.listen, format!("proxy.outbound[{i}].listen")).await?);
     }
     Ok(Prepared {
-        identity,
         proxy,
-        bundle,
-        policy,
-        policy_bytes,
         admin,
-        inbound,
-        outbound,
+        mesh: Some(Mesh {
+            identity,
+            bundle,
+            policy,
+            policy_bytes,
+            inbound,
+            outbound,
+        }),
     })
 }
 
@@ -208,34 +226,48 @@ async fn run_prepared(
     broker: Broker,
     shutdown: CancellationToken,
 ) -> Result<(), SidecarError> {
-    let td = p.identity.trust_domain.clone();
-    let store = Arc::new(IdentityStore::new(&td));
-    broker.set_identity_source(Arc::new(StoreSource(store.clone())));
+    let store = p.mesh.as_ref().map(|m| {
+        let store = Arc::new(IdentityStore::new(&m.identity.trust_domain));
+        broker.set_identity_source(
+            Arc::new(StoreSource(store.clone())),
+            m.identity.allow_uids.clone(),
+        );
+        store
+    });
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     broker.register_metrics(&mut registry);
     metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
-    let serving = Arc::new(AtomicBool::new(false));
+    // Broker-only pods have no listeners to wait for.
+    let serving = Arc::new(AtomicBool::new(p.mesh.is_none()));
+    let exposure = crate::exposure::Exposure::new(&p.proxy, broker.audit(), metrics.clone());
     let ready: crate::admin::Readiness = {
         let broker = broker.clone();
         let serving = serving.clone();
+        let exposure = exposure.clone();
         Arc::new(move || {
             broker.readiness()?;
             if !serving.load(Ordering::Relaxed) {
                 return Err("proxy listeners not serving (starting or draining)".into());
             }
-            Ok(())
+            exposure.readiness()
         })
     };
     let admin_cancel = CancellationToken::new();
-    tokio::spawn(crate::admin::serve(
+    let notes: crate::admin::Notes = {
+        let exposure = exposure.clone();
+        Arc::new(move || exposure.notes())
+    };
+    tokio::spawn(crate::admin::serve_with_notes(
         p.admin,
         registry,
         ready,
+        notes,
         admin_cancel.clone(),
     ));
+    tokio::spawn(exposure.run(admin_cancel.clone()));
 
     let broker_stop = CancellationToken::new();
     let broker_task = {
@@ -243,21 +275,18 @@ async fn run_prepared(
         let stop = broker_stop.clone();
         tokio::spawn(async move { broker.run(stop).await })
     };
-    let result = serve(
-        &p.identity,
-        p.proxy.clone(),
-        p.bundle,
-        p.policy,
-        p.policy_bytes,
-        p.inbound,
-        p.outbound,
-        &broker,
-        store,
-        metrics,
-        &serving,
-        &shutdown,
-    )
-    .await;
+    let result = match (p.mesh, store) {
+        (Some(mesh), Some(store)) => {
+            serve(mesh, p.proxy, &broker, store, metrics, &serving, &shutdown).await
+        }
+        _ => {
+            info!(
+                "No mesh ports declared: broker only (no workload certificate, no proxy listener)"
+            );
+            shutdown.cancelled().await;
+            Ok(())
+        }
+    };
     if let Err(e) = &result {
         error!(error = %e, "Sidecar failed");
     }
@@ -274,21 +303,24 @@ async fn run_prepared(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
-    identity: &IdentityConfig,
+    mesh: Mesh,
     proxy_cfg: ProxyConfig,
-    bundle: Option<TrustBundle>,
-    policy: Policy,
-    policy_bytes: Option<Vec<u8>>,
-    inbound: Vec<TcpListener>,
-    outbound: Vec<TcpListener>,
     broker: &Broker,
     store: Arc<IdentityStore>,
     metrics: Metrics,
     serving: &AtomicBool,
     shutdown: &CancellationToken,
 ) -> Result<(), SidecarError> {
+    let Mesh {
+        identity,
+        bundle,
+        policy,
+        policy_bytes,
+        inbound,
+        outbound,
+    } = mesh;
+    let identity = &identity;
     let vault = broker.vault();
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),

@@ -156,6 +156,10 @@ pub struct SidecarSpec<'a> {
     pub policy: Option<String>,
     pub inbound: String,
     pub outbound: String,
+    /// `identity.allow_uids`, a YAML list: who may read the SVID and key at `/v1/identity`.
+    pub identity_uids: &'a str,
+    /// No `identity` section and no listeners: the sidecar of a pod without mesh ports.
+    pub broker_only: bool,
     pub extra: &'a str,
 }
 
@@ -172,6 +176,8 @@ impl<'a> SidecarSpec<'a> {
             policy: None,
             inbound: "[]".into(),
             outbound: "[]".into(),
+            identity_uids: "[]",
+            broker_only: false,
             extra: "",
         }
     }
@@ -211,19 +217,28 @@ impl Sidecar {
             }
             None => String::new(),
         };
+        let mesh = if spec.broker_only {
+            format!("proxy: {{admin: \"{admin}\"}}\n")
+        } else {
+            format!(
+                "identity: {{trust_domain: {TD}, pki_mount: pki_int, pki_role: spiffe, ttl: {ttl}, allow_uids: {identity_uids}{bundle_line}}}\n\
+                 proxy:\n  admin: \"{admin}\"\n{policy_line}  inbound: {inbound}\n  outbound: {outbound}\n",
+                ttl = spec.ttl,
+                inbound = spec.inbound,
+                outbound = spec.outbound,
+                identity_uids = spec.identity_uids,
+            )
+        };
         let config = format!(
-            "vault: {{addr: \"{vault_addr}\", timeout: 5s}}\n\
+            "vault: {{addr: \"{vault_addr}\", timeout: 5s, allow_insecure_http: {insecure}}}\n\
              auth: {{token_file: {token}, max_backoff: 2s}}\n\
              audit: {{file: {audit}}}\n\
              socket: {{path: {socket}}}\n\
-             identity: {{trust_domain: {TD}, pki_mount: pki_int, pki_role: spiffe, ttl: {ttl}{bundle_line}}}\n\
-             proxy:\n  admin: \"{admin}\"\n{policy_line}  inbound: {inbound}\n  outbound: {outbound}\n{extra}",
+             {mesh}{extra}",
+            insecure = vault_addr.starts_with("http://"),
             token = p("token").display(),
             audit = p("audit.log").display(),
             socket = p("broker.sock").display(),
-            ttl = spec.ttl,
-            inbound = spec.inbound,
-            outbound = spec.outbound,
             extra = spec.extra,
         );
         std::fs::write(p("config.yaml"), &config).expect("config");
