@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -15,6 +16,9 @@ use tracing::{debug, warn};
 /// Answers `Ok` when ready, or the reason it is not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// Lines `/ready` shows below its status, ready or not (warnings that do not block readiness).
+pub type Notes = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Serves the admin endpoints until `cancel`.
 pub async fn serve(
     listener: TcpListener,
@@ -22,22 +26,57 @@ pub async fn serve(
     ready: Readiness,
     cancel: CancellationToken,
 ) {
+    serve_with_notes(
+        listener,
+        registry,
+        ready,
+        Arc::new(Vec::<String>::new),
+        cancel,
+    )
+    .await
+}
+
+/// As [`serve`], with `notes` shown on `/ready`.
+pub async fn serve_with_notes(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    ready: Readiness,
+    notes: Notes,
+    cancel: CancellationToken,
+) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (tcp, _) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!(error = %e, "Admin accept failed");
+                    // EMFILE and friends: the error repeats until a descriptor is freed, so
+                    // wait (doubling to a second) and log only the first of a run.
+                    let delay = backoff.failed();
+                    if backoff.failures == 1 {
+                        warn!(error = %e, retry_in = ?delay, "Admin accept failed, backing off");
+                    } else {
+                        debug!(error = %e, failures = backoff.failures, "Admin accept failed again");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                     continue;
                 }
             },
         };
+        if backoff.failures > 0 {
+            warn!(failures = backoff.failures, "Admin accept works again");
+            backoff = AcceptBackoff::default();
+        }
         let registry = registry.clone();
         let ready = ready.clone();
+        let notes = notes.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let r = respond(&req, &registry, &ready);
+                let r = respond_with_notes(&req, &registry, &ready, &notes);
                 async move { Ok::<_, Infallible>(r) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -47,6 +86,24 @@ pub async fn serve(
                 debug!(error = %e, "Admin connection ended");
             }
         });
+    }
+}
+
+/// The wait after consecutive failed accepts: 10 ms doubling to 1 s.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// Counts a failure and returns how long to wait before the next accept.
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let shift = (self.failures - 1).min(16);
+        Self::FIRST.saturating_mul(1 << shift).min(Self::MAX)
     }
 }
 
@@ -66,15 +123,38 @@ pub fn respond<B>(
     registry: &Registry,
     ready: &Readiness,
 ) -> Response<Full<Bytes>> {
+    respond_with_notes(
+        req,
+        registry,
+        ready,
+        &(Arc::new(Vec::<String>::new) as Notes),
+    )
+}
+
+/// Routes one admin request; `/ready` also lists `notes`, one per line after the status.
+pub fn respond_with_notes<B>(
+    req: &Request<B>,
+    registry: &Registry,
+    ready: &Readiness,
+    notes: &Notes,
+) -> Response<Full<Bytes>> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "ok\n"),
-        "/ready" => match ready() {
-            Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-        },
+        "/ready" => {
+            let (status, mut body) = match ready() {
+                Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            };
+            for n in notes() {
+                if !body.contains(&n) {
+                    body.push_str(&format!("warning: {n}\n"));
+                }
+            }
+            text(status, body)
+        }
         "/metrics" => {
             let mut body = String::new();
             if prometheus_client::encoding::text::encode(&mut body, registry).is_err() {
@@ -109,6 +189,19 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    #[test]
+    fn accept_failures_back_off_to_a_second() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<_> = (0..10).map(|_| b.failed()).collect();
+        assert_eq!(waits[0], Duration::from_millis(10));
+        assert_eq!(waits[1], Duration::from_millis(20));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits[9], Duration::from_secs(1));
+        for _ in 0..100 {
+            assert_eq!(b.failed(), Duration::from_secs(1));
+        }
+    }
+
     #[tokio::test]
     async fn routes() {
         let mut registry = Registry::default();
@@ -138,6 +231,27 @@ mod tests {
         assert_eq!(
             get("/nope", &registry, &ready).await.0,
             StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn ready_shows_notes_whether_ready_or_not() {
+        let registry = Registry::default();
+        let notes: Notes = Arc::new(|| vec!["app port 8080 is reachable".into()]);
+        let req = Request::get("/ready").body(()).expect("request");
+        let ready: Readiness = Arc::new(|| Ok(()));
+        let r = respond_with_notes(&req, &registry, &ready, &notes);
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ready\nwarning: app port 8080 is reachable\n");
+        let not_ready: Readiness = Arc::new(|| Err("app port 8080 is reachable (refuse)".into()));
+        let r = respond_with_notes(&req, &registry, &not_ready, &notes);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            &body[..],
+            b"app port 8080 is reachable (refuse)\n",
+            "a note already in the reason is not repeated"
         );
     }
 }

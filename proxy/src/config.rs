@@ -105,6 +105,43 @@ pub struct ProxyConfig {
     /// Worker threads of the runtime (default: one per CPU).
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// What to do when a forwarded app port also listens on an address other than loopback,
+    /// so peers can reach the app without mTLS: `warn` (default: log, metric, audit record,
+    /// a note on `/ready`) or `refuse` (also fail readiness while it lasts).
+    #[serde(default)]
+    pub exposed_app_port: ExposedAppPort,
+}
+
+/// `proxy.exposed_app_port`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExposedAppPort {
+    /// Report an exposed app port, stay ready.
+    #[default]
+    Warn,
+    /// Report it and fail readiness while it lasts.
+    Refuse,
+}
+
+impl ExposedAppPort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExposedAppPort::Warn => "warn",
+            ExposedAppPort::Refuse => "refuse",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExposedAppPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "warn" => Ok(ExposedAppPort::Warn),
+            "refuse" => Ok(ExposedAppPort::Refuse),
+            _ => Err(serde::de::Error::custom(format!(
+                "proxy.exposed_app_port: expected warn or refuse, got {s:?}"
+            ))),
+        }
+    }
 }
 
 /// One inbound listener: `listen` (mTLS) to `forward` (the app, plaintext).
@@ -386,6 +423,22 @@ outbound:
         assert_eq!(p.inbound[0].listen.port(), 15443);
         assert_eq!(p.outbound[0].expect.len(), 1);
         assert_eq!(p.drain_grace, Duration::from_secs(20));
+        assert_eq!(p.exposed_app_port, ExposedAppPort::Warn);
+    }
+
+    #[test]
+    fn exposed_app_port_is_warn_or_refuse() {
+        let p = ProxyConfig::from_value(Some(&yaml("{exposed_app_port: refuse}")), "td")
+            .expect("refuse");
+        assert_eq!(p.exposed_app_port, ExposedAppPort::Refuse);
+        let p =
+            ProxyConfig::from_value(Some(&yaml("{exposed_app_port: warn}")), "td").expect("warn");
+        assert_eq!(p.exposed_app_port, ExposedAppPort::Warn);
+        let err = ProxyConfig::from_value(Some(&yaml("{exposed_app_port: block}")), "td")
+            .expect_err("unknown mode")
+            .to_string();
+        assert!(err.contains("exposed_app_port"), "{err}");
+        assert!(err.contains("warn") && err.contains("refuse"), "{err}");
     }
 
     #[test]

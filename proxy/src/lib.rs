@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod exposure;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -37,6 +37,12 @@ pub struct BytesLabels {
     pub flow: &'static str,
 }
 
+/// A forwarded app port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: u16,
+}
+
 /// Every metric the proxy exports. Cheap to clone (all handles are shared).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -51,6 +57,7 @@ pub struct Metrics {
     pub policy_reloads: Counter,
     pub policy_errors: Counter,
     pub connections_revoked: Counter,
+    pub app_port_exposed: Family<PortLabels, Gauge>,
 }
 
 impl Metrics {
@@ -112,6 +119,18 @@ impl Metrics {
             "Established connections closed because the policy no longer allows them",
             self.connections_revoked.clone(),
         );
+        r.register(
+            "proxy_app_port_exposed",
+            "1 while a forwarded app port also listens on an address other than loopback (reachable without mTLS)",
+            self.app_port_exposed.clone(),
+        );
+    }
+
+    /// The exposure gauge of one forwarded app port.
+    pub fn app_port_exposed(&self, port: u16) -> Gauge {
+        self.app_port_exposed
+            .get_or_create(&PortLabels { port })
+            .clone()
     }
 
     /// The bytes counters of one connection: (rx, tx).
