@@ -356,7 +356,10 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
         let strict = sets.contains(&"policy.allowOptOut=false");
         assert_eq!(loaded.policy.allow_opt_out, !strict, "{name}");
         assert_eq!(loaded.policy.allow_host_namespaces, strict, "{name}");
-        assert_eq!(loaded.policy.allow_trust_domain_wide_patterns, strict, "{name}");
+        assert_eq!(
+            loaded.policy.allow_trust_domain_wide_patterns, strict,
+            "{name}"
+        );
         assert_eq!(
             loaded.policy.min_kv_refresh,
             if strict { "30s" } else { "1s" },

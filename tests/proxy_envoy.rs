@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::envoy::{cluster, mtls_listener, tcp_listener, Envoy, TlsFiles};
+use support::envoy::{
+    cluster, cluster_envoy_default_tls, mtls_listener, tcp_listener, Envoy, TlsFiles,
+};
 use support::pki::{echo_app, Sidecar, SidecarSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,4 +123,77 @@ async fn envoy_both_directions_and_san_mismatch() {
     )
     .await;
     assert_eq!(envoy.stat("cluster.orders_good.ssl.fail_verify_san"), 0);
+}
+
+/// Envoy's upstream TLS default is TLS 1.2 at most; keyward's inbound is TLS 1.3 only. The
+/// refusal's audit record must say what was offered and which setting to change on each side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_default_tls12_client_is_refused_naming_versions_and_settings() {
+    let (vault, pki) = support::pki::shop_vault().await;
+    let app = echo_app().await;
+    let inbound = support::free_port();
+    let env_client = support::free_port();
+    let mut orders = Sidecar::start(
+        &vault.bao.addr(),
+        SidecarSpec {
+            inbound: format!(
+                "[{{listen: \"127.0.0.1:{inbound}\", forward: \"{app}\", allow: [\"{EDGE}\"]}}]"
+            ),
+            ..SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
+        },
+    );
+    orders.wait_ready().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c_chain, c_key) = pki.issue(&vault.bao, EDGE, "1h").await;
+    let client_tls = TlsFiles::write(dir.path(), "client", &c_chain, &c_key, &pki.root_pem);
+    let envoy = Envoy::start(
+        &[tcp_listener("client_default", env_client, "orders_default")],
+        &[cluster_envoy_default_tls(
+            "orders_default",
+            inbound,
+            &client_tls,
+            ORDERS,
+        )],
+    );
+
+    let back = roundtrip(([127, 0, 0, 1], env_client).into(), b"hello")
+        .await
+        .unwrap_or_default();
+    assert!(back.is_empty(), "{back:?}");
+    let deny = support::eventually(
+        Duration::from_secs(10),
+        "a conn.inbound deny record",
+        || async {
+            orders
+                .audit_records()
+                .into_iter()
+                .find(|r| r["action"] == "conn.inbound" && r["decision"] == "deny")
+        },
+    )
+    .await;
+    let reason = deny["reason"].as_str().unwrap_or_default();
+    for needle in [
+        "TLS 1.2 at most",
+        "TLS 1.3 only",
+        "proxy.allow_tls12: true",
+        "tls_maximum_protocol_version: TLSv1_3",
+    ] {
+        assert!(
+            reason.contains(needle),
+            "{needle:?} not in {reason:?}\n{}",
+            envoy.log()
+        );
+    }
+    assert!(
+        orders
+            .metric("keyward_proxy_handshake_failures_total{direction=\"inbound\"")
+            .await
+            >= 1.0
+    );
+    let tls_version_failures = orders
+        .metric(&format!(
+            "keyward_proxy_handshake_failures_total{{direction=\"inbound\",port=\"{inbound}\",reason=\"tls_version\"}}"
+        ))
+        .await;
+    assert!(tls_version_failures >= 1.0, "{tls_version_failures}");
 }

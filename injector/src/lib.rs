@@ -42,8 +42,8 @@ pub mod cli {
         /// Optional plain-HTTP listener for /metrics and /healthz (never /mutate).
         #[arg(long)]
         pub metrics_listen: Option<SocketAddr>,
-        /// Open connections at most.
-        #[arg(long, default_value_t = 1024)]
+        /// Open connections at most (each holds up to about 100 KiB of buffers).
+        #[arg(long, default_value_t = 512)]
         pub max_connections: usize,
         /// Reviews computed at once at most.
         #[arg(long, default_value_t = 64)]
@@ -51,6 +51,10 @@ pub mod cli {
         /// Seconds allowed to read and answer one request.
         #[arg(long, default_value_t = 10)]
         pub request_timeout_secs: u64,
+        /// MiB that reviews in progress may hold together: each request reserves 4 bytes per
+        /// body byte (at least 1 MiB) before its body is read; 503 when that does not fit.
+        #[arg(long, default_value_t = 40)]
+        pub memory_budget_mib: usize,
     }
 
     /// Arguments of `keyward inject`.
@@ -92,6 +96,7 @@ pub mod cli {
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
             max_connections: args.max_connections,
             max_concurrent_reviews: args.max_concurrent_reviews,
+            memory_budget: args.memory_budget_mib.saturating_mul(1024 * 1024),
             ..ServerOptions::default()
         };
         let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -32,6 +32,17 @@ use crate::review;
 /// The API server's own request size limit, which AdmissionReviews cannot exceed.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// Memory reserved per request body byte: the body itself, the JSON tree parsed from it and the
+/// typed Pod built from that tree.
+pub const BYTES_PER_BODY_BYTE: usize = 4;
+/// Least memory reserved for one review, so that a small pod's objects fit.
+pub const MIN_REVIEW_RESERVATION: usize = 1024 * 1024;
+/// Working memory counted per non-empty JSON object (a map node of the parsed tree plus the
+/// typed struct built from it) and per other JSON value, to check a body's structure against
+/// its reservation before parsing it.
+const BYTES_PER_OBJECT: usize = 768;
+const BYTES_PER_VALUE: usize = 64;
+
 /// Limits of the server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -45,6 +56,19 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Reviews computed at once at most; further requests wait (up to the request timeout).
     pub max_concurrent_reviews: usize,
+    /// Memory all reviews in progress may hold together, in bytes. Each request reserves
+    /// [`review_reservation`] of its declared length (of `max_body` when undeclared) before a
+    /// byte of its body is read, and keeps it until answered; a request that cannot reserve it
+    /// within `queue_timeout` gets 503.
+    pub memory_budget: usize,
+    /// Time a request waits for its reservation before 503.
+    pub queue_timeout: Duration,
+}
+
+/// The memory reserved for a review whose body is `len` bytes.
+pub fn review_reservation(len: usize) -> usize {
+    len.saturating_mul(BYTES_PER_BODY_BYTE)
+        .max(MIN_REVIEW_RESERVATION)
 }
 
 impl Default for ServerOptions {
@@ -53,8 +77,10 @@ impl Default for ServerOptions {
             max_body: MAX_BODY,
             request_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
-            max_connections: 1024,
+            max_connections: 512,
             max_concurrent_reviews: 64,
+            memory_budget: 40 * 1024 * 1024,
+            queue_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -195,7 +221,13 @@ pub struct Webhook {
     cfg: Arc<InjectorConfig>,
     metrics: Metrics,
     reviews: Semaphore,
+    /// The memory budget, one permit per KiB.
+    budget: Semaphore,
     opts: ServerOptions,
+}
+
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 impl Webhook {
@@ -205,6 +237,9 @@ impl Webhook {
             cfg: Arc::new(cfg),
             metrics: Metrics::new(),
             reviews: Semaphore::new(opts.max_concurrent_reviews.max(1)),
+            budget: Semaphore::new(
+                kib(opts.memory_budget.max(review_reservation(opts.max_body))) as usize,
+            ),
             opts,
         }
     }
@@ -226,6 +261,10 @@ enum HttpError {
     Body(String),
     #[error("request not completed within {0:?}")]
     Timeout(Duration),
+    #[error("the injector is busy (its memory budget for reviews in progress is in use); retry")]
+    Busy,
+    #[error("request body has {objects} JSON objects and {values} values, more than its memory reservation allows")]
+    TooComplex { objects: usize, values: usize },
     #[error("no such path; the webhook serves POST /mutate, GET /healthz and GET /metrics")]
     NotFound,
     #[error("method not allowed")]
@@ -235,7 +274,8 @@ enum HttpError {
 impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge(_) | Self::TooComplex { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Review(_) | Self::Body(_) => StatusCode::BAD_REQUEST,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -260,9 +300,25 @@ fn respond(
 
 fn error_response(e: &HttpError) -> Response<Full<Bytes>> {
     let mut resp = respond(e.status(), "text/plain; charset=utf-8", format!("{e}\n"));
-    if matches!(e, HttpError::Method) {
-        resp.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    let headers = resp.headers_mut();
+    match e {
+        HttpError::Method => {
+            headers.insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        }
+        HttpError::Busy => {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        HttpError::TooLarge(_) | HttpError::TooComplex { .. } | HttpError::Timeout(_) => {
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        _ => {}
     }
     resp
 }
@@ -307,9 +363,31 @@ async fn handle_mutate(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(HttpError::TooLarge(max));
     }
+    // Memory is reserved before a byte of the body is read: the declared length, or the most a
+    // body may be when it is sent chunked. Until then the body stays in the client's socket.
+    let limit = declared.map_or(max, |n| n as usize);
+    let reservation = review_reservation(limit);
     let deadline = app.opts.request_timeout;
+    let started_at = tokio::time::Instant::now();
     let work = async {
-        let body = Limited::new(req.into_body(), max)
+        let body = req.into_body();
+        let _reserved = match tokio::time::timeout(
+            app.opts.queue_timeout.min(deadline),
+            app.budget.acquire_many(kib(reservation)),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(HttpError::Body("server is shutting down".to_owned())),
+            Err(_) => {
+                // Read and drop the body (never held) so the client gets the answer rather
+                // than a reset, then answer 503.
+                let left = deadline.saturating_sub(started_at.elapsed());
+                let _ = tokio::time::timeout(left, discard(body, max)).await;
+                return Err(HttpError::Busy);
+            }
+        };
+        let body = Limited::new(body, limit)
             .collect()
             .await
             .map_err(|e| {
@@ -322,6 +400,13 @@ async fn handle_mutate(
                 }
             })?
             .to_bytes();
+        let shape = json_shape(&body);
+        if shape.cost(body.len()) > reservation {
+            return Err(HttpError::TooComplex {
+                objects: shape.objects,
+                values: shape.values,
+            });
+        }
         let _permit = app
             .reviews
             .acquire()
@@ -344,6 +429,90 @@ async fn handle_mutate(
     tokio::time::timeout(deadline, work)
         .await
         .map_err(|_| HttpError::Timeout(deadline))?
+}
+
+/// Reads up to `max` bytes of a body and drops them as they come.
+async fn discard(mut body: Incoming, max: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen > max {
+                return;
+            }
+        }
+    }
+}
+
+/// How many JSON objects (non-empty) and other values a body holds, counted without building
+/// anything, to bound the memory its parse takes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JsonShape {
+    /// Non-empty objects (`{}` costs nothing to build).
+    pub objects: usize,
+    /// Arrays, strings, numbers, literals and object keys.
+    pub values: usize,
+}
+
+impl JsonShape {
+    /// Estimated working memory of parsing a body of `len` bytes with this shape.
+    pub fn cost(&self, len: usize) -> usize {
+        len.saturating_mul(2)
+            .saturating_add(self.objects.saturating_mul(BYTES_PER_OBJECT))
+            .saturating_add(self.values.saturating_mul(BYTES_PER_VALUE))
+    }
+}
+
+/// Counts the structure of a JSON text (not validated: a malformed one is refused by the parser).
+pub fn json_shape(text: &[u8]) -> JsonShape {
+    let mut shape = JsonShape::default();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut in_scalar = false;
+    let mut last_open_object = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            in_scalar = false;
+            continue;
+        }
+        if last_open_object && b != b'}' {
+            shape.objects += 1;
+        }
+        last_open_object = false;
+        match b {
+            b'"' => {
+                in_string = true;
+                in_scalar = false;
+                shape.values += 1;
+            }
+            b'{' => {
+                in_scalar = false;
+                last_open_object = true;
+            }
+            b'[' => {
+                in_scalar = false;
+                shape.values += 1;
+            }
+            b'}' | b']' | b',' | b':' => in_scalar = false,
+            _ => {
+                if !in_scalar {
+                    shape.values += 1;
+                    in_scalar = true;
+                }
+            }
+        }
+    }
+    shape
 }
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then lets open requests finish
@@ -374,6 +543,7 @@ async fn serve_inner(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let conns = Arc::new(Semaphore::new(app.opts.max_connections.max(1)));
+    let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -383,9 +553,17 @@ async fn serve_inner(
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.succeeded();
+                    x
+                }
                 Err(error) => {
-                    warn!(%error, "Accept failed");
+                    // EMFILE, ENFILE, ENOBUFS: retrying at once spins and floods the log.
+                    let pause = backoff.failed(&error);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },
@@ -413,6 +591,41 @@ async fn serve_inner(
     }
 }
 
+/// Pauses between failed accepts (5 ms doubling to 1 s while they keep failing) and logs at
+/// most one warning a minute, with the number of failures since the previous one.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    unlogged: u64,
+    pause: Duration,
+    last_log: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        self.unlogged += 1;
+        self.pause = if self.pause.is_zero() {
+            Self::FIRST
+        } else {
+            (self.pause * 2).min(Self::MAX)
+        };
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            warn!(%error, failures = self.unlogged, pause_ms = self.pause.as_millis() as u64,
+                "Accept failed; backing off (is the open-file limit below --max-connections?)");
+            self.last_log = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -426,7 +639,9 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout);
+        .header_read_timeout(handshake_timeout)
+        // The read buffer of each connection stays small; bodies are read only once reserved.
+        .max_buf_size(64 * 1024);
     let result = match acceptor {
         Some(acceptor) => {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {

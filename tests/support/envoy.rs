@@ -42,9 +42,20 @@ impl TlsFiles {
     }
 
     fn common(&self, expect_san: &str, indent: &str) -> String {
+        self.common_with(expect_san, indent, true)
+    }
+
+    /// With `tls13` false there are no `tls_params`: Envoy's defaults (TLS 1.2 at most for
+    /// an upstream).
+    fn common_with(&self, expect_san: &str, indent: &str, tls13: bool) -> String {
+        let params = if tls13 {
+            format!("{indent}  tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}\n")
+        } else {
+            String::new()
+        };
         format!(
             "{i}common_tls_context:\n\
-             {i}  tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}\n\
+             {params}\
              {i}  tls_certificates:\n\
              {i}  - certificate_chain: {{filename: \"{chain}\"}}\n\
              {i}    private_key: {{filename: \"{key}\"}}\n\
@@ -106,6 +117,15 @@ pub fn mtls_listener(
 
 /// A cluster of one 127.0.0.1 endpoint, plaintext or (with `tls`) mTLS expecting `expect_server`.
 pub fn cluster(name: &str, port: u16, tls: Option<(&TlsFiles, &str)>) -> String {
+    cluster_with(name, port, tls, true)
+}
+
+/// As [`cluster`], with Envoy's default TLS versions (no `tls_params`: TLS 1.2 at most).
+pub fn cluster_envoy_default_tls(name: &str, port: u16, tls: &TlsFiles, expect: &str) -> String {
+    cluster_with(name, port, Some((tls, expect)), false)
+}
+
+fn cluster_with(name: &str, port: u16, tls: Option<(&TlsFiles, &str)>, tls13: bool) -> String {
     let mut s = format!(
         "  - name: {name}\n\
          \x20   type: STATIC\n\
@@ -123,7 +143,7 @@ pub fn cluster(name: &str, port: u16, tls: Option<(&TlsFiles, &str)>) -> String 
              \x20     typed_config:\n\
              \x20       \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n\
              {common}",
-            common = tls.common(expect, "        "),
+            common = tls.common_with(expect, "        ", tls13),
         ));
     }
     s
