@@ -89,7 +89,11 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
         ensure!(ours != theirs, "the pod has its own network namespace");
         let ips: std::collections::BTreeSet<_> =
             shop.cluster.pods().iter().map(|p| p.host.ip).collect();
-        ensure!(ips.len() == 3, "each pod has its own address: {ips:?}");
+        let pods = shop.cluster.pods().len();
+        ensure!(
+            pods == 5 && ips.len() == pods,
+            "each of the 5 pods has its own address: {ips:?}"
+        );
     }
 
     // Secrets delivered.
