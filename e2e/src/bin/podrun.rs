@@ -185,6 +185,28 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
 
+    say("the plainest pods: reports only wants a secret, nightly is a Job (broker-only sidecars: no certificate, no proxy listener)");
+    let (_, out) = shop
+        .socket_get("shop", "reports", "/v1/secrets/smtp/host")
+        .await?;
+    show("kubectl exec -n shop deploy/reports -- curl --unix-socket $KEYWARD_SOCKET http://keyward/v1/secrets/smtp/host", &out);
+    let job = shop.cluster.pod_mut("shop", "nightly")?;
+    let statuses = job.run_to_completion(Duration::from_secs(60)).await?;
+    let log = job.logs("app");
+    println!("$ kubectl logs -n shop job/nightly\n    {}", log.trim());
+    for (name, status) in &statuses {
+        println!(
+            "    container {name}: {}",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "still running".into())
+        );
+    }
+    if !statuses.iter().all(|(_, s)| s.is_some_and(|s| s.success())) {
+        bail!("the nightly Job did not complete");
+    }
+    println!("    (the Job completed: the sidecar revoked its database lease and Vault token on SIGTERM)");
+
     say("a KV update in OpenBao (the frontend's app follows it with a long-poll, no restart)");
     let app_pid = shop.cluster.pod("shop", "frontend")?.pid("app");
     let v = shop
@@ -309,6 +331,8 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
     for (ns, pod) in [
         ("shop", "orders"),
         ("shop", "frontend"),
+        ("shop", "reports"),
+        ("shop", "nightly"),
         ("other", "client"),
     ] {
         let (code, out) = shop.audit(ns, pod, &["verify"])?;
