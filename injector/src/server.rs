@@ -20,6 +20,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -146,7 +148,7 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfi
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -154,9 +156,8 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfi
             path: cert.display().to_string(),
         });
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .ok()
-        .flatten()
         .ok_or_else(|| TlsError::NoKey {
             path: key.display().to_string(),
         })?;

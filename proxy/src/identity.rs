@@ -15,6 +15,7 @@ use keyward_audit::{AuditLog, Decision, Record};
 use keyward_identity::SpiffeId;
 use rand::Rng;
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -183,9 +184,8 @@ impl Svid {
     ) -> Result<Self, IdentityError> {
         let chain =
             svid::certs_from_pem(chain_pem).map_err(|e| IdentityError::Invalid(e.to_string()))?;
-        let key_der = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .ok()
-            .flatten()
             .ok_or_else(|| IdentityError::Invalid("no private key in PEM".into()))?;
         Self::build(
             chain,

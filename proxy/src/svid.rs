@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use keyward_identity::{IdError, SpiffeId};
 use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -169,7 +170,7 @@ impl BundleCell {
 
 /// Parses every `CERTIFICATE` block of a PEM text.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, SvidError> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| SvidError::Malformed(format!("PEM: {e}")))
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 struct Args {
@@ -243,7 +244,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
         (None, Some(addr), Some(ca)) => {
             let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-            let der = rustls_pemfile::certs(&mut pem.as_slice())
+            let der = CertificateDer::pem_slice_iter(&pem)
                 .next()
                 .ok_or("no certificate in --ca")?
                 .map_err(|e| e.to_string())?;
