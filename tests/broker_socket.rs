@@ -482,7 +482,7 @@ async fn broker_process_is_not_dumpable() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let sock = dir.path().join("run/broker.sock");
     let cfg = format!(
-        "vault: {{addr: \"{}\"}}\nauth: {{token_file: {}}}\nsocket: {{path: {}}}\naudit: {{file: {}}}\nsecrets: []\n",
+        "vault: {{addr: \"{}\", allow_insecure_http: true}}\nauth: {{token_file: {}}}\nsocket: {{path: {}}}\naudit: {{file: {}}}\nsecrets: []\n",
         v.bao.addr(),
         token.display(),
         sock.display(),

@@ -448,7 +448,7 @@ async fn invalid_config_exits_2_naming_the_setting() {
     std::fs::write(
         &cfg,
         format!(
-            "vault: {{addr: \"http://127.0.0.1:1\"}}\nidentity: {{trust_domain: {TD}}}\nproxy: {{outbound: [{{listen: \"127.0.0.1:1\", upstream: \"x:1\", expect: []}}]}}\n"
+            "vault: {{addr: \"http://127.0.0.1:1\", allow_insecure_http: true}}\nidentity: {{trust_domain: {TD}}}\nproxy: {{outbound: [{{listen: \"127.0.0.1:1\", upstream: \"x:1\", expect: []}}]}}\n"
         ),
     )
     .expect("write");

@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
-use zeroize::Zeroizing;
-
 use crate::config::SecretSpec;
-use crate::secret::{Sealed, Sealer, SecretString};
+use crate::secret::{Sealed, Sealer, SecretString, ZeroBuf};
+use tokio::sync::watch;
 
 /// A lease the broker holds.
 #[derive(Debug, Clone)]
@@ -158,10 +156,9 @@ pub fn seal_fields(
     data: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<BTreeMap<String, Sealed>, String> {
     let mut out = BTreeMap::new();
-    let seal = |v: &serde_json::Value| {
-        let json = Zeroizing::new(serde_json::to_vec(v).unwrap_or_default());
-        sealer.seal(&json)
-    };
+    // Serialized into a buffer that wipes every allocation it used (a growing `Vec` would
+    // leave its earlier ones, holding the value, in freed memory).
+    let seal = |v: &serde_json::Value| sealer.seal(ZeroBuf::json(v).as_slice());
     match &spec.key {
         Some(k) => match data.get(k) {
             Some(v) => {

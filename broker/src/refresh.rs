@@ -9,11 +9,10 @@ use keyward_audit::{Decision, Record};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use zeroize::Zeroizing;
 
 use crate::cache::{seal_fields, Cached, Entry, Lease};
 use crate::metrics::BrokerMetrics;
-use crate::secret::scrub_json;
+use crate::secret::{scrub_json, ZeroBuf};
 use crate::vault::VaultError;
 use crate::Inner;
 
@@ -227,7 +226,7 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
                 rec.path = Some(entry.spec.path.clone());
                 rec.version = Some(value.version);
                 rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
-                rec.vault_request_id = Some(resp.request_id);
+                rec.vault_request_id = Some(resp.request_id.clone());
                 let _ = ctx.audit.record(&rec);
             }
             Err(e) => {
@@ -292,8 +291,8 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), VaultError> {
         };
         let sealed = seal_fields(&ctx.sealer, spec, fields).map_err(VaultError::Decode)?;
         let digest = {
-            let text = Zeroizing::new(serde_json::to_vec(fields).unwrap_or_default());
-            keyward_audit::hmac_hex(&ctx.digest_key, &String::from_utf8_lossy(&text))
+            let text = ZeroBuf::json(fields);
+            keyward_audit::hmac_hex(&ctx.digest_key, &String::from_utf8_lossy(text.as_slice()))
         };
         Ok::<_, VaultError>((sealed, kv_version, digest))
     })();
@@ -352,7 +351,7 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), VaultError> {
         version,
         lease,
         fetched_at: now,
-        vault_request_id: resp.request_id,
+        vault_request_id: std::mem::take(&mut resp.request_id),
     });
     Ok(())
 }
@@ -374,7 +373,7 @@ pub async fn revoke_all(ctx: &Inner) {
             match result {
                 Ok(r) => {
                     info!(secret = %entry.spec.name, "Revoked lease");
-                    rec.vault_request_id = Some(r.request_id);
+                    rec.vault_request_id = Some(r.request_id.clone());
                 }
                 Err(e) => {
                     warn!(secret = %entry.spec.name, error = %e, "Lease revocation failed");

@@ -97,6 +97,98 @@ impl std::fmt::Debug for Sealed {
     }
 }
 
+/// A byte buffer that leaves no copy of its contents behind: it grows by moving into a fresh
+/// allocation and wiping the old one (a `Vec` would leave the old one in freed memory), wipes
+/// its whole capacity when dropped, and refuses to grow past `limit`. Vault responses are read
+/// into it, and the JSON the broker seals or sends is written into it.
+pub struct ZeroBuf {
+    buf: Zeroizing<Vec<u8>>,
+    limit: usize,
+}
+
+/// A [`ZeroBuf`] would have grown past its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("more than {limit} bytes")]
+pub struct TooLarge {
+    pub limit: usize,
+}
+
+impl ZeroBuf {
+    /// An empty buffer that allocates `capacity` (at most `limit`) up front.
+    pub fn new(capacity: usize, limit: usize) -> Self {
+        Self {
+            buf: Zeroizing::new(Vec::with_capacity(capacity.min(limit))),
+            limit,
+        }
+    }
+
+    /// Appends `data`, or leaves the buffer as it was if that would pass the limit.
+    pub fn extend(&mut self, data: &[u8]) -> Result<(), TooLarge> {
+        let needed = self
+            .buf
+            .len()
+            .checked_add(data.len())
+            .filter(|n| *n <= self.limit)
+            .ok_or(TooLarge { limit: self.limit })?;
+        if needed > self.buf.capacity() {
+            let cap = needed
+                .max(self.buf.capacity().saturating_mul(2))
+                .max(256)
+                .min(self.limit);
+            let mut grown = Zeroizing::new(Vec::with_capacity(cap));
+            grown.extend_from_slice(&self.buf);
+            // The old allocation is wiped (whole capacity) as it is dropped here.
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Serializes `value` as JSON into a new buffer (no limit).
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        let mut out = Self::new(256, usize::MAX);
+        // Writing to memory fails only past the limit, and there is none.
+        let _ = serde_json::to_writer(&mut out, value);
+        out
+    }
+}
+
+impl AsRef<[u8]> for ZeroBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl std::io::Write for ZeroBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.extend(data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ZeroBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZeroBuf({} bytes)", self.buf.len())
+    }
+}
+
 /// Overwrites every string in a JSON value (after it has been sealed), so the parsed plaintext
 /// does not linger in freed memory.
 pub fn scrub_json(v: &mut serde_json::Value) {
@@ -129,6 +221,20 @@ mod tests {
         let s = Sealer::new();
         let sealed = s.seal(b"canary");
         assert!(!format!("{sealed:?} {s:?}").contains("canary"));
+    }
+
+    #[test]
+    fn zero_buf_grows_to_its_limit_and_no_further() {
+        let mut b = ZeroBuf::new(4, 1000);
+        for _ in 0..100 {
+            b.extend(b"0123456789").expect("within the limit");
+        }
+        assert_eq!(b.len(), 1000);
+        assert_eq!(b.extend(b"x"), Err(TooLarge { limit: 1000 }));
+        assert_eq!(b.len(), 1000, "a refused write leaves the buffer as it was");
+        assert!(b.as_slice().chunks(10).all(|c| c == b"0123456789"));
+        let j = ZeroBuf::json(&serde_json::json!({"k": "v".repeat(1000)}));
+        assert_eq!(j.len(), 1000 + 8);
     }
 
     #[test]

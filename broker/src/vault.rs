@@ -1,18 +1,33 @@
-//! The Vault session: login with the service-account token (vaultrs), the current Vault token,
-//! and raw logical calls for what vaultrs does not expose (request ids, leases, renewals).
+//! The Vault session: login with the service-account token, the current Vault token, and the
+//! logical calls (reads, writes, lease renewals), all through one HTTP client configured only
+//! from the broker's own settings: no `VAULT_*`, `SSL_CERT_FILE` or proxy variable of the
+//! environment changes where it connects or which certificates it trusts.
+//!
+//! Secret material is kept out of freed memory as far as the broker's own code goes: response
+//! bodies are read into a bounded [`ZeroBuf`], request bodies are serialized into one, the
+//! token lives in a wiped buffer shared with the header values built from it, and the parsed
+//! `data` of a response is wiped when the response is dropped. What the HTTP and TLS libraries
+//! copy into their own buffers is beyond reach; `docs/threat-model.md` lists it.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use keyward_audit::PodIdentity;
-use serde::Deserialize;
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use zeroize::Zeroize;
+use tracing::warn;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::claims;
 use crate::config::{AuthMethod, Config};
-use crate::secret::SecretString;
+use crate::secret::{scrub_json, SecretString, ZeroBuf};
+
+/// Bounds of `vault.max_response_bytes`.
+pub const MIN_RESPONSE_LIMIT: usize = 4 << 10;
+pub const MAX_RESPONSE_LIMIT: usize = 64 << 20;
 
 /// Where a Vault call failed: reaching Vault, Vault's answer, or our side.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,6 +38,10 @@ pub enum VaultError {
     Status { status: u16, errors: Vec<String> },
     #[error("Vault answer could not be read: {0}")]
     Decode(String),
+    #[error(
+        "Vault answer refused: {what} is larger than vault.max_response_bytes ({limit} bytes)"
+    )]
+    TooLarge { what: String, limit: usize },
     #[error("not logged in to Vault")]
     NoToken,
     #[error("cannot read service-account token {path}: {reason}")]
@@ -43,7 +62,8 @@ impl VaultError {
     }
 }
 
-/// A logical response. `data` may hold secret values: scrub it once sealed.
+/// A logical response. `data` may hold secret values: every string in it is wiped when the
+/// response is dropped.
 pub struct VaultResponse {
     pub request_id: String,
     pub lease_id: Option<SecretString>,
@@ -51,6 +71,25 @@ pub struct VaultResponse {
     pub renewable: bool,
     pub data: serde_json::Value,
     pub warnings: Vec<String>,
+}
+
+impl VaultResponse {
+    fn empty() -> Self {
+        Self {
+            request_id: String::new(),
+            lease_id: None,
+            lease_duration: Duration::ZERO,
+            renewable: false,
+            data: serde_json::Value::Null,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Drop for VaultResponse {
+    fn drop(&mut self) {
+        scrub_json(&mut self.data);
+    }
 }
 
 impl std::fmt::Debug for VaultResponse {
@@ -83,6 +122,15 @@ struct RawResponse {
     auth: Option<RawAuth>,
 }
 
+impl Drop for RawResponse {
+    fn drop(&mut self) {
+        self.lease_id.zeroize();
+        if let Some(d) = self.data.as_mut() {
+            scrub_json(d);
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawAuth {
     #[serde(default)]
@@ -95,16 +143,32 @@ struct RawAuth {
     renewable: bool,
 }
 
+impl Drop for RawAuth {
+    fn drop(&mut self) {
+        self.client_token.zeroize();
+    }
+}
+
 #[derive(Deserialize)]
 struct RawErrors {
     #[serde(default)]
     errors: Vec<String>,
 }
 
+/// The body of `POST auth/MOUNT/login` (jwt and kubernetes methods alike).
+#[derive(Serialize)]
+struct LoginRequest<'a> {
+    jwt: &'a str,
+    role: &'a str,
+}
+
 /// The Vault token the broker holds.
 #[derive(Debug, Clone)]
 pub struct TokenState {
-    pub token: SecretString,
+    /// The token as the `X-Vault-Token` value: marked sensitive, and backed by one wiped
+    /// buffer that every clone (and every request header built from it) shares, so the
+    /// token is wiped when the last of them is dropped.
+    header: HeaderValue,
     /// HMAC of the accessor is what gets audited; the accessor itself stays here.
     pub accessor: String,
     pub ttl: Duration,
@@ -115,6 +179,33 @@ pub struct TokenState {
 impl TokenState {
     pub fn expires_at(&self) -> Instant {
         self.obtained + self.ttl
+    }
+
+    /// Takes the token out of a parsed answer (wiping the string it was parsed into).
+    fn new(
+        mut token: String,
+        accessor: String,
+        ttl: Duration,
+        renewable: bool,
+    ) -> Result<Self, VaultError> {
+        let buf = Zeroizing::new(std::mem::take(&mut token).into_bytes());
+        // No copy: the header value keeps the buffer, which is wiped when the last clone goes.
+        let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).map_err(|_| {
+            VaultError::Decode("the client token Vault returned is not a valid header value".into())
+        })?;
+        header.set_sensitive(true);
+        if header.is_empty() {
+            return Err(VaultError::Decode(
+                "Vault returned an empty client token".into(),
+            ));
+        }
+        Ok(Self {
+            header,
+            accessor,
+            ttl,
+            renewable,
+            obtained: Instant::now(),
+        })
     }
 }
 
@@ -130,9 +221,9 @@ pub struct Login {
 /// broker's loops and the proxy's identity issuer.
 pub struct Vault {
     http: reqwest::Client,
-    login_client: vaultrs::client::VaultClient,
     addr: String,
-    namespace: Option<String>,
+    namespace: Option<HeaderValue>,
+    max_response: usize,
     method: AuthMethod,
     mount: String,
     role: Option<String>,
@@ -158,44 +249,64 @@ impl std::fmt::Debug for Vault {
 }
 
 impl Vault {
-    /// Builds the HTTP clients; does not contact Vault.
+    /// Builds the HTTP client from the configuration alone; does not contact Vault. Refuses an
+    /// `http://` address unless `vault.allow_insecure_http` is set, and warns when it is.
     pub fn new(config: &Config) -> Result<Self, VaultError> {
-        let addr = config.vault.addr.trim_end_matches('/').to_owned();
+        let v = &config.vault;
+        let addr = v.addr.trim().trim_end_matches('/').to_owned();
+        let insecure = addr
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        if insecure && !v.allow_insecure_http {
+            return Err(VaultError::Setup(format!(
+                "vault.addr {addr} is plain http: tokens and secrets would cross the network \
+                 unencrypted; use https://, or set vault.allow_insecure_http: true for a dev \
+                 server on loopback"
+            )));
+        }
+        if insecure {
+            warn!(
+                addr = %addr,
+                "vault.allow_insecure_http is set: the Vault token and secrets travel unencrypted"
+            );
+        }
+        if !(MIN_RESPONSE_LIMIT..=MAX_RESPONSE_LIMIT).contains(&v.max_response_bytes) {
+            return Err(VaultError::Setup(format!(
+                "vault.max_response_bytes must be between {MIN_RESPONSE_LIMIT} and \
+                 {MAX_RESPONSE_LIMIT}, got {}",
+                v.max_response_bytes
+            )));
+        }
         let mut builder = reqwest::Client::builder()
-            .timeout(config.vault.timeout)
-            .connect_timeout(config.vault.timeout.min(Duration::from_secs(5)))
+            .use_rustls_tls()
+            // Only what the config says: no HTTP(S)_PROXY/ALL_PROXY from the environment.
+            .no_proxy()
+            // Never downgraded to http by a redirect unless http was explicitly allowed.
+            .https_only(!v.allow_insecure_http)
+            .timeout(v.timeout)
+            .connect_timeout(v.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(30));
-        let mut ca_certs = Vec::new();
-        if let Some(ca) = &config.vault.ca_file {
+        if let Some(ca) = &v.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
-            ca_certs.push(ca.display().to_string());
         }
         let http = builder
             .build()
             .map_err(|e| VaultError::Setup(e.to_string()))?;
-        let mut settings = vaultrs::client::VaultClientSettingsBuilder::default();
-        settings
-            .address(&addr)
-            .ca_certs(ca_certs)
-            .timeout(Some(config.vault.timeout))
-            .token("");
-        if let Some(ns) = &config.vault.namespace {
-            settings.namespace(Some(ns.clone()));
-        }
-        let settings = settings
-            .build()
-            .map_err(|e| VaultError::Setup(e.to_string()))?;
-        let login_client = vaultrs::client::VaultClient::new(settings)
-            .map_err(|e| VaultError::Setup(e.to_string()))?;
+        let namespace = v
+            .namespace
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| VaultError::Setup("vault.namespace is not a valid header value".into()))?;
         Ok(Self {
             http,
-            login_client,
             addr,
-            namespace: config.vault.namespace.clone(),
+            namespace,
+            max_response: v.max_response_bytes,
             method: config.auth.method,
             mount: config.auth.mount().to_owned(),
             role: config.auth.role.clone(),
@@ -270,7 +381,8 @@ impl Vault {
         }
     }
 
-    /// Reads the token file and logs in with the configured method; stores the new token.
+    /// Reads the token file and logs in with the configured method
+    /// (`POST auth/MOUNT/login` with `{jwt, role}`); stores the new token.
     pub async fn login(&self) -> Result<Login, VaultError> {
         let path = &self.token_file;
         let jwt = read_token_file(path)?;
@@ -282,38 +394,32 @@ impl Vault {
             .role
             .clone()
             .unwrap_or_else(|| info.pod.service_account.clone());
-        let result = match self.method {
-            AuthMethod::Jwt => {
-                vaultrs::auth::oidc::login(
-                    &self.login_client,
-                    &self.mount,
-                    jwt.expose(),
-                    Some(role),
-                )
-                .await
-            }
-            AuthMethod::Kubernetes => {
-                vaultrs::auth::kubernetes::login(
-                    &self.login_client,
-                    &self.mount,
-                    &role,
-                    jwt.expose(),
-                )
-                .await
-            }
-        };
-        let mut auth = result.map_err(map_vaultrs)?;
-        let token = SecretString::new(std::mem::take(&mut auth.client_token));
-        auth.client_token.zeroize();
-        let state = TokenState {
-            token,
-            accessor: auth.accessor.clone(),
-            ttl: Duration::from_secs(auth.lease_duration.max(1)),
-            renewable: auth.renewable,
-            obtained: Instant::now(),
-        };
+        let body = ZeroBuf::json(&LoginRequest {
+            jwt: jwt.expose(),
+            role: &role,
+        });
+        drop(jwt);
+        let login_path = format!("auth/{}/login", self.mount.trim_matches('/'));
+        let (status, bytes) = self
+            .send(reqwest::Method::POST, &login_path, None, Some(body))
+            .await?;
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        let mut raw = parse_raw(&bytes)?;
+        drop(bytes);
+        let mut auth = raw
+            .auth
+            .take()
+            .ok_or_else(|| VaultError::Decode(format!("{login_path}: no auth in the answer")))?;
+        let state = TokenState::new(
+            std::mem::take(&mut auth.client_token),
+            auth.accessor.clone(),
+            Duration::from_secs(auth.lease_duration.max(1)),
+            auth.renewable,
+        )?;
         let login = Login {
-            accessor: auth.accessor,
+            accessor: std::mem::take(&mut auth.accessor),
             ttl: state.ttl,
             pod: info.pod,
         };
@@ -383,16 +489,29 @@ impl Vault {
         lease_id: &SecretString,
         increment: Duration,
     ) -> Result<VaultResponse, VaultError> {
-        let body =
-            serde_json::json!({"lease_id": lease_id.expose(), "increment": increment.as_secs()});
-        self.call(reqwest::Method::PUT, "sys/leases/renew", Some(&body))
+        #[derive(Serialize)]
+        struct Renew<'a> {
+            lease_id: &'a str,
+            increment: u64,
+        }
+        let body = ZeroBuf::json(&Renew {
+            lease_id: lease_id.expose(),
+            increment: increment.as_secs(),
+        });
+        self.call_raw(reqwest::Method::PUT, "sys/leases/renew", Some(body))
             .await
     }
 
     /// Revokes a lease.
     pub async fn revoke_lease(&self, lease_id: &SecretString) -> Result<VaultResponse, VaultError> {
-        let body = serde_json::json!({"lease_id": lease_id.expose()});
-        self.call(reqwest::Method::PUT, "sys/leases/revoke", Some(&body))
+        #[derive(Serialize)]
+        struct Revoke<'a> {
+            lease_id: &'a str,
+        }
+        let body = ZeroBuf::json(&Revoke {
+            lease_id: lease_id.expose(),
+        });
+        self.call_raw(reqwest::Method::PUT, "sys/leases/revoke", Some(body))
             .await
     }
 
@@ -402,81 +521,116 @@ impl Vault {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<VaultResponse, VaultError> {
+        self.call_raw(method, path, body.map(ZeroBuf::json)).await
+    }
+
+    /// A logical call with the current token; a 403 tells the auth loop.
+    async fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<ZeroBuf>,
+    ) -> Result<VaultResponse, VaultError> {
         let token = self.token().ok_or(VaultError::NoToken)?;
-        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
-        let mut req = self
-            .http
-            .request(method, &url)
-            .header("X-Vault-Token", token.token.expose())
-            .header("X-Vault-Request", "true");
-        if let Some(ns) = &self.namespace {
-            req = req.header("X-Vault-Namespace", ns);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| VaultError::Unreachable(describe_reqwest(&e)))?;
-        let status = resp.status();
-        let mut bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| VaultError::Unreachable(describe_reqwest(&e)))?
-            .to_vec();
+        let (status, bytes) = self.send(method, path, Some(&token), body).await?;
         if status.as_u16() == 403 {
             // The token may have been revoked or expired out of band.
             self.token_refused(&token.accessor);
         }
-        let result = if status.is_success() {
-            if bytes.is_empty() {
-                Ok(VaultResponse {
-                    request_id: String::new(),
-                    lease_id: None,
-                    lease_duration: Duration::ZERO,
-                    renewable: false,
-                    data: serde_json::Value::Null,
-                    warnings: Vec::new(),
-                })
-            } else {
-                parse_response(&bytes)
-            }
-        } else {
-            let errors = serde_json::from_slice::<RawErrors>(&bytes)
-                .map(|e| e.errors)
-                .unwrap_or_default();
-            Err(VaultError::Status {
-                status: status.as_u16(),
-                errors,
-            })
-        };
-        bytes.zeroize();
-        result
+        drop(token);
+        if !status.is_success() {
+            return Err(status_error(status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(VaultResponse::empty());
+        }
+        let raw = parse_raw(&bytes)?;
+        drop(bytes);
+        Ok(into_response(raw))
+    }
+
+    /// Sends one request and reads the whole answer into a wiped buffer of at most
+    /// `vault.max_response_bytes`.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&TokenState>,
+        body: Option<ZeroBuf>,
+    ) -> Result<(reqwest::StatusCode, ZeroBuf), VaultError> {
+        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("X-Vault-Request", "true");
+        if let Some(t) = token {
+            // Shares the token's buffer (no copy) and stays marked sensitive.
+            req = req.header("X-Vault-Token", t.header.clone());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns.clone());
+        }
+        if let Some(b) = body {
+            // The body's buffer is wiped once the request is sent and dropped.
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(Bytes::from_owner(b));
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| VaultError::Unreachable(describe_reqwest(&e)))?;
+        let status = resp.status();
+        let limit = self.max_response;
+        let too_large = |what: String| VaultError::TooLarge { what, limit };
+        let announced = resp.content_length();
+        if let Some(n) = announced.filter(|n| *n > limit as u64) {
+            return Err(too_large(format!("{path}: announced body of {n} bytes")));
+        }
+        let mut buf = ZeroBuf::new(announced.map_or(8 << 10, |n| n as usize), limit);
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| VaultError::Unreachable(describe_reqwest(&e)))?;
+            let Some(chunk) = chunk else { break };
+            buf.extend(&chunk)
+                .map_err(|_| too_large(format!("{path}: body")))?;
+        }
+        Ok((status, buf))
     }
 }
 
-fn parse_response(bytes: &[u8]) -> Result<VaultResponse, VaultError> {
-    let mut raw: RawResponse =
-        serde_json::from_slice(bytes).map_err(|e| VaultError::Decode(e.to_string()))?;
+fn status_error(status: reqwest::StatusCode, bytes: &ZeroBuf) -> VaultError {
+    let errors = serde_json::from_slice::<RawErrors>(bytes.as_slice())
+        .map(|e| e.errors)
+        .unwrap_or_default();
+    VaultError::Status {
+        status: status.as_u16(),
+        errors,
+    }
+}
+
+fn parse_raw(bytes: &ZeroBuf) -> Result<RawResponse, VaultError> {
+    // serde_json's own error text names a line and column, never the input.
+    serde_json::from_slice(bytes.as_slice()).map_err(|e| VaultError::Decode(e.to_string()))
+}
+
+fn into_response(mut raw: RawResponse) -> VaultResponse {
     let (lease_duration, renewable) = match &raw.auth {
         Some(a) => (a.lease_duration, a.renewable),
         None => (raw.lease_duration, raw.renewable),
     };
-    if let Some(a) = raw.auth.as_mut() {
-        a.client_token.zeroize();
-        a.accessor.zeroize();
-    }
     let lease_id =
         (!raw.lease_id.is_empty()).then(|| SecretString::new(std::mem::take(&mut raw.lease_id)));
-    Ok(VaultResponse {
-        request_id: raw.request_id,
+    VaultResponse {
+        request_id: std::mem::take(&mut raw.request_id),
         lease_id,
         lease_duration: Duration::from_secs(lease_duration),
         renewable,
-        data: raw.data.unwrap_or(serde_json::Value::Null),
-        warnings: raw.warnings.unwrap_or_default(),
-    })
+        data: raw.data.take().unwrap_or(serde_json::Value::Null),
+        warnings: raw.warnings.take().unwrap_or_default(),
+    }
 }
 
 /// A reqwest error without its URL's query (there is none) and with its cause chain.
@@ -495,16 +649,6 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
-}
-
-fn map_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
-    match e {
-        vaultrs::error::ClientError::APIError { code, errors } => VaultError::Status {
-            status: code,
-            errors,
-        },
-        other => VaultError::Unreachable(other.to_string()),
-    }
 }
 
 /// Reads the projected token (re-read at every login: the kubelet rotates it).
@@ -538,7 +682,7 @@ mod tests {
 
     fn vault() -> Vault {
         let config = Config::from_yaml(
-            "vault: {addr: \"http://127.0.0.1:1\"}\nauth: {role: r, token_file: /nonexistent}\nsecrets: []\n",
+            "vault: {addr: \"http://127.0.0.1:1\", allow_insecure_http: true}\nauth: {role: r, token_file: /nonexistent}\nsecrets: []\n",
             &BTreeMap::<String, String>::new(),
         )
         .expect("config");
@@ -546,13 +690,13 @@ mod tests {
     }
 
     fn token(accessor: &str) -> TokenState {
-        TokenState {
-            token: SecretString::new("t".into()),
-            accessor: accessor.to_owned(),
-            ttl: Duration::from_secs(60),
-            renewable: true,
-            obtained: Instant::now(),
-        }
+        TokenState::new(
+            "t".into(),
+            accessor.to_owned(),
+            Duration::from_secs(60),
+            true,
+        )
+        .expect("token")
     }
 
     fn ready<F: Future>(f: std::pin::Pin<&mut F>) -> bool {

@@ -22,7 +22,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.log");
     let yaml = format!(
-        "vault: {{addr: \"http://127.0.0.1:9\"}}\n\
+        "vault: {{addr: \"http://127.0.0.1:9\", allow_insecure_http: true}}\n\
          auth: {{role: r, token_file: {token}}}\n\
          secrets:\n  - {{name: db, path: database/creds/app}}\n  - {{name: api, path: secret/data/api, required: false, allow_uids: [1000]}}\n\
          socket: {{path: {sock}, read_timeout: 1s, max_wait: 50ms}}\n\

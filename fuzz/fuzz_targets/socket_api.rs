@@ -34,7 +34,7 @@ fn server() -> &'static Server {
         // Port 9 (discard) on loopback: nothing listens, and nothing here logs in anyway.
         let yaml = format!(
             r#"
-vault: {{addr: "http://127.0.0.1:9", timeout: 1s}}
+vault: {{addr: "http://127.0.0.1:9", timeout: 1s, allow_insecure_http: true}}
 auth: {{role: fuzz, token_file: {token}}}
 revoke_on_shutdown: false
 secrets:

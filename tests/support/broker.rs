@@ -53,8 +53,9 @@ impl BrokerProc {
         std::fs::write(
             &config,
             format!(
-                "vault: {{addr: \"{vault_addr}\", timeout: 2s}}\nauth: {{token_file: {}, max_backoff: 2s}}\n{audit_line}{extra}\n",
+                "vault: {{addr: \"{vault_addr}\", timeout: 2s, allow_insecure_http: {insecure}}}\nauth: {{token_file: {}, max_backoff: 2s}}\n{audit_line}{extra}\n",
                 token_file.display(),
+                insecure = vault_addr.starts_with("http://"),
             ),
         )
         .expect("config");

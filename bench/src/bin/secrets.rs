@@ -214,7 +214,7 @@ async fn main() {
     let sock = dir.path().join("broker.sock");
     let cfg = dir.path().join("keyward.yaml");
     let mut yaml = format!(
-        "vault: {{addr: \"{}\"}}\nauth: {{token_file: {}}}\nsocket: {{path: {}}}\naudit: {{file: {}}}\nsecrets:\n",
+        "vault: {{addr: \"{}\", allow_insecure_http: true}}\nauth: {{token_file: {}}}\nsocket: {{path: {}}}\naudit: {{file: {}}}\nsecrets:\n",
         vault.addr(),
         token_file.display(),
         sock.display(),
