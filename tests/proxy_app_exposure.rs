@@ -166,11 +166,153 @@ async fn an_app_port_on_the_wildcard_address_is_reported_and_one_on_loopback_is_
         "run reports at start, well before the {:?} interval",
         keyward_proxy::exposure::CHECK_INTERVAL
     );
+    let names: Vec<String> = [&pod, &peer]
+        .iter()
+        .filter_map(|h| h.netns.clone())
+        .collect();
     drop(net);
-    assert!(
-        keyward_e2e::net::own_namespaces().is_empty(),
-        "namespaces left behind: {:?}",
-        keyward_e2e::net::own_namespaces()
-    );
+    for n in names {
+        assert!(
+            !std::path::Path::new(&format!("/run/netns/{n}")).exists(),
+            "namespace {n} left behind"
+        );
+    }
     drop(wild);
+}
+
+/// A network namespace of its own with only loopback up, deleted when dropped.
+struct PodNs(String);
+
+impl PodNs {
+    fn create(tag: &str) -> PodNs {
+        // The `kw{pid}-` prefix lets keyward_e2e reap it if this process is killed.
+        let name = format!("kw{}-{tag}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2; this test needs root)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = PodNs(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn host(&self) -> Host {
+        Host {
+            name: "pod".into(),
+            netns: Some(self.0.clone()),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+        }
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// GETs `path` from the admin endpoint inside the namespace: the whole response, or None.
+fn admin_get(pod: &Host, port: u16, path: &str) -> Option<String> {
+    let path = path.to_owned();
+    in_netns(pod, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+}
+
+/// The sidecar itself, run in the pod's namespace next to an app on 0.0.0.0: the admin
+/// endpoint and the audit log report the port from the first check, before Vault is reached.
+#[tokio::test]
+async fn the_sidecar_reports_an_exposed_app_port_on_ready_metrics_and_audit() {
+    let ns = PodNs::create("sidecar");
+    let pod = ns.host();
+    let app = in_netns(&pod, || {
+        TcpListener::bind(("0.0.0.0", 8080)).expect("bind the app on 0.0.0.0")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("token"), "not.a.jwt").expect("token");
+    let config = format!(
+        "vault: {{addr: \"http://127.0.0.1:1\", allow_insecure_http: true, timeout: 1s}}\n\
+         auth: {{token_file: {token}, max_backoff: 1s}}\n\
+         audit: {{file: {audit}}}\n\
+         socket: {{path: {socket}}}\n\
+         identity: {{trust_domain: cluster.local}}\n\
+         proxy:\n  admin: \"127.0.0.1:15090\"\n  exposed_app_port: refuse\n  \
+         inbound: [{{listen: \"0.0.0.0:15443\", forward: \"127.0.0.1:8080\", allow: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}}]\n",
+        token = p("token").display(),
+        audit = p("audit.log").display(),
+        socket = p("broker.sock").display(),
+    );
+    std::fs::write(p("config.yaml"), config).expect("config");
+    let stderr = std::fs::File::create(p("stderr.log")).expect("log");
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.0))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_keyward"))
+        .args(["sidecar", "--config"])
+        .arg(p("config.yaml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start keyward sidecar in the namespace");
+    let log = || std::fs::read_to_string(p("stderr.log")).unwrap_or_default();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metric = "keyward_proxy_app_port_exposed{port=\"8080\"} 1";
+    loop {
+        if admin_get(&pod, 15090, "/metrics").is_some_and(|m| m.contains(metric)) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("sidecar exited with {status}: {}", log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {metric}: {}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = admin_get(&pod, 15090, "/ready").expect("/ready");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains("app port 8080 is reachable from outside the pod without mTLS"),
+        "{ready}"
+    );
+    let records: Vec<_> = audit_lines(&p("audit.log"))
+        .into_iter()
+        .filter(|r| r["action"] == "app.exposed")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["decision"], "deny", "refuse mode");
+    assert_eq!(records[0]["port"], 8080);
+    assert!(
+        log().contains("app port 8080 is reachable from outside the pod"),
+        "{}",
+        log()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(app);
 }
