@@ -565,7 +565,7 @@ secrets:
                 "secrets[0].path",
             ),
             (
-                "vault: {addr: 'http://v'}\nsecrets: [{name: a, path: x}, {name: a, path: y}]",
+                "vault: {addr: 'http://v'}\nsecrets: [{name: a, path: secret/x}, {name: a, path: secret/y}]",
                 "duplicate",
             ),
             (
