@@ -65,9 +65,40 @@ async fn lease_is_renewed_refetched_after_max_ttl_and_revoked_on_sigterm() {
     assert_ne!(user1, user2);
     assert!(pg.vault_roles().contains(&user2));
 
+    // What the broker holds in Vault before SIGTERM: its login token and its leases.
+    let tokens = support::live_tokens(&v.bao, "auth/jwt/login").await;
+    assert!(
+        !tokens.is_empty(),
+        "the broker's login token is alive in Vault before SIGTERM"
+    );
+    let leases = support::live_leases(&v.bao, "database/creds/app/").await;
+    assert!(
+        !leases.is_empty(),
+        "the broker holds a lease before SIGTERM"
+    );
+
     // SIGTERM revokes every lease still held: the PostgreSQL roles are dropped.
     let status = b.terminate();
     assert!(status.success(), "broker exit: {status}\n{}", b.log());
+    // The broker has exited: its token no longer works in Vault (revoked, not left to expire),
+    // and Vault holds none of its leases.
+    for accessor in &tokens {
+        assert!(
+            !support::token_alive(&v.bao, accessor).await,
+            "the broker's Vault token is still valid after SIGTERM\n{}",
+            b.log()
+        );
+    }
+    assert_eq!(
+        support::live_leases(&v.bao, "database/creds/app/").await,
+        Vec::<String>::new(),
+        "leases left in Vault after SIGTERM"
+    );
+    assert_eq!(
+        b.audit_count("vault.revoke_token", "ok"),
+        1,
+        "one audited token revocation"
+    );
     let roles = pg.vault_roles();
     assert!(
         !roles.contains(&user2) && !roles.contains(&user1),

@@ -488,22 +488,32 @@ async fn broker_process_is_not_dumpable() {
         sock.display(),
         dir.path().join("run/audit.log").display()
     );
-    let mut child = Command::new("setpriv")
-        .arg(format!("--reuid={}", nobody.uid))
-        .arg(format!("--regid={}", nobody.gid))
-        .args(["--clear-groups", "--"])
-        .arg(&bin)
-        .arg("broker")
-        .env("KEYWARD_CONFIG", cfg)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("setpriv");
+    /// Killed and reaped when the test ends, passing or not: no broker outlives it.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reaped(
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", nobody.uid))
+            .arg(format!("--regid={}", nobody.gid))
+            .args(["--clear-groups", "--"])
+            .arg(&bin)
+            .arg("broker")
+            .env("KEYWARD_CONFIG", cfg)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv"),
+    );
     eventually(Duration::from_secs(20), "the socket", || async {
         sock.exists().then_some(())
     })
     .await;
     // setpriv execs keyward in the same process.
-    let pid = child.id();
+    let pid = child.0.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let uid_line = status
         .lines()
@@ -535,5 +545,6 @@ async fn broker_process_is_not_dumpable() {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let _ = child.wait();
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "broker exit after SIGTERM: {status}");
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use support::broker::BrokerProc;
 use support::jwt::Claims;
 use support::{eventually, TestVault};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRETS: &str = "secrets:\n  - {name: app, path: secret/data/app}\n";
 
@@ -209,18 +210,24 @@ async fn kv_update_reaches_socket_and_wakes_long_poll() {
         &[],
     );
     b.wait_ready().await;
-    let socket = b.socket.clone();
-    let poll = tokio::spawn(async move {
-        support::broker::get(&socket, "/v1/secrets/app?index=1&wait=60s").await
-    });
-    // The long-poll is parked until the version moves past 1.
-    tokio::task::yield_now().await;
-    assert!(!poll.is_finished());
+    // The long-poll is on the socket while the version is still 1: it can only be answered
+    // with version 2, once the update below reaches the broker (an index ignored would answer
+    // version 1 at once).
+    let mut poll = tokio::net::UnixStream::connect(&b.socket)
+        .await
+        .expect("connect");
+    poll.write_all(
+        b"GET /v1/secrets/app?index=1&wait=60s HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("send the long-poll");
     v.bao.kv_put("app", json!({"password": "v2"})).await;
-    let a = tokio::time::timeout(Duration::from_secs(20), poll)
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), poll.read_to_end(&mut buf))
         .await
         .expect("long-poll woke within 20s")
-        .expect("task");
+        .expect("read the answer");
+    let a = support::broker::parse(&buf);
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["version"], 2);
     assert_eq!(a.json()["data"]["password"], "v2");

@@ -1,7 +1,7 @@
 //! Faults while the sidecar runs against a real OpenBao: Vault slow, resetting or answering
 //! 5xx (through a fault-injecting relay), PostgreSQL down when a lease renews, the
 //! service-account token replaced by a bad one, and the audit log's disk filling up. For each:
-//! no panic, a log line and a metric, the right readiness, nothing served unaudited, and
+//! no panic (no event of keyward's panic hook in the log), a log line and a metric, the right readiness, nothing served unaudited, and
 //! recovery once the fault clears.
 
 mod support;
@@ -109,7 +109,7 @@ async fn vault_slow_resetting_or_5xx_keeps_cache_served_and_recovers() {
     )
     .await;
     assert_all_reads_audited(&s, served.get());
-    assert!(!s.log().contains("panicked"));
+    support::assert_no_panic("the sidecar", &s.log());
     assert!(!s.log().contains(CANARY));
     // Nor in the metrics, which name secrets and outcomes only.
     let (_, metrics) = s.admin_get("/metrics").await.expect("metrics");
@@ -178,7 +178,7 @@ async fn postgres_down_at_renewal_serves_until_expiry_then_recovers() {
     assert_ne!(b.body, user.body, "a new credential, not the expired one");
     assert_eq!(ready_status(&s).await, 200);
     assert_all_reads_audited(&s, served.get());
-    assert!(!s.log().contains("panicked"));
+    support::assert_no_panic("the sidecar", &s.log());
 }
 
 #[tokio::test]
@@ -251,7 +251,7 @@ async fn bad_service_account_tokens_fail_login_clearly_and_recover() {
         s_wait_ready(&s).await;
     }
     assert_all_reads_audited(&s, served);
-    assert!(!s.log().contains("panicked"));
+    support::assert_no_panic("the sidecar", &s.log());
     assert!(
         !s.log().contains(good.trim()),
         "the token never reaches the log"
@@ -386,6 +386,7 @@ async fn full_audit_disk_refuses_to_serve_then_recovers_with_an_intact_chain() {
         })
         .count();
     assert_eq!(reads, served, "exactly the values served are recorded");
+    support::assert_no_panic("the sidecar", &s.log());
 }
 
 #[tokio::test]
@@ -445,7 +446,7 @@ async fn openbao_sealed_unsealed_and_restarted_with_persistent_storage() {
     read_until("after-restart", "the value written after the restart").await;
     assert_eq!(ready_status(&s).await, 200);
     assert_all_reads_audited(&s, served.get());
-    assert!(!s.log().contains("panicked"));
+    support::assert_no_panic("the sidecar", &s.log());
 }
 
 #[tokio::test]
@@ -488,5 +489,5 @@ async fn pki_role_deleted_keeps_the_current_certificate_and_recovers() {
     )
     .await;
     assert_eq!(ready_status(&s).await, 200);
-    assert!(!s.log().contains("panicked"));
+    support::assert_no_panic("the sidecar", &s.log());
 }

@@ -10,6 +10,14 @@
 use std::io::IsTerminal;
 use std::panic::PanicHookInfo;
 
+/// The tracing target of the event the panic hook logs for every panic.
+pub const PANIC_TARGET: &str = "keyward::panic";
+
+/// The text of the event the panic hook logs for every panic (in place of the panic's own
+/// message). Tests look for it to prove that no task panicked: the hook never logs the word
+/// `panicked`, which the default hook would have printed.
+pub const PANIC_EVENT: &str = "panic; its message is withheld because it may contain secret data";
+
 /// Sets up logging and the redacting panic hook. Call once, first thing in `main`.
 ///
 /// Logs go to stderr; `KEYWARD_LOG` takes an `EnvFilter` directive (default `info`),
@@ -54,10 +62,10 @@ fn panic_hook(info: &PanicHookInfo<'_>) {
         .map(|s| s.len())
         .or_else(|| payload.downcast_ref::<String>().map(String::len));
     tracing::error!(
-        target: "keyward::panic",
+        target: PANIC_TARGET,
         %location,
         thread,
         message_len,
-        "panic; its message is withheld because it may contain secret data"
+        "{PANIC_EVENT}"
     );
 }

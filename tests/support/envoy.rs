@@ -222,15 +222,21 @@ impl Envoy {
         out.split("\r\n\r\n").nth(1).map(str::to_owned)
     }
 
-    /// The value of one counter from `/stats`.
+    /// The value of one counter from `/stats`. Panics when Envoy's admin does not answer or
+    /// has no such counter (Envoy lists every counter, zeros included), so that a check for 0
+    /// cannot pass on a dead Envoy or a misspelt name.
     pub fn stat(&self, name: &str) -> u64 {
-        self.admin("/stats")
-            .unwrap_or_default()
+        let stats = self.admin("/stats").unwrap_or_else(|| {
+            panic!("stat {name}: Envoy's admin does not answer\n{}", self.log())
+        });
+        let values: Vec<u64> = stats
             .lines()
             .filter_map(|l| l.split_once(": "))
             .filter(|(k, _)| *k == name)
             .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-            .sum()
+            .collect();
+        assert!(!values.is_empty(), "stat {name}: no such counter in /stats");
+        values.iter().sum()
     }
 }
 

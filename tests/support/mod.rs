@@ -60,21 +60,112 @@ fn free_ports(n: u16) -> u16 {
     }
 }
 
-/// Open file descriptors of a process.
+/// Open file descriptors of a process. Panics when the process is gone (or `pid` is 0, what
+/// the harnesses report for a process no longer running): a dead process has no descriptors,
+/// and a leak check must not pass because of that.
 pub fn fds(pid: u32) -> usize {
+    assert!(
+        pid != 0,
+        "fds: no process (pid 0): it was never started or has exited"
+    );
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+        .unwrap_or_else(|e| panic!("fds: cannot read /proc/{pid}/fd (process gone?): {e}"))
+        .count()
 }
 
-/// Resident memory of a process, in KiB.
+/// Resident memory of a process, in KiB. Panics when the process is gone or reports no
+/// `VmRSS` (a zombie), instead of reading as 0 KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    assert!(
+        pid != 0,
+        "rss_kib: no process (pid 0): it was never started or has exited"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("rss_kib: cannot read /proc/{pid}/status (process gone?): {e}"));
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("rss_kib: process {pid} reports no VmRSS (exited?):\n{status}"))
+}
+
+/// Asserts that a keyward process logged no panic. keyward's panic hook (keyward-telemetry)
+/// never prints the default hook's `panicked at`; it logs an error event with target
+/// `keyward::panic` and the text [`keyward_telemetry::PANIC_EVENT`]: that is what is looked for
+/// (and the default hook's word too, for a panic before the hook is installed).
+#[track_caller]
+pub fn assert_no_panic(who: &str, log: &str) {
+    let hits: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains(keyward_telemetry::PANIC_EVENT)
+                || l.contains(keyward_telemetry::PANIC_TARGET)
+                || l.contains("panicked")
+        })
+        .collect();
+    assert!(
+        hits.is_empty(),
+        "{who} panicked ({} panic events):\n{}",
+        hits.len(),
+        hits.join("\n")
+    );
+}
+
+/// Accessors of the tokens alive in `bao` that were issued by a login at `login_path` (e.g.
+/// `auth/jwt/login`), read with the root token: the tokens a broker holds.
+pub async fn live_tokens(bao: &bao::Bao, login_path: &str) -> Vec<String> {
+    let (status, list) = bao.api_status("LIST", "auth/token/accessors", None).await;
+    assert_eq!(status, 200, "LIST auth/token/accessors: {list}");
+    let mut out = Vec::new();
+    for accessor in list["data"]["keys"].as_array().expect("accessor keys") {
+        let accessor = accessor.as_str().expect("accessor");
+        let (status, t) = bao
+            .api_status(
+                "POST",
+                "auth/token/lookup-accessor",
+                Some(serde_json::json!({ "accessor": accessor })),
+            )
+            .await;
+        // A token revoked between the LIST and the lookup is gone: not alive.
+        if status == 200 && t["data"]["path"].as_str() == Some(login_path) {
+            out.push(accessor.to_owned());
+        }
+    }
+    out
+}
+
+/// Whether the token with this accessor still exists in `bao` (looked up as root).
+pub async fn token_alive(bao: &bao::Bao, accessor: &str) -> bool {
+    let (status, body) = bao
+        .api_status(
+            "POST",
+            "auth/token/lookup-accessor",
+            Some(serde_json::json!({ "accessor": accessor })),
+        )
+        .await;
+    match status {
+        200 => true,
+        // OpenBao answers 400 "invalid accessor" for a revoked token.
+        400 => false,
+        other => panic!("lookup-accessor answered {other}: {body}"),
+    }
+}
+
+/// The lease ids under `prefix` (e.g. `database/creds/app/`) that `bao` still holds.
+pub async fn live_leases(bao: &bao::Bao, prefix: &str) -> Vec<String> {
+    let (status, list) = bao
+        .api_status("LIST", &format!("sys/leases/lookup/{prefix}"), None)
+        .await;
+    match status {
+        200 => list["data"]["keys"]
+            .as_array()
+            .expect("lease keys")
+            .iter()
+            .map(|k| format!("{prefix}{}", k.as_str().expect("lease id")))
+            .collect(),
+        404 => Vec::new(),
+        other => panic!("LIST sys/leases/lookup/{prefix} answered {other}: {list}"),
+    }
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -194,6 +194,21 @@ impl Sidecar {
         spec: SidecarSpec<'_>,
         env: &[(&str, &str)],
     ) -> Sidecar {
+        Self::start_inner(vault_addr, spec, env, None)
+    }
+
+    /// As [`Sidecar::start`], run as `user` (through `setpriv`, which execs keyward in the same
+    /// process, so [`Sidecar::pid`] is keyward's). Its directory is opened to that user.
+    pub fn start_as(vault_addr: &str, spec: SidecarSpec<'_>, user: &nix::unistd::User) -> Sidecar {
+        Self::start_inner(vault_addr, spec, &[], Some(user))
+    }
+
+    fn start_inner(
+        vault_addr: &str,
+        spec: SidecarSpec<'_>,
+        env: &[(&str, &str)],
+        user: Option<&nix::unistd::User>,
+    ) -> Sidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("keyward-sidecar-{}", spec.sa))
             .tempdir()
@@ -244,7 +259,24 @@ impl Sidecar {
         std::fs::write(p("config.yaml"), &config).expect("config");
         let out = std::fs::File::create(p("stdout.log")).expect("stdout");
         let err = std::fs::File::create(p("stderr.log")).expect("stderr");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        let mut cmd = match user {
+            None => Command::new(env!("CARGO_BIN_EXE_keyward")),
+            Some(u) => {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                    .expect("open the sidecar's directory");
+                // The build directory is not the user's to read: a copy of the binary is.
+                let bin = p("keyward");
+                std::fs::copy(env!("CARGO_BIN_EXE_keyward"), &bin).expect("copy keyward");
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", u.uid))
+                    .arg(format!("--regid={}", u.gid))
+                    .args(["--clear-groups", "--"])
+                    .arg(bin);
+                c
+            }
+        };
+        let child = cmd
             .args(["sidecar", "--config"])
             .arg(p("config.yaml"))
             .env("KEYWARD_LOG", "info,keyward_proxy=debug")
@@ -311,9 +343,28 @@ impl Sidecar {
         }
     }
 
-    /// The value of a metric line starting with `prefix` (summed over matches).
+    /// The value of a metric line starting with `prefix` (summed over matches). A registered
+    /// family with no sample yet (a labelled counter never incremented) reads as 0; a family
+    /// the sidecar does not expose at all (a typo, a renamed metric), or a sidecar that no
+    /// longer answers, panics instead of reading as 0.
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let (_, body) = self.admin_get("/metrics").await.expect("metrics");
+        let (status, body) = self.admin_get("/metrics").await.unwrap_or_else(|| {
+            panic!(
+                "metric {prefix}: the sidecar's admin endpoint does not answer\n{}",
+                self.log()
+            )
+        });
+        assert_eq!(status, 200, "metric {prefix}: /metrics answered {status}");
+        let family = prefix.split('{').next().unwrap_or(prefix);
+        let registered = body.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|t| t.split(' ').next())
+                .is_some_and(|name| family.starts_with(name))
+        });
+        assert!(
+            registered,
+            "metric {prefix}: no such metric family in /metrics:\n{body}"
+        );
         body.lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
