@@ -657,7 +657,7 @@ fn inject_cli_reads_stdin_and_reports_errors_with_document_and_annotation() {
     assert!(out.stdout.is_empty(), "nothing written on error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("document 2 (StatefulSet/db): annotation keyward.io/inbound: expected a comma-separated list of TLS_PORT:APP_PORT"),
+        err.contains("document 2 (StatefulSet/db) at spec.template.metadata.annotations: annotation keyward.io/inbound: expected a comma-separated list of TLS_PORT:APP_PORT"),
         "{err}"
     );
 

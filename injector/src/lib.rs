@@ -9,6 +9,7 @@ pub mod offline;
 pub mod quantity;
 pub mod review;
 pub mod server;
+pub mod yaml11;
 
 pub mod cli {
     //! `keyward injector` and `keyward inject`.

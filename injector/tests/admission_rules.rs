@@ -309,7 +309,7 @@ fn offline_errors_name_the_document_and_the_annotation() {
     let input = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata:\n      annotations: {keyward.io/secret-db: ''}\n    spec:\n      containers: [{name: app, image: a}]\n";
     let err = keyward_injector::offline::inject_stream(input, &InjectorConfig::default())
         .expect_err("invalid");
-    assert_eq!(err.to_string(), "document 2 (Deployment/web): annotation keyward.io/secret-db: expected PATH[#KEY] with PATH a Vault API path such as secret/data/db (segments of letters, digits, '.', '_', '-', no leading '/'), got ''");
+    assert_eq!(err.to_string(), "document 2 (Deployment/web) at spec.template.metadata.annotations: annotation keyward.io/secret-db: expected PATH[#KEY] with PATH a Vault API path such as secret/data/db (segments of letters, digits, '.', '_', '-', no leading '/'), got ''");
     // kube-system workloads pass through.
     let input = input.replace("namespace: shop", "namespace: kube-system");
     let out = keyward_injector::offline::inject_stream(&input, &InjectorConfig::default())
