@@ -9,6 +9,7 @@
 #   scripts/cluster.sh down DIR   stop what `up` started and remove DIR (KEYWARD_CLUSTER_KEEP=1
 #                                 keeps DIR, for its logs)
 #
+# KEYWARD_CLUSTER_PORTS="ETCD ETCD_PEER API KCM SCHEDULER": fixed ports instead of free ones.
 # KEYWARD_CLUSTER_OWNER=PID: `down` runs by itself once that process exits (a test that dies
 # before its cleanup leaves nothing running). Every address used is on 127.0.0.1; the service
 # CIDR only names cluster IPs, nothing ever connects to one (webhooks must use clientConfig.url).
@@ -142,7 +143,8 @@ up() {
   UP_OK=0
   trap 'if [ "$UP_OK" != 1 ]; then log "up failed; stopping what started (logs kept in $DIR)"; KEYWARD_CLUSTER_KEEP=1 "$SELF" down "$DIR" || true; fi' EXIT
 
-  read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT <<<"$(free_ports 5)"
+  read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT <<<"${KEYWARD_CLUSTER_PORTS:-$(free_ports 5)}"
+  [ -n "$SCHED_PORT" ] || die "KEYWARD_CLUSTER_PORTS needs five ports"
   printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\nSCHED_PORT=%s\n' \
     "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" "$SCHED_PORT" > "$DIR/ports"
 

@@ -98,6 +98,9 @@ pub struct Options {
     pub kubectl: PathBuf,
     /// The process whose exit stops the cluster even if `Drop` never runs (a killed test).
     pub owner: u32,
+    /// Ports for the first attempt (etcd client, etcd peer, API server, controller manager,
+    /// scheduler) instead of free ones picked by the script; later attempts pick their own.
+    pub first_ports: Option<[u16; 5]>,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             bin_dir: default_bin_dir(),
             kubectl: default_kubectl(),
             owner: std::process::id(),
+            first_ports: None,
         }
     }
 }
@@ -154,6 +158,23 @@ impl Cluster {
 
     pub fn start_with(opts: Options) -> Result<Cluster> {
         opts.check()?;
+        // A port picked free can be taken by a concurrent test before its server binds it;
+        // the component then exits at once and `up` says so: pick new ports.
+        let mut attempt = 1;
+        loop {
+            let ports = if attempt == 1 { opts.first_ports } else { None };
+            match Self::start_once(&opts, ports) {
+                Err(Error::Up { stderr, .. })
+                    if attempt < 3 && stderr.contains("address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(opts: &Options, ports: Option<[u16; 5]>) -> Result<Cluster> {
         let parent = tempfile::Builder::new()
             .prefix("keyward-cluster.")
             .tempdir()
@@ -163,17 +184,20 @@ impl Cluster {
             })?;
         // The script owns the directory from here on (`down` removes it).
         let dir = parent.keep();
-        let out = Command::new(script())
-            .arg("up")
+        let mut up = Command::new(script());
+        up.arg("up")
             .arg(&dir)
             .env("KEYWARD_KUBE_BIN", &opts.bin_dir)
             .env("KEYWARD_CLUSTER_OWNER", opts.owner.to_string())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| Error::Spawn {
-                cmd: format!("{} up", script().display()),
-                source,
-            })?;
+            .env_remove("KEYWARD_CLUSTER_PORTS")
+            .stdin(Stdio::null());
+        if let Some(p) = ports {
+            up.env("KEYWARD_CLUSTER_PORTS", p.map(|p| p.to_string()).join(" "));
+        }
+        let out = up.output().map_err(|source| Error::Spawn {
+            cmd: format!("{} up", script().display()),
+            source,
+        })?;
         if !out.status.success() {
             // `up` stopped what it started and kept the directory for its logs.
             let logs = COMPONENTS
@@ -207,7 +231,7 @@ impl Cluster {
         };
         Ok(Cluster {
             dir,
-            kubectl: opts.kubectl,
+            kubectl: opts.kubectl.clone(),
             server,
             ca: PathBuf::from(ca),
             kubeconfig: PathBuf::from(kubeconfig),

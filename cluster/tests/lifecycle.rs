@@ -116,3 +116,32 @@ fn missing_binaries_fail_naming_the_install_command() {
         "a failed check creates nothing"
     );
 }
+
+#[test]
+fn a_port_taken_before_the_api_server_binds_it_is_retried_on_new_ports() {
+    // The API server's port is taken by someone else between the pick and the bind.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let api = taken.local_addr().expect("addr").port();
+    let free = |n: usize| -> Vec<u16> {
+        let ls: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind"))
+            .collect();
+        ls.iter()
+            .map(|l| l.local_addr().expect("addr").port())
+            .collect()
+    };
+    let p = free(4);
+    let cluster = start(Options {
+        first_ports: Some([p[0], p[1], api, p[2], p[3]]),
+        ..Options::default()
+    });
+    let ports = cluster.ports();
+    assert!(
+        !ports.contains(&api),
+        "the cluster runs on fresh ports: {ports:?}"
+    );
+    cluster
+        .kubectl(&["get", "namespaces"])
+        .expect("the retried cluster answers");
+    drop(taken);
+}
