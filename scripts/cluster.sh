@@ -150,6 +150,7 @@ up() {
 
   if [ -n "${KEYWARD_CLUSTER_OWNER:-}" ]; then
     # Reaper: `down` once the owner exits. tail --pid waits for the process without a loop here.
+    # shellcheck disable=SC2016 # $1..$3 expand in the reaper shell
     setsid bash -c 'tail --pid="$1" -f /dev/null; exec "$2" down "$3"' reaper \
       "$KEYWARD_CLUSTER_OWNER" "$SELF" "$DIR" </dev/null >/dev/null 2>&1 &
     echo "$!" > "$DIR/reaper.pid"
