@@ -674,3 +674,77 @@ fn inject_cli_reads_stdin_and_reports_errors_with_document_and_annotation() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("config field token.expiration_seconds: must be at least 600"));
 }
+
+/// The Python of the kubernetes-validate venv, which has PyYAML (a YAML 1.1 reader).
+fn pyyaml_python() -> PathBuf {
+    let python = kube_validate_bin().with_file_name("python3");
+    assert!(
+        python.is_file(),
+        "{}: not found; {DEPS_HINT}",
+        python.display()
+    );
+    python
+}
+
+/// Every document of a file as PyYAML (YAML 1.1) reads it, as JSON.
+fn pyyaml_read(file: &Path) -> Vec<Value> {
+    let out = run_ok(
+        Command::new(pyyaml_python())
+            .arg("-c")
+            .arg(
+                "import sys, json, yaml\n\
+         docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+         print(json.dumps(docs, default=str))",
+            )
+            .arg(file),
+    );
+    serde_json::from_slice(&out.stdout).expect("PyYAML output is JSON")
+}
+
+/// Whether everything in `before` is in `after` unchanged: objects keep every key, lists keep
+/// every item in order (the injector only adds).
+fn kept(before: &Value, after: &Value) -> bool {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => b
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| kept(v, av))),
+        (Value::Array(b), Value::Array(a)) => {
+            let mut rest = a.iter();
+            b.iter().all(|bv| rest.any(|av| kept(bv, av)))
+        }
+        (b, a) => b == a,
+    }
+}
+
+#[test]
+fn offline_injection_means_the_same_to_yaml_1_1_readers_and_validates() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let input = repo().join("tests/fixtures/injector/yaml11.yaml");
+    let out = inject(&input, None);
+    let file = scratch.path().join("yaml11-injected.yaml");
+    std::fs::write(&file, &out).expect("write");
+
+    // Our reader agrees with PyYAML on the input (booleans, numbers, merge keys) ...
+    let ours_in = docs(&std::fs::read_to_string(&input).expect("fixture"));
+    let py_in = pyyaml_read(&input);
+    assert_eq!(ours_in, py_in, "the input read by keyward and by PyYAML");
+    // ... and PyYAML reads the output exactly as written: no string became a bool or number.
+    let ours_out = docs(&out);
+    let py_out = pyyaml_read(&file);
+    assert_eq!(ours_out, py_out, "the output read by PyYAML:\n{out}");
+    assert_eq!(py_in.len(), py_out.len());
+    for (before, after) in py_in.iter().zip(&py_out) {
+        let kind = before["kind"].as_str().unwrap_or("");
+        if matches!(kind, "ConfigMap" | "Service") {
+            assert_eq!(before, after, "{kind} passes through unchanged");
+        } else {
+            assert!(
+                kept(before, after),
+                "{kind}: something of the input was lost or changed:\n{before}\n{after}"
+            );
+            assert_ne!(before, after, "{kind} was injected");
+        }
+    }
+    kube_validate(&file, "1.30.0");
+    kube_validate(&file, "1.35.0");
+}
