@@ -28,7 +28,7 @@ deny=${KEYWARD_CARGO_DENY:?scripts/deps.sh deny did not set KEYWARD_CARGO_DENY}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 snapshots=${KEYWARD_ADVISORY_SNAPSHOTS:-$(cd "$repo/.." && pwd)/shared/advisory-db}
 # cargo-deny keeps the default database (https://github.com/RustSec/advisory-db) in
-# <db-path>/advisory-db-<hash of that URL>; this is the name cargo-deny $CARGO_DENY_VERSION uses.
+# <db-path>/advisory-db-<hash of that URL>; this is the name cargo-deny 0.20 gives it.
 db_dir=advisory-db-3157b0e258782691
 
 # cargo-deny reads crate manifests and licenses from Cargo's cache, for every platform in the
@@ -44,10 +44,13 @@ if [ "${KEYWARD_DENY_OFFLINE:-0}" != 1 ]; then
   timeout "${KEYWARD_DENY_FETCH_TIMEOUT:-120}" "$deny" --locked fetch db 2>"$KEYWARD_CACHE/deny-fetch.log" || fetch_rc=$?
 fi
 if [ "$fetch_rc" = 0 ]; then
-  db="$cargo_home/advisory-dbs/$db_dir"
-  [ -d "$db/.git" ] || die "cargo-deny fetched the advisory database but it is not at $db"
+  # The database cargo-deny just cloned or fetched: the newest git repository in its directory
+  # (advisory-db-3157b0e258782691 for the default upstream).
+  db=$(ls -1dt "$cargo_home"/advisory-dbs/*/.git 2>/dev/null | head -1 || true)
+  [ -n "$db" ] || die "cargo-deny fetched the advisory database but there is none in $cargo_home/advisory-dbs"
+  db=${db%/.git}
   commit=$(git -C "$db" log -1 --format='%h, committed %cs')
-  source_desc="RustSec advisory database fetched from upstream just now ($db, commit $commit)"
+  source_desc="advisory database fetched just now from $(git -C "$db" remote get-url origin 2>/dev/null || echo upstream) (commit $commit), in $db"
 else
   case $fetch_rc in
     skipped) log "KEYWARD_DENY_OFFLINE=1: not fetching the advisory database" ;;
