@@ -23,6 +23,7 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo deny (advisories, licenses, duplicates, sources: docs/supply-chain.md)"; scripts/deny.sh
 
 step "tests"
 if ! cargo nextest --version >/dev/null 2>&1; then
