@@ -807,6 +807,25 @@ mod tests {
     }
 
     #[test]
+    fn allow_insecure_http_reaches_the_sidecar_config_only_when_set() {
+        let settings = annotations::parse_settings(&BTreeMap::new()).expect("settings");
+        let mut cfg = InjectorConfig::default();
+        let yaml = |cfg: &InjectorConfig| {
+            serde_yaml_ng::to_string(&sidecar_config(&settings, cfg, 1000)).expect("yaml")
+        };
+        assert!(!yaml(&cfg).contains("allow_insecure_http"));
+        cfg.vault.addr = "http://vault.vault.svc:8200".to_owned();
+        cfg.vault.allow_insecure_http = true;
+        assert!(yaml(&cfg).contains("allow_insecure_http: true"));
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/injector-config.yaml"
+        ))
+        .expect("example config");
+        InjectorConfig::from_yaml(&text).expect("the example config loads");
+    }
+
+    #[test]
     fn kv_refresh_comes_from_the_annotation_else_the_injector_default() {
         assert_eq!(
             kv_refresh_in_config(None, None),
