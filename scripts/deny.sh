@@ -39,13 +39,16 @@ days_since() { echo $(( ($(date -u +%s) - $(date -u -d "$1" +%s)) / 86400 )); }
 
 unset KEYWARD_ADVISORY_DBS_SUBDIR   # the upstream database's place; set below only for a snapshot
 fetch_rc=skipped
+fetch_log=$(mktemp)
+trap 'rm -f "$fetch_log"' EXIT
 if [ "${KEYWARD_DENY_OFFLINE:-0}" != 1 ]; then
   fetch_rc=0
-  timeout "${KEYWARD_DENY_FETCH_TIMEOUT:-120}" "$deny" --locked fetch db 2>"$KEYWARD_CACHE/deny-fetch.log" || fetch_rc=$?
+  GIT_TERMINAL_PROMPT=0 timeout "${KEYWARD_DENY_FETCH_TIMEOUT:-120}" "$deny" --locked fetch db 2>"$fetch_log" || fetch_rc=$?
 fi
 if [ "$fetch_rc" = 0 ]; then
   # The database cargo-deny just cloned or fetched: the newest git repository in its directory
   # (advisory-db-3157b0e258782691 for the default upstream).
+  # shellcheck disable=SC2012  # our own directory names; ls -t orders by modification time
   db=$(ls -1dt "$cargo_home"/advisory-dbs/*/.git 2>/dev/null | head -1 || true)
   [ -n "$db" ] || die "cargo-deny fetched the advisory database but there is none in $cargo_home/advisory-dbs"
   db=${db%/.git}
@@ -55,11 +58,13 @@ else
   case $fetch_rc in
     skipped) log "KEYWARD_DENY_OFFLINE=1: not fetching the advisory database" ;;
     124) log "fetching the advisory database timed out after ${KEYWARD_DENY_FETCH_TIMEOUT:-120} s" ;;
-    *) log "cannot fetch the advisory database: $(grep -v '^\s*$' "$KEYWARD_CACHE/deny-fetch.log" | tail -1 | cut -c1-240)" ;;
+    *) log "cannot fetch the advisory database: $(grep -v '^\s*$' "$fetch_log" | tail -1 | cut -c1-240)" ;;
   esac
   # advisory-db-YYYY-MM-DD-SHORTSHA.tar.gz; the newest by date wins.
-  tarball=$(ls -1 "$snapshots"/advisory-db-*.tar.gz 2>/dev/null | sort | tail -1 || true)
-  [ -n "$tarball" ] || die "no advisory database: the fetch failed and there is no snapshot (advisory-db-DATE-COMMIT.tar.gz) in $snapshots"
+  tarballs=("$snapshots"/advisory-db-*.tar.gz)   # bash sorts the matches: the last is the newest
+  tarball=${tarballs[-1]}
+  [ -f "$tarball" ] || tarball=
+  [ -n "$tarball" ] || die "no advisory database: none fetched, and no snapshot (advisory-db-DATE-COMMIT.tar.gz) in $snapshots"
   name=$(basename "$tarball" .tar.gz)
   snap_date=$(sed -E 's/^advisory-db-([0-9]{4}-[0-9]{2}-[0-9]{2})-.*/\1/' <<<"$name")
   snap_commit=${name##*-}
