@@ -115,6 +115,9 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "sidecar.auth.mount=kubernetes",
             "sidecar.resources.limits.cpu=200m",
             "sidecar.kvRefresh=5m",
+            "sidecar.vault.addr=http://vault.vault.svc:8200",
+            "sidecar.vault.allowInsecureHttp=true",
+            "memoryBudgetMiB=64",
         ],
     ),
     (
@@ -398,6 +401,20 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
             sets.contains(&"sidecar.kvRefresh=5m"),
             "{name}: sidecar.kvRefresh reaches the sidecar config:\n{sidecar_config}"
         );
+        assert_eq!(
+            sidecar_config.contains("allow_insecure_http: true"),
+            sets.contains(&"sidecar.vault.allowInsecureHttp=true"),
+            "{name}: sidecar.vault.allowInsecureHttp reaches the sidecar config:\n{sidecar_config}"
+        );
+        let args = find(&d, "Deployment").expect("deployment")["spec"]["template"]["spec"]
+            ["containers"][0]["args"]
+            .to_string();
+        let budget = if sets.contains(&"memoryBudgetMiB=64") {
+            "--memory-budget-mib=64"
+        } else {
+            "--memory-budget-mib=40"
+        };
+        assert!(args.contains(budget), "{name}: {budget} in {args}");
         assert_eq!(
             sidecar["image"],
             "ghcr.io/keyward/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000"
