@@ -90,10 +90,26 @@ pub fn read_stream(text: &str) -> Result<Vec<Document>, (usize, ReadError)> {
     Ok(docs)
 }
 
+/// Most nodes that aliases may copy into one document. Real manifests use a handful of anchors
+/// for shared env or labels; a document over this is an attack on the reader, not a manifest
+/// (kubectl's YAML library refuses "excessive aliasing" the same way).
+const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Nodes in a value, itself included.
+fn node_count(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(node_count).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(node_count).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Reader {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Value>,
+    /// Nodes copied in by aliases so far in this document (bounded: see [`MAX_ALIAS_NODES`]).
+    alias_nodes: usize,
     done: Option<Value>,
     error: Option<ReadError>,
 }
@@ -215,6 +231,23 @@ impl Reader {
                 self.complete(value, mark);
             }
             Event::Alias(id) => {
+                // Each alias copies its anchor's whole value: bound the total, so a small
+                // document of nested aliases ("billion laughs") cannot take all memory.
+                let size = self.anchors.get(&id).map(node_count).unwrap_or(1);
+                self.alias_nodes = self.alias_nodes.saturating_add(size);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    if self.error.is_none() {
+                        self.fail(
+                            format!(
+                                "aliases expand to more than {MAX_ALIAS_NODES} nodes; \
+                                 refusing a document with excessive aliasing"
+                            ),
+                            mark,
+                        );
+                    }
+                    self.complete(Value::Null, mark);
+                    return;
+                }
                 let value = self.anchors.get(&id).cloned().unwrap_or(Value::Null);
                 if let Some(Frame::Map { key: None, .. }) = self.stack.last() {
                     match value {
@@ -786,6 +819,24 @@ mod tests {
             assert_eq!(resolve_plain(s).expect(s), v, "{s}");
         }
         assert!(resolve_plain(".inf").is_err());
+    }
+
+    #[test]
+    fn nested_aliases_are_refused_before_they_expand() {
+        // Each level is ten aliases of the one before: 10^9 strings if expanded.
+        let mut doc = String::from("a0: &a0 [\"lol\"]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            let items = vec![prev.as_str(); 10].join(", ");
+            doc.push_str(&format!("a{i}: &a{i} [{items}]\n"));
+        }
+        let docs = read_stream(&doc).expect("the stream parses");
+        let err = docs[0].error.as_ref().expect("refused");
+        assert!(err.problem.contains("excessive aliasing"), "{}", err.problem);
+        assert!(node_count(&docs[0].value) < 2 * MAX_ALIAS_NODES);
+        // A manifest's ordinary anchors are fine.
+        let ok = read_stream("env: &env [{name: A, value: b}]\nx: *env\ny: *env\n").expect("ok");
+        assert!(ok[0].error.is_none());
     }
 
     #[test]
