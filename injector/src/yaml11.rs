@@ -827,12 +827,16 @@ mod tests {
         let mut doc = String::from("a0: &a0 [\"lol\"]\n");
         for i in 1..10 {
             let prev = format!("*a{}", i - 1);
-            let items = vec![prev.as_str(); 10].join(", ");
+            let items = [prev.as_str(); 10].join(", ");
             doc.push_str(&format!("a{i}: &a{i} [{items}]\n"));
         }
         let docs = read_stream(&doc).expect("the stream parses");
         let err = docs[0].error.as_ref().expect("refused");
-        assert!(err.problem.contains("excessive aliasing"), "{}", err.problem);
+        assert!(
+            err.problem.contains("excessive aliasing"),
+            "{}",
+            err.problem
+        );
         assert!(node_count(&docs[0].value) < 2 * MAX_ALIAS_NODES);
         // A manifest's ordinary anchors are fine.
         let ok = read_stream("env: &env [{name: A, value: b}]\nx: *env\ny: *env\n").expect("ok");
