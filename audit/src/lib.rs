@@ -10,11 +10,9 @@
 //! and callers must then refuse the access the record was about.
 
 pub mod cli;
+mod sink;
 mod verify;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -24,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+pub use sink::{AuditSink, FileSink, RecordSink, StdoutSink};
 pub use verify::{verify, verify_reader, VerifyError, VerifyReport};
 
 /// The `prev` of the first record in a log.
@@ -192,9 +191,10 @@ impl std::fmt::Debug for AuditConfig {
 }
 
 struct State {
-    file: File,
-    /// Bytes of whole records in the file: a failed write is cut back to this length.
-    len: u64,
+    /// The log of record.
+    record: Box<dyn RecordSink>,
+    /// Copies of every recorded line (stdout, ...), best effort.
+    copies: Vec<Box<dyn AuditSink>>,
     seq: u64,
     prev: String,
     pod: Option<PodIdentity>,
@@ -203,8 +203,6 @@ struct State {
 /// An open, hash-chained audit log. Shared by every task of the sidecar (`Arc<AuditLog>`).
 pub struct AuditLog {
     path: PathBuf,
-    stdout: bool,
-    fsync: bool,
     hmac_key: Zeroizing<Vec<u8>>,
     state: Mutex<State>,
     /// `seq` of the last record in the file, readable without the lock (for metrics).
@@ -226,21 +224,15 @@ impl AuditLog {
             path: config.path.clone(),
             source,
         };
-        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(open_err)?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&config.path)
-            .map_err(open_err)?;
-        let len = file.metadata().map_err(open_err)?.len();
-        let (seq, prev) = match last_line(&mut file).map_err(open_err)? {
+        let mut record = FileSink::open(&config.path, config.fsync).map_err(open_err)?;
+        let (seq, prev) = match record.last_line().map_err(open_err)? {
             Some(line) => chain_tail(&line),
             None => (0, GENESIS.to_owned()),
         };
+        let mut copies: Vec<Box<dyn AuditSink>> = Vec::new();
+        if config.stdout {
+            copies.push(Box::new(StdoutSink));
+        }
         let hmac_key = config.hmac_key.unwrap_or_else(|| {
             let mut k = Zeroizing::new(vec![0u8; 32]);
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
@@ -248,12 +240,10 @@ impl AuditLog {
         });
         Ok(Self {
             path: config.path,
-            stdout: config.stdout,
-            fsync: config.fsync,
             hmac_key,
             state: Mutex::new(State {
-                file,
-                len,
+                record: Box::new(record),
+                copies,
                 seq,
                 prev,
                 pod: None,
@@ -310,27 +300,13 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let written = state.file.write_all(text.as_bytes()).and_then(|()| {
-            if self.fsync {
-                state.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
-            // A partial line would break the chain for every later record: cut it off.
-            let _ = state.file.set_len(state.len);
-            return Err(write_err(e));
-        }
-        state.len += text.len() as u64;
+        state.record.append(text.as_bytes()).map_err(write_err)?;
         state.seq = seq;
         self.last_seq.store(seq, Ordering::Relaxed);
         state.prev = hash;
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            // stdout is a copy for collectors; the file is the record of truth.
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+        // The copies are for collectors; the log of record is the record of truth.
+        for copy in &mut state.copies {
+            let _ = copy.write_line(text.as_bytes());
         }
         Ok(())
     }
@@ -357,24 +333,6 @@ pub fn now_rfc3339() -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
     now.format(&fmt).unwrap_or_default()
-}
-
-/// Reads the last non-empty line of the file (at most the final 64 KiB).
-fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok(None);
-    }
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(str::to_owned))
 }
 
 /// The sequence number and hash to continue from after `line`. A line that cannot be read
