@@ -229,7 +229,12 @@ async fn kv_update_reaches_socket_and_wakes_long_poll() {
         .expect("read the answer");
     let a = support::broker::parse(&buf);
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(a.json()["version"], 2);
+    assert_eq!(
+        a.json()["version"],
+        2,
+        "the long-poll on index 1 answered before version 2 existed: {}",
+        a.body
+    );
     assert_eq!(a.json()["data"]["password"], "v2");
     // A long-poll on the current version returns at its timeout with the same version.
     let a = b.get("/v1/secrets/app?index=2&wait=200ms").await;
