@@ -18,7 +18,7 @@ enum Command {
     /// Run the secrets broker: Vault login, secret cache, local socket API.
     Broker(keyward_broker::cli::BrokerArgs),
     /// Run the broker and the mTLS proxy in one process (what the injector starts).
-    Sidecar(keyward_proxy::cli::SidecarArgs),
+    Sidecar(keyward_sidecar::cli::SidecarArgs),
     /// Check the broker's readiness over its socket (used as the startupProbe).
     Probe(keyward_broker::cli::ProbeArgs),
     /// Verify or query a hash-chained audit log.
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => keyward_injector::cli::run_inject(args),
         Command::Probe(args) => keyward_broker::cli::run_probe(args),
         Command::Broker(args) => keyward_broker::cli::run_broker(args),
-        Command::Sidecar(args) => keyward_proxy::cli::run_sidecar(args),
+        Command::Sidecar(args) => keyward_sidecar::cli::run_sidecar(args),
         Command::Injector(args) => keyward_injector::cli::run_injector(args),
     }
 }

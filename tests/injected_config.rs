@@ -55,7 +55,7 @@ fn config_yaml(pod: &Value) -> Result<String, String> {
 fn sidecar_loads(yaml: &str) -> Result<Config, String> {
     let config = Config::from_yaml(yaml, &BTreeMap::<String, String>::new())
         .map_err(|e| format!("the broker refuses the injected config: {e}\n{yaml}"))?;
-    keyward_proxy::sidecar::validate(&config)
+    keyward_sidecar::validate(&config)
         .map_err(|e| format!("the sidecar refuses the injected config: {e}\n{yaml}"))?;
     Ok(config)
 }
@@ -412,7 +412,7 @@ fn a_secrets_only_pod_gets_a_broker_only_sidecar() {
     };
     let config = sidecar_config(&pod);
     assert!(config.identity.is_none() && config.proxy.is_none());
-    let (identity, proxy) = keyward_proxy::sidecar::validate(&config).expect("loads");
+    let (identity, proxy) = keyward_sidecar::validate(&config).expect("loads");
     assert!(identity.is_none(), "no SVID is issued");
     assert!(proxy.inbound.is_empty() && proxy.outbound.is_empty());
     assert!(

@@ -397,7 +397,7 @@ async fn oversized_vault_answers_are_refused_naming_the_limit_and_the_broker_kee
         .filter(|r| r["action"] == "vault.fetch" && r["secret"] == "forever")
         .count() as u64;
     assert!(
-        vault.sent("forever") < (attempts + 1) * 16 << 20,
+        vault.sent("forever") < ((attempts + 1) * 16) << 20,
         "{} bytes sent in {attempts} attempts",
         vault.sent("forever")
     );

@@ -135,7 +135,7 @@ async fn secret_and_token_plaintext_in_sidecar_memory_stays_within_the_documente
             "{when}: the scan must find the accessor the broker holds"
         );
         assert!(
-            kv_own.len() <= KV_OWN_COPIES,
+            kv_own.len() == KV_OWN_COPIES,
             "{when}: copies of the KV value outside the HTTP client's buffers: {kv_own:?}"
         );
         assert!(

@@ -1,7 +1,6 @@
 //! The mTLS proxy: SPIFFE identity from Vault PKI, inbound and outbound mTLS, identity allow lists.
 
 pub mod admin;
-pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod exposure;
@@ -10,7 +9,6 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod server;
-pub mod sidecar;
 pub mod svid;
 pub mod testpki;
 pub mod tls;

@@ -21,18 +21,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{IdentityConfig, ProxyConfig};
-use crate::identity::{Backoff, CsrSigner, IdentityError, IdentityStore, Rotator, SignedCert};
-use crate::metrics::Metrics;
-use crate::policy::{self, Policy};
-use crate::server::{Limits, Proxy};
-use crate::svid::TrustBundle;
+use keyward_proxy::config::{IdentityConfig, ProxyConfig};
+use keyward_proxy::identity::{
+    Backoff, CsrSigner, IdentityError, IdentityStore, Rotator, SignedCert,
+};
+use keyward_proxy::metrics::Metrics;
+use keyward_proxy::policy::{self, Policy};
+use keyward_proxy::server::{Limits, Proxy};
+use keyward_proxy::svid::TrustBundle;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] keyward_proxy::config::ConfigError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
     #[error("identity.bundle_file {path}: {reason}")]
@@ -145,7 +147,7 @@ struct Mesh {
 pub fn validate(
     config: &keyward_broker::config::Config,
 ) -> Result<(Option<IdentityConfig>, ProxyConfig), SidecarError> {
-    Ok(crate::config::load_sections(
+    Ok(keyward_proxy::config::load_sections(
         config.identity.as_ref(),
         config.proxy.as_ref(),
     )?)
@@ -242,8 +244,9 @@ async fn run_prepared(
 
     // Broker-only pods have no listeners to wait for.
     let serving = Arc::new(AtomicBool::new(p.mesh.is_none()));
-    let exposure = crate::exposure::Exposure::new(&p.proxy, broker.audit(), metrics.clone());
-    let ready: crate::admin::Readiness = {
+    let exposure =
+        keyward_proxy::exposure::Exposure::new(&p.proxy, broker.audit(), metrics.clone());
+    let ready: keyward_proxy::admin::Readiness = {
         let broker = broker.clone();
         let serving = serving.clone();
         let exposure = exposure.clone();
@@ -256,11 +259,11 @@ async fn run_prepared(
         })
     };
     let admin_cancel = CancellationToken::new();
-    let notes: crate::admin::Notes = {
+    let notes: keyward_proxy::admin::Notes = {
         let exposure = exposure.clone();
         Arc::new(move || exposure.notes())
     };
-    tokio::spawn(crate::admin::serve_with_notes(
+    tokio::spawn(keyward_proxy::admin::serve_with_notes(
         p.admin,
         registry,
         ready,

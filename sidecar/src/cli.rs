@@ -25,7 +25,7 @@ pub fn run_sidecar(args: SidecarArgs) -> ExitCode {
         Err(code) => return code,
     };
     // Check the identity and proxy sections before starting anything.
-    let workers = match crate::sidecar::validate(&config) {
+    let workers = match crate::validate(&config) {
         Ok((_, proxy)) => proxy.worker_threads.unwrap_or(2),
         Err(e) => {
             eprintln!("keyward: {e}");
@@ -46,7 +46,7 @@ pub fn run_sidecar(args: SidecarArgs) -> ExitCode {
     rt.block_on(async move {
         let shutdown = keyward_broker::cli::shutdown_on_signal();
         info!("Sidecar starting");
-        match crate::sidecar::run(config, shutdown).await {
+        match crate::run(config, shutdown).await {
             Ok(()) => {
                 info!("Sidecar stopped");
                 ExitCode::SUCCESS
