@@ -136,5 +136,6 @@ async fn thousand_connections_and_hundred_thousand_requests_through_a_sidecar_pa
     let errors = frontend.metric("keyward_proxy_handshake_failures").await
         + orders.metric("keyward_proxy_handshake_failures").await;
     assert_eq!(errors, 0.0, "no handshake failed");
-    assert!(!orders.log().contains("panicked") && !frontend.log().contains("panicked"));
+    support::assert_no_panic("orders", &orders.log());
+    support::assert_no_panic("frontend", &frontend.log());
 }
