@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The full test run: installs the tools it needs (scripts/deps.sh), checks formatting and
-# lints, then runs every test — unit, service, loopback and real-server (OpenBao, PostgreSQL,
-# Envoy, Helm, kubernetes-validate, checkov). .ci/run calls this.
+# The full test run: installs the tools it needs (scripts/deps.sh, pinned, into the cache),
+# checks formatting, lints and the dependency tree (cargo-deny), then runs every test — unit,
+# service, loopback and real-server (OpenBao, PostgreSQL, Envoy, Helm, kubernetes-validate,
+# checkov, a real kube-apiserver built from Go modules) — and a fuzz smoke. .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +24,15 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-step "cargo deny (advisories, licenses, duplicates, sources: docs/supply-chain.md)"; scripts/deny.sh
+
+step "cargo deny (advisories, licenses, duplicates, sources: docs/supply-chain.md)"
+scripts/deny.sh
 
 step "tests"
-if ! cargo nextest --version >/dev/null 2>&1; then
-  echo "cargo-nextest missing; installing it (cargo install cargo-nextest --locked)"
-  cargo install cargo-nextest --locked
+NEXTEST_VERSION=0.9.151
+if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+  echo "installing cargo-nextest $NEXTEST_VERSION (cargo install --locked cargo-nextest@$NEXTEST_VERSION)"
+  cargo install --locked "cargo-nextest@$NEXTEST_VERSION"
 fi
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
 
