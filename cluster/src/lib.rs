@@ -7,6 +7,9 @@
 //!
 //! A missing binary is an error naming the install command: tests fail, they never skip.
 
+mod tokens;
+pub use tokens::ISSUER;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
