@@ -2,11 +2,13 @@
 //! version and lease, and a watch channel that long-polls wait on.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::SecretSpec;
+use crate::lifecycle::{self, HeldLease};
 use crate::secret::{Sealed, Sealer, SecretString, ZeroBuf};
+use crate::source::SecretSource;
 use tokio::sync::watch;
 
 /// A lease the broker holds.
@@ -18,6 +20,16 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// The duration asked for at each renewal.
     pub duration: Duration,
+}
+
+impl HeldLease for Lease {
+    fn renewable(&self) -> bool {
+        self.renewable
+    }
+
+    fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
 }
 
 /// A fetched value.
@@ -35,7 +47,9 @@ pub struct Cached {
 impl Cached {
     /// The value is unusable after its lease ended.
     pub fn expired(&self, now: SystemTime) -> bool {
-        self.lease.as_ref().is_some_and(|l| l.expires_at <= now)
+        self.lease
+            .as_ref()
+            .is_some_and(|l| !lifecycle::still_running(l.expires_at, now))
     }
 }
 
@@ -47,18 +61,28 @@ struct State {
     old_leases: Vec<Lease>,
 }
 
-/// One declared secret.
-#[derive(Debug)]
+/// One declared secret and the source it comes from.
 pub struct Entry {
     pub spec: SecretSpec,
+    pub source: Arc<dyn SecretSource>,
     state: RwLock<State>,
     version: watch::Sender<u64>,
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("spec", &self.spec)
+            .field("source", &self.source.kind().name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Entry {
-    pub fn new(spec: SecretSpec) -> Self {
+    pub fn new(spec: SecretSpec, source: Arc<dyn SecretSource>) -> Self {
         Self {
             spec,
+            source,
             state: RwLock::new(State::default()),
             version: watch::channel(0).0,
         }
@@ -86,7 +110,8 @@ impl Entry {
                 }
             }
             let now = SystemTime::now();
-            s.old_leases.retain(|l| l.expires_at > now);
+            s.old_leases
+                .retain(|l| lifecycle::still_running(l.expires_at, now));
             s.value = Some(value);
             s.last_error = None;
         }
@@ -114,9 +139,8 @@ impl Entry {
         }
     }
 
-    /// Every unexpired lease held for this secret (current and replaced).
+    /// Every lease held for this secret (current and replaced), ended or not.
     pub fn leases(&self) -> Vec<Lease> {
-        let now = SystemTime::now();
         self.state
             .read()
             .map(|s| {
@@ -124,7 +148,6 @@ impl Entry {
                     .iter()
                     .filter_map(|v| v.lease.clone())
                     .chain(s.old_leases.iter().cloned())
-                    .filter(|l| l.expires_at > now)
                     .collect()
             })
             .unwrap_or_default()

@@ -5,10 +5,12 @@ pub mod cache;
 pub mod claims;
 pub mod cli;
 pub mod config;
+mod lifecycle;
 pub mod metrics;
 pub mod refresh;
 pub mod secret;
 pub mod server;
+pub mod source;
 pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +25,7 @@ use crate::cache::Entry;
 use crate::config::Config;
 use crate::metrics::BrokerMetrics;
 use crate::secret::Sealer;
+use crate::source::SecretSource;
 use crate::vault::Vault;
 
 /// Why the broker could not start.
@@ -174,8 +177,18 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the audit log and prepares the Vault client; binds nothing yet.
+    /// Opens the audit log and prepares the Vault client; binds nothing yet. Each declared
+    /// secret comes from the source registered for its path (`source::for_spec`).
     pub fn new(config: Config) -> Result<Self, StartError> {
+        Self::with_sources(config, BTreeMap::new())
+    }
+
+    /// As [`Broker::new`], with the secrets named in `sources` served by the given sources
+    /// instead of the registered ones (a source of the embedding program, or a test's).
+    pub fn with_sources(
+        config: Config,
+        mut sources: BTreeMap<String, Arc<dyn SecretSource>>,
+    ) -> Result<Self, StartError> {
         let hmac_key = match &config.audit.hmac_key_file {
             Some(path) => Some(Zeroizing::new(std::fs::read(path).map_err(|source| {
                 StartError::HmacKey {
@@ -191,18 +204,23 @@ impl Broker {
             hmac_key,
             fsync: config.audit.fsync,
         })?;
-        let vault = Vault::new(&config)?;
+        let vault = Arc::new(Vault::new(&config)?);
         let entries = config
             .secrets
             .iter()
-            .map(|s| (s.name.clone(), Arc::new(Entry::new(s.clone()))))
+            .map(|s| {
+                let source = sources
+                    .remove(&s.name)
+                    .unwrap_or_else(|| source::for_spec(s, &vault));
+                (s.name.clone(), Arc::new(Entry::new(s.clone(), source)))
+            })
             .collect();
         let mut digest_key = Zeroizing::new(vec![0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut digest_key);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                vault: Arc::new(vault),
+                vault,
                 audit: Arc::new(audit),
                 metrics: BrokerMetrics::default(),
                 sealer: Sealer::new(),
@@ -269,6 +287,24 @@ impl Broker {
     /// removes the socket.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StartError> {
         let listener = server::bind(&self.inner.config.socket)?;
+        let tasks = self.spawn_loops(&shutdown);
+        server::serve(listener, self.inner.clone(), shutdown.clone()).await;
+        self.stop_loops(tasks).await;
+        let _ = std::fs::remove_file(&self.inner.config.socket.path);
+        tracing::info!("Broker stopped");
+        Ok(())
+    }
+
+    /// [`Broker::run`] without the socket: the login and refresh loops until `shutdown` is
+    /// cancelled, then the revocations. Connections are served with
+    /// [`Broker::serve_connection`] meanwhile (in-memory tests).
+    pub async fn run_without_socket(&self, shutdown: CancellationToken) {
+        let tasks = self.spawn_loops(&shutdown);
+        shutdown.cancelled().await;
+        self.stop_loops(tasks).await;
+    }
+
+    fn spawn_loops(&self, shutdown: &CancellationToken) -> tokio_util::task::TaskTracker {
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(refresh::auth_loop(self.inner.clone(), shutdown.clone()));
         for entry in self.inner.entries.values() {
@@ -279,14 +315,15 @@ impl Broker {
             ));
         }
         tasks.close();
-        server::serve(listener, self.inner.clone(), shutdown.clone()).await;
+        tasks
+    }
+
+    /// Waits for the loops (already told to stop), then revokes unless configured not to.
+    async fn stop_loops(&self, tasks: tokio_util::task::TaskTracker) {
         tasks.wait().await;
         if self.inner.config.revoke_on_shutdown {
             refresh::revoke_all(&self.inner).await;
         }
-        let _ = std::fs::remove_file(&self.inner.config.socket.path);
-        tracing::info!("Broker stopped");
-        Ok(())
     }
 }
 

@@ -1,4 +1,5 @@
-//! The loops that keep the broker logged in and its secrets fresh. Every wait is either a
+//! The loops that keep the broker logged in and its secrets fresh: they run the decisions of
+//! [`crate::lifecycle`] against each secret's [`crate::source::SecretSource`]. Every wait is either a
 //! deadline derived from a TTL (at about 2/3 of it, with jitter) or an exponential backoff
 //! with jitter after an error: never a busy loop.
 
@@ -11,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cache::{seal_fields, Cached, Entry, Lease};
+use crate::lifecycle::{self, Action, AfterFailure};
 use crate::metrics::BrokerMetrics;
-use crate::secret::{scrub_json, ZeroBuf};
-use crate::vault::VaultError;
+use crate::secret::ZeroBuf;
+use crate::source::SourceError;
 use crate::Inner;
 
 /// Exponential backoff with jitter: 250 ms doubling up to `cap`, each wait drawn from
@@ -44,9 +46,7 @@ impl Backoff {
 
 /// About 2/3 of `d`, with ±10 % jitter so a fleet does not renew in lockstep.
 pub fn two_thirds(d: Duration) -> Duration {
-    let base = d.mul_f64(2.0 / 3.0);
-    base.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
-        .max(Duration::from_millis(100))
+    lifecycle::two_thirds(d, jitter())
 }
 
 /// Sleeps unless shut down first; returns false on shutdown.
@@ -157,12 +157,12 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
-/// Fetches one secret and keeps it fresh until shutdown.
+/// Fetches one secret from its source and keeps it fresh until shutdown.
 pub async fn secret_loop(ctx: Arc<Inner>, entry: Arc<Entry>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(ctx.config.auth.max_backoff);
     loop {
         tokio::select! {
-            _ = ctx.vault.wait_logged_in() => {}
+            _ = entry.source.ready() => {}
             _ = shutdown.cancelled() => return,
         }
         if let Err(e) = fetch(&ctx, &entry).await {
@@ -185,8 +185,13 @@ pub async fn secret_loop(ctx: Arc<Inner>, entry: Arc<Entry>, shutdown: Cancellat
     }
 }
 
-/// Waits, renewing the lease if there is one; returns when a re-fetch is due (true) or on
-/// shutdown (false).
+/// The ±10 % jitter of every planned wait.
+fn jitter() -> f64 {
+    rand::thread_rng().gen_range(0.9..1.1)
+}
+
+/// Waits, renewing the lease if there is one, as [`lifecycle::plan`] says; returns when a
+/// re-read or re-fetch is due (true) or on shutdown (false).
 async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) -> bool {
     let mut backoff = Backoff::new(ctx.config.auth.max_backoff);
     let mut near_max_ttl = false;
@@ -194,39 +199,40 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
         let Some(value) = entry.value() else {
             return true;
         };
-        let Some(lease) = value.lease else {
-            // KV and other unleased secrets: re-read on the interval.
-            let jitter = rand::thread_rng().gen_range(0.9..1.1);
-            return sleep_or(shutdown, ctx.config.kv_refresh.mul_f64(jitter)).await;
-        };
-        let remaining = lease
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        if !sleep_or(shutdown, two_thirds(remaining)).await {
+        let now = SystemTime::now();
+        let plan = lifecycle::plan(
+            value.lease.as_ref(),
+            near_max_ttl,
+            now,
+            ctx.config.kv_refresh,
+            jitter(),
+        );
+        if !sleep_or(shutdown, plan.wait(now)).await {
             return false;
         }
-        if !lease.renewable || near_max_ttl {
+        let (Action::Renew, Some(lease)) = (plan.action, value.lease) else {
             return true;
-        }
-        match ctx.vault.renew_lease(&lease.id, lease.duration).await {
-            Ok(resp) => {
+        };
+        let kind = entry.source.kind();
+        match entry.source.renew(&lease.id, lease.duration).await {
+            Ok(renewal) => {
                 backoff.reset();
-                let granted = resp.lease_duration;
-                entry.renewed(&lease.id, SystemTime::now() + granted);
+                let granted = renewal.ttl;
+                let (expires_at, capped) =
+                    lifecycle::after_renewal(lease.duration, granted, SystemTime::now());
+                entry.renewed(&lease.id, expires_at);
                 ctx.metrics
                     .lease_renewals
                     .get_or_create(&BrokerMetrics::result("ok"))
                     .inc();
-                // Vault caps renewals at max_ttl: a shorter grant means a new lease is due.
-                near_max_ttl = granted < lease.duration;
+                near_max_ttl = capped;
                 info!(secret = %entry.spec.name, ttl_s = granted.as_secs(), near_max_ttl, "Renewed lease");
-                let mut rec = Record::new("vault.lease_renew", Decision::Ok);
+                let mut rec = Record::new(kind.renew_action, Decision::Ok);
                 rec.secret = Some(entry.spec.name.clone());
                 rec.path = Some(entry.spec.path.clone());
                 rec.version = Some(value.version);
                 rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
-                rec.vault_request_id = Some(resp.request_id.clone());
+                rec.vault_request_id = Some(renewal.request_id);
                 let _ = ctx.audit.record(&rec);
             }
             Err(e) => {
@@ -235,106 +241,84 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
                     .get_or_create(&BrokerMetrics::result("error"))
                     .inc();
                 warn!(secret = %entry.spec.name, error = %e, "Lease renewal failed");
-                let mut rec =
-                    Record::new("vault.lease_renew", Decision::Error).reason(e.to_string());
+                let mut rec = Record::new(kind.renew_action, Decision::Error).reason(e.to_string());
                 rec.secret = Some(entry.spec.name.clone());
                 rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
                 let _ = ctx.audit.record(&rec);
-                if matches!(e.status(), Some(400 | 404)) {
-                    // The lease is gone (revoked or expired): fetch a new one.
-                    return true;
-                }
-                if lease.expires_at <= SystemTime::now() {
-                    return true;
-                }
-                if !sleep_or(shutdown, backoff.next_delay()).await {
-                    return false;
+                match lifecycle::after_renewal_failure(
+                    e.lease_gone(),
+                    lease.expires_at,
+                    SystemTime::now(),
+                ) {
+                    AfterFailure::Refetch => return true,
+                    AfterFailure::Retry => {
+                        if !sleep_or(shutdown, backoff.next_delay()).await {
+                            return false;
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Reads the secret from Vault, seals it into the cache and records the fetch.
-async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), VaultError> {
+/// Reads the secret from its source, seals it into the cache and records the fetch.
+async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), SourceError> {
     let spec = &entry.spec;
-    let result = ctx.vault.read(&spec.path).await;
-    let mut resp = match result {
-        Ok(r) => r,
+    let kind = entry.source.kind();
+    let record_error = |e: &SourceError| {
+        let mut rec = Record::new(kind.fetch_action, Decision::Error).reason(e.to_string());
+        rec.secret = Some(spec.name.clone());
+        rec.path = Some(spec.path.clone());
+        rec.vault_request_id = e.request_id().map(str::to_owned);
+        let _ = ctx.audit.record(&rec);
+    };
+    let mut got = match entry.source.fetch().await {
+        Ok(f) => f,
         Err(e) => {
-            let mut rec = Record::new("vault.fetch", Decision::Error).reason(e.to_string());
-            rec.secret = Some(spec.name.clone());
-            rec.path = Some(spec.path.clone());
-            let _ = ctx.audit.record(&rec);
+            record_error(&e);
             return Err(e);
         }
     };
     let previous = entry.value();
-    let outcome = (|| {
-        let obj = resp
-            .data
-            .as_object()
-            .ok_or_else(|| VaultError::Decode(format!("{} has no data", spec.path)))?;
-        // KV v2 answers {data: {...}, metadata: {version, ...}}.
-        let (fields, kv_version) = match (obj.get("data"), obj.get("metadata")) {
-            (Some(inner), Some(meta)) if meta.is_object() => {
-                let inner = inner.as_object().ok_or_else(|| {
-                    VaultError::Decode(format!(
-                        "{} version {} is deleted or destroyed",
-                        spec.path,
-                        meta.get("version").and_then(|v| v.as_u64()).unwrap_or(0)
-                    ))
-                })?;
-                (inner, meta.get("version").and_then(|v| v.as_u64()))
-            }
-            _ => (obj, None),
-        };
-        let sealed = seal_fields(&ctx.sealer, spec, fields).map_err(VaultError::Decode)?;
-        let digest = {
-            let text = ZeroBuf::json(fields);
-            keyward_audit::hmac_hex(&ctx.digest_key, &String::from_utf8_lossy(text.as_slice()))
-        };
-        Ok::<_, VaultError>((sealed, kv_version, digest))
-    })();
-    scrub_json(&mut resp.data);
-    let (fields, kv_version, digest) = match outcome {
-        Ok(x) => x,
-        Err(e) => {
-            let mut rec = Record::new("vault.fetch", Decision::Error).reason(e.to_string());
-            rec.secret = Some(spec.name.clone());
-            rec.path = Some(spec.path.clone());
-            rec.vault_request_id = Some(resp.request_id.clone());
-            let _ = ctx.audit.record(&rec);
+    let fields = match seal_fields(&ctx.sealer, spec, got.data()) {
+        Ok(f) => f,
+        Err(detail) => {
+            let e = SourceError::Unusable {
+                source_name: kind.name,
+                detail,
+                request_id: Some(got.request_id.clone()),
+            };
+            record_error(&e);
             return Err(e);
         }
     };
-    let prev_version = previous.as_ref().map(|p| p.version).unwrap_or(0);
-    let version = match kv_version {
-        Some(v) => v,
-        None => {
-            // Unversioned secrets: a new lease or new content is a new version.
-            let changed = resp.lease_id.is_some() || ctx.digest_changed(&spec.name, &digest);
-            if changed || prev_version == 0 {
-                prev_version + 1
-            } else {
-                prev_version
-            }
-        }
+    let digest = {
+        let text = ZeroBuf::json(got.data());
+        keyward_audit::hmac_hex(&ctx.digest_key, &String::from_utf8_lossy(text.as_slice()))
     };
+    let version = lifecycle::next_version(
+        previous.as_ref().map(|p| p.version),
+        got.version,
+        got.lease.is_some(),
+        ctx.digest_changed(&spec.name, &digest),
+    );
     ctx.remember_digest(&spec.name, digest);
     let now = SystemTime::now();
-    let lease = resp.lease_id.take().map(|id| Lease {
-        id,
-        renewable: resp.renewable,
-        expires_at: now + resp.lease_duration,
-        duration: resp.lease_duration,
+    let lease = got.lease.take().map(|l| Lease {
+        id: l.id,
+        renewable: l.renewable,
+        expires_at: now + l.ttl,
+        duration: l.ttl,
     });
-    let mut rec = Record::new("vault.fetch", Decision::Ok);
+    let request_id = std::mem::take(&mut got.request_id);
+    drop(got);
+    let mut rec = Record::new(kind.fetch_action, Decision::Ok);
     rec.secret = Some(spec.name.clone());
     rec.path = Some(spec.path.clone());
     rec.version = Some(version);
     rec.lease_hmac = lease.as_ref().map(|l| ctx.audit.hmac(l.id.expose()));
-    rec.vault_request_id = Some(resp.request_id.clone());
+    rec.vault_request_id = Some(request_id.clone());
     let _ = ctx.audit.record(&rec);
     info!(
         secret = %spec.name,
@@ -351,29 +335,30 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), VaultError> {
         version,
         lease,
         fetched_at: now,
-        vault_request_id: std::mem::take(&mut resp.request_id),
+        vault_request_id: request_id,
     });
     Ok(())
 }
 
-/// Revokes every lease still held, then the token (on shutdown).
+/// Revokes every lease still held through its source, then the Vault token (on shutdown).
 pub async fn revoke_all(ctx: &Inner) {
     for entry in ctx.entries.values() {
-        for lease in entry.leases() {
-            let result = ctx.vault.revoke_lease(&lease.id).await;
+        let kind = entry.source.kind();
+        for lease in lifecycle::to_revoke(true, entry.leases(), SystemTime::now()) {
+            let result = entry.source.revoke(&lease.id).await;
             let decision = if result.is_ok() {
                 Decision::Ok
             } else {
                 Decision::Error
             };
-            let mut rec = Record::new("vault.revoke", decision);
+            let mut rec = Record::new(kind.revoke_action, decision);
             rec.secret = Some(entry.spec.name.clone());
             rec.path = Some(entry.spec.path.clone());
             rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
             match result {
                 Ok(r) => {
                     info!(secret = %entry.spec.name, "Revoked lease");
-                    rec.vault_request_id = Some(r.request_id.clone());
+                    rec.vault_request_id = Some(r.request_id);
                 }
                 Err(e) => {
                     warn!(secret = %entry.spec.name, error = %e, "Lease revocation failed");
