@@ -7,8 +7,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keyward_proxy::testpki::{Leaf, TestCa};
 use support::pki::{echo_app, raw_mtls, Pki, Sidecar, SidecarSpec, TD};
+use support::testpki::{Leaf, TestCa};
 use support::TestVault;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -173,7 +173,7 @@ async fn two_workloads_byte_exact_and_every_bad_caller_denied() {
 
     // Certificates breaking the SVID rules, minted with rcgen by a CA the sidecar trusts.
     let unknown = TestCa::new("unknown");
-    let cases: Vec<(&str, keyward_proxy::testpki::Minted, &str)> = vec![
+    let cases: Vec<(&str, support::testpki::Minted, &str)> = vec![
         (
             "two URI SANs",
             m.test_ca.leaf(Leaf::new(FRONTEND).extra_uri(ORDERS)),

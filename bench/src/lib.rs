@@ -1,1 +1,2 @@
 //! Benchmark drivers: keyward side by side with its peers (see bench/README.md).
+pub mod pki;

@@ -10,5 +10,12 @@ pub mod policy;
 pub mod proxy_protocol;
 pub mod server;
 pub mod svid;
-pub mod testpki;
 pub mod tls;
+
+// The test PKI is test support, kept out of the crate's API: the unit tests include the same file
+// as the integration tests, which names this crate `keyward_proxy`.
+#[cfg(test)]
+extern crate self as keyward_proxy;
+#[cfg(test)]
+#[path = "../tests/support/testpki.rs"]
+mod testpki;

@@ -1,5 +1,7 @@
 //! The proxy over real sockets on 127.0.0.1 with rcgen-minted certificates: no Vault.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +14,9 @@ use keyward_proxy::metrics::Metrics;
 use keyward_proxy::policy::Policy;
 use keyward_proxy::server::{Limits, Proxy};
 use keyward_proxy::svid::SvidError;
-use keyward_proxy::testpki::{Leaf, Minted, TestCa};
 use keyward_proxy::tls;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use support::testpki::{Leaf, Minted, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

@@ -12,6 +12,8 @@ pub mod pki;
 pub mod procmem;
 pub mod relay;
 pub mod tap;
+#[path = "../../proxy/tests/support/testpki.rs"]
+pub mod testpki;
 pub mod tools;
 
 use std::time::{Duration, Instant};

@@ -1,19 +1,23 @@
-//! Certificates minted in process with rcgen, for tests and benchmarks: a CA that signs good
-//! SVIDs and deliberately broken ones, and a [`CsrSigner`] that stands in for Vault PKI.
+//! Certificates minted in process with rcgen, for tests: a CA that signs good SVIDs and
+//! deliberately broken ones, and a `CsrSigner` that stands in for Vault PKI.
+//!
+//! Test support, not part of the product crate: one file, included by the proxy's integration
+//! tests (`proxy/tests/support`), its unit tests (`#[cfg(test)]` in `proxy/src/lib.rs`) and the
+//! workspace's integration tests (`tests/support`). It names the proxy as `keyward_proxy`, which
+//! each of them can resolve. Test keys are plain `String`/`Vec<u8>`: nothing here is a secret.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use keyward_proxy::identity::{CsrSigner, IdentityError, SignedCert};
+use keyward_proxy::svid::TrustBundle;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls_pki_types::CertificateDer;
-use zeroize::Zeroizing;
-
-use crate::identity::{CsrSigner, IdentityError, SignedCert};
-use crate::svid::TrustBundle;
+use rustls::pki_types::CertificateDer;
 
 /// A self-signed ECDSA P-256 CA.
 pub struct TestCa {
@@ -30,9 +34,9 @@ pub struct Minted {
     /// The leaf's chain as PEM.
     pub chain_pem: String,
     /// PKCS#8 private key, PEM.
-    pub key_pem: Zeroizing<String>,
+    pub key_pem: String,
     /// PKCS#8 private key, DER.
-    pub key_der: Zeroizing<Vec<u8>>,
+    pub key_der: Vec<u8>,
 }
 
 /// What to put in a leaf; defaults make a valid SVID.
@@ -174,8 +178,8 @@ impl TestCa {
         Minted {
             chain: vec![cert.der().clone()],
             chain_pem: cert.pem(),
-            key_pem: Zeroizing::new(key.serialize_pem()),
-            key_der: Zeroizing::new(key.serialize_der()),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
         }
     }
 

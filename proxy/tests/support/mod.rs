@@ -1,0 +1,4 @@
+//! Support shared by the proxy's integration tests.
+#![allow(dead_code)]
+
+pub mod testpki;
