@@ -88,8 +88,24 @@ struct Running {
 }
 
 impl Running {
+    /// The container's process group (the `unshare` that holds its namespaces, and everything
+    /// in the container): SIGKILL goes here.
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// The container's main process as the host sees it: pid 1 of the container's own PID
+    /// namespace (the only child of the `unshare` that created it). SIGTERM goes here, as a
+    /// container runtime sends it; like any PID 1 it gets only the signals it handles.
+    fn init_pid(&self) -> Option<Pid> {
+        let id = self.child.id();
+        std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+            .map(Pid::from_raw)
     }
     fn poll(&mut self) -> Option<std::process::ExitStatus> {
         if self.exited.is_none() {
@@ -508,7 +524,8 @@ impl Pod {
 
     /// The shell script that sets up a container's private mount namespace and execs it.
     fn shim(&self, cs: &ContainerSpec) -> Result<String> {
-        let mut s = String::from("set -e\n");
+        // The container's own PID namespace gets its own /proc (as a runtime mounts one).
+        let mut s = String::from("set -e\nmount -t proc -o nosuid,nodev,noexec proc /proc\n");
         for d in PRIVATE_DIRS {
             if self.dir.starts_with(d) {
                 return Err(perr(
@@ -596,6 +613,12 @@ impl Pod {
                 "unshare",
                 "--mount",
                 "--uts",
+                // A PID namespace per container, as container runtimes do: the container's
+                // processes see only each other, and a peer in another container of the pod
+                // has pid 0 in SO_PEERCRED.
+                "--pid",
+                "--fork",
+                "--kill-child",
                 "--propagation",
                 "private",
                 "--",
@@ -697,7 +720,7 @@ impl Pod {
         }
     }
 
-    /// Runs `argv` inside a container (its network, mount and UTS namespaces, credentials
+    /// Runs `argv` inside a container (its network, mount, UTS and PID namespaces, credentials
     /// and environment), like `kubectl exec`.
     pub async fn exec(&self, container: &str, argv: &[&str]) -> Result<std::process::Output> {
         let c = self
@@ -711,13 +734,17 @@ impl Pod {
                 format!("container {container} is not running"),
             ));
         }
+        let target = c
+            .init_pid()
+            .ok_or_else(|| perr(&self.def, format!("container {container} has no process")))?;
         let mut full = vec![
             "nsenter".to_owned(),
             "-t".into(),
-            c.child.id().to_string(),
+            target.to_string(),
             "-n".into(),
             "-m".into(),
             "-u".into(),
+            "-p".into(),
             "--".into(),
         ];
         full.extend(Self::creds(&c.spec));
@@ -751,12 +778,13 @@ impl Pod {
             .unwrap_or(false)
     }
 
-    /// The pid of a container's main process.
+    /// The host pid of a container's main process (pid 1 in the container's PID namespace).
     pub fn pid(&self, container: &str) -> Option<u32> {
         self.containers
             .iter()
             .find(|c| c.spec.name == container)
-            .map(|c| c.child.id())
+            .and_then(Running::init_pid)
+            .map(|p| p.as_raw() as u32)
     }
 
     /// A Job's pod: waits up to `timeout` for every app container to exit by itself, then stops
@@ -823,7 +851,9 @@ impl Pod {
         for &i in which {
             let c = &mut self.containers[i];
             if c.poll().is_none() {
-                let _ = kill(c.pid(), Signal::SIGTERM);
+                if let Some(init) = c.init_pid() {
+                    let _ = kill(init, Signal::SIGTERM);
+                }
             }
         }
         loop {

@@ -115,6 +115,37 @@ async fn runs_a_pod_as_a_kubelet_would() {
         String::from_utf8_lossy(&out.stdout).contains("4000"),
         "fsGroup is a supplementary group"
     );
+    // A PID namespace per container, as container runtimes make: each container's main
+    // process is its pid 1, and it sees none of the other container's processes.
+    let ns = |c: &str| {
+        let pid = pod.pid(c).expect("pid");
+        std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid ns")
+    };
+    let ours = std::fs::read_link("/proc/self/ns/pid").expect("our pid ns");
+    assert!(
+        ns("app") != ns("side") && ns("app") != ours && ns("side") != ours,
+        "each container has its own PID namespace"
+    );
+    let out = pod
+        .exec(
+            "app",
+            &[
+                "sh",
+                "-c",
+                "for p in /proc/1 /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done",
+            ],
+        )
+        .await
+        .expect("exec");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines().next().is_some_and(|l| l.starts_with("sh -c")),
+        "the app's command is pid 1 of its namespace: {text}"
+    );
+    assert!(
+        !text.contains("sleep infinity"),
+        "the sidecar's processes are not visible: {text}"
+    );
     let out = pod.exec("app", &["hostname"]).await.expect("exec");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "p");
     let out = pod.exec("app", &["cat", "/etc/hosts"]).await.expect("exec");
