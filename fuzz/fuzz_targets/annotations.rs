@@ -71,15 +71,9 @@ fuzz_target!(|data: &[u8]| {
     let yaml = serde_yaml_ng::to_string(&sidecar).expect("sidecar config serializes");
     let config = keyward_broker::config::Config::from_yaml(&yaml, &BTreeMap::new())
         .unwrap_or_else(|e| panic!("the broker refuses the injected config: {e}\n{yaml}"));
-    if config.identity.is_some() || config.proxy.is_some() {
-        let identity = keyward_proxy::config::IdentityConfig::from_value(config.identity.as_ref())
-            .unwrap_or_else(|e| panic!("the proxy refuses the injected identity: {e}\n{yaml}"));
-        keyward_proxy::config::ProxyConfig::from_value(
-            config.proxy.as_ref(),
-            &identity.trust_domain,
-        )
-        .unwrap_or_else(|e| panic!("the proxy refuses the injected proxy config: {e}\n{yaml}"));
-    }
+    // What `keyward sidecar` checks before it binds anything (broker-only without identity).
+    keyward_proxy::config::load_sections(config.identity.as_ref(), config.proxy.as_ref())
+        .unwrap_or_else(|e| panic!("the sidecar refuses the injected config: {e}\n{yaml}"));
 
     assert!(ops.iter().all(|op| op.op == "add"));
     let patch = mutate::to_json_patch(&ops).expect("patch");

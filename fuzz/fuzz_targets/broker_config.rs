@@ -51,4 +51,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = identity.ttl();
         let _ = ProxyConfig::from_value(config.proxy.as_ref(), &identity.trust_domain);
     }
+    let _ = keyward_proxy::config::load_sections(config.identity.as_ref(), config.proxy.as_ref());
 });
