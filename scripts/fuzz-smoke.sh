@@ -20,9 +20,10 @@ if [ -n "${KEYWARD_CACHE:-}" ]; then
   target_dir=(--target-dir "$KEYWARD_CACHE/fuzz-target")
 fi
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "cargo-fuzz missing; installing it (cargo install cargo-fuzz --locked)"
-  cargo install cargo-fuzz --locked
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION (cargo install --locked cargo-fuzz@$CARGO_FUZZ_VERSION)"
+  cargo install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
 fi
 cargo fuzz --version
 
