@@ -1,6 +1,8 @@
 //! The secrets broker: logs in to Vault/OpenBao with the pod's bound service-account token,
 //! keeps secrets fresh, and serves them over a local Unix socket, auditing every access.
 
+mod access;
+mod api;
 pub mod cache;
 pub mod claims;
 pub mod cli;
@@ -9,7 +11,6 @@ mod lifecycle;
 pub mod metrics;
 pub mod refresh;
 pub mod secret;
-pub mod server;
 pub mod source;
 pub mod vault;
 
@@ -279,16 +280,16 @@ impl Broker {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        server::connection(io, self.inner.clone(), caller, shutdown).await
+        api::connection(io, self.inner.clone(), caller, shutdown).await
     }
 
     /// Binds the socket and runs the login and refresh loops until `shutdown` is cancelled;
     /// then stops serving, revokes leases and the token (unless configured not to) and
     /// removes the socket.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let listener = server::bind(&self.inner.config.socket)?;
+        let listener = api::bind(&self.inner.config.socket)?;
         let tasks = self.spawn_loops(&shutdown);
-        server::serve(listener, self.inner.clone(), shutdown.clone()).await;
+        api::serve(listener, self.inner.clone(), shutdown.clone()).await;
         self.stop_loops(tasks).await;
         let _ = std::fs::remove_file(&self.inner.config.socket.path);
         tracing::info!("Broker stopped");

@@ -1,0 +1,184 @@
+//! The local socket API: HTTP/1.1 over a Unix domain socket. This module listens, accepts and
+//! serves connections (each caller's peer credentials come from `SO_PEERCRED`); `routes`
+//! maps requests to handlers, `responses` builds the JSON and the errors, and
+//! `crate::access` decides who may read what and audits each decision before anything is
+//! served (a request whose record cannot be written is refused).
+
+mod responses;
+mod routes;
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use keyward_audit::Caller;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::SocketConfig;
+use crate::{Inner, StartError};
+
+pub(crate) use responses::ApiError;
+
+/// Largest request head (request line + headers) accepted; hyper answers 431 beyond it.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body accepted (the API takes none); 413 beyond it.
+pub const MAX_BODY_BYTES: u64 = 1024;
+
+/// Creates the socket with the configured mode and group. The file is created under a
+/// restrictive umask, so it is never reachable with wider permissions than configured.
+pub fn bind(cfg: &SocketConfig) -> Result<UnixListener, StartError> {
+    let err = |source| StartError::Socket {
+        path: cfg.path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = cfg.path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(&cfg.path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(&cfg.path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )))
+        }
+        Err(_) => {}
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&cfg.path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(err)?;
+    if let Some(gid) = cfg.group {
+        nix::unistd::chown(&cfg.path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| err(std::io::Error::from(e)))?;
+    }
+    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode_bits()))
+        .map_err(err)?;
+    Ok(listener)
+}
+
+/// The answer to a connection over `socket.max_connections`, written without reading the request.
+fn too_many_connections() -> Vec<u8> {
+    let body = r#"{"error":"too_many_connections","detail":"socket.max_connections are open; retry later"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serves until `shutdown`; then stops accepting and lets open requests finish.
+pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: CancellationToken) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        inner.config.socket.max_connections,
+    ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "Socket accept failed");
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(
+                max_connections = inner.config.socket.max_connections,
+                "Socket connection refused: too many open connections"
+            );
+            // Say why instead of a bare close. The socket's send buffer is empty, so this
+            // small write completes at once or not at all; either way the stream is dropped.
+            let _ = stream.try_write(&too_many_connections());
+            continue;
+        };
+        let caller = match stream.peer_cred() {
+            Ok(c) => {
+                let pid = c.pid().unwrap_or(0);
+                Caller {
+                    pid,
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    comm: process_name(pid),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "SO_PEERCRED failed; refusing connection");
+                continue;
+            }
+        };
+        let conn = graceful.watch(connection(stream, inner.clone(), caller, shutdown.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "Socket connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            warn!("Socket connections still open after 5s; closing");
+        }
+    }
+}
+
+/// One HTTP/1.1 connection from `caller` on any byte stream: the socket's limits (head size,
+/// read timeout), routing, allow lists and auditing. `serve` runs one per accepted socket
+/// connection; tests and the fuzz target run it over in-memory streams.
+pub(crate) fn connection<IO>(
+    io: IO,
+    inner: Arc<Inner>,
+    caller: Caller,
+    shutdown: CancellationToken,
+) -> hyper::server::conn::http1::Connection<
+    TokioIo<IO>,
+    impl hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+            Future = impl Send,
+        > + Send,
+>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let read_timeout = inner.config.socket.read_timeout;
+    let service = hyper::service::service_fn(move |req| {
+        let inner = inner.clone();
+        let caller = caller.clone();
+        let stop = shutdown.clone();
+        async move { Ok::<_, Infallible>(routes::handle(req, &inner, &caller, &stop).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service)
+}
+
+/// `/proc/PID/comm`, or empty.
+fn process_name(pid: i32) -> String {
+    if pid <= 0 {
+        return String::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

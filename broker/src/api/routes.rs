@@ -1,0 +1,217 @@
+//! The socket API's routes: which request goes to which handler, and the query of a
+//! long-poll. Each handler asks `crate::access` for the decision (audited there) and
+//! `responses` for the body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use keyward_audit::Caller;
+use tokio_util::sync::CancellationToken;
+
+use super::responses::{self, json_response, secret_response, ApiError};
+use super::MAX_BODY_BYTES;
+use crate::access;
+use crate::config::valid_name;
+use crate::Inner;
+
+/// The audit action of a secret read.
+const READ: &str = "secret.read";
+
+/// Routes one request.
+pub async fn handle(
+    req: Request<Incoming>,
+    inner: &Inner,
+    caller: &Caller,
+    shutdown: &CancellationToken,
+) -> Response<Full<Bytes>> {
+    match route(&req, inner, caller, shutdown).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    }
+}
+
+async fn route(
+    req: &Request<Incoming>,
+    inner: &Inner,
+    caller: &Caller,
+    shutdown: &CancellationToken,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::TooLarge);
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let path = req.uri().path();
+    let segments: Vec<&str> = path
+        .strip_prefix("/v1/")
+        .ok_or_else(|| ApiError::NotFound(format!("no route {path:?}; the API is under /v1/")))?
+        .split('/')
+        .collect();
+    match segments.as_slice() {
+        ["health", "ready"] => match inner.readiness() {
+            Ok(()) => Ok(json_response(StatusCode::OK, br#"{"ready":true}"#.to_vec())),
+            Err(reason) => Err(ApiError::NotReady(reason)),
+        },
+        ["secrets"] | ["secrets", ""] => list(inner, caller),
+        ["secrets", name] => {
+            let query = Query::parse(req.uri().query(), inner.config.socket.max_wait)?;
+            secret_json(inner, caller, name, query, shutdown).await
+        }
+        ["secrets", name, key] => secret_raw(inner, caller, name, key),
+        ["identity"] => identity(inner, caller),
+        _ => Err(ApiError::NotFound(format!("no route {path:?}"))),
+    }
+}
+
+/// `?index=N&wait=30s` of a long-poll.
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    index: Option<u64>,
+    wait: Option<Duration>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>, max_wait: Duration) -> Result<Self, ApiError> {
+        let mut out = Query::default();
+        for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "index" => {
+                    out.index = Some(v.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("index: expected a version number, got {v:?}"))
+                    })?)
+                }
+                "wait" => {
+                    let d = humantime::parse_duration(v).map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "wait: expected a duration like 30s, got {v:?}"
+                        ))
+                    })?;
+                    out.wait = Some(d.min(max_wait));
+                }
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown query parameter {:?}; expected index and wait",
+                        other.chars().take(64).collect::<String>()
+                    )))
+                }
+            }
+        }
+        if out.wait.is_some() && out.index.is_none() {
+            return Err(ApiError::BadRequest("wait needs index".into()));
+        }
+        Ok(out)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "invalid secret name: expected 1-128 characters of [A-Za-z0-9_.-]".into(),
+        ))
+    }
+}
+
+async fn secret_json(
+    inner: &Inner,
+    caller: &Caller,
+    name: &str,
+    query: Query,
+    shutdown: &CancellationToken,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_name(name)?;
+    let entry = access::authorize(inner, caller, READ, name)?;
+    if let Some(index) = query.index {
+        let wait = query.wait.unwrap_or(inner.config.socket.max_wait);
+        let mut rx = entry.subscribe();
+        let moved = rx.wait_for(|v| *v > index);
+        tokio::select! {
+            _ = moved => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    let value = access::servable(inner, caller, READ, entry)?;
+    access::allow_read(inner, caller, name, &value, None)?;
+    let body = responses::secret_json_body(name, &value, &inner.sealer)?;
+    Ok(responses::with_version(
+        secret_response("application/json", body),
+        value.version,
+    ))
+}
+
+fn secret_raw(
+    inner: &Inner,
+    caller: &Caller,
+    name: &str,
+    key: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_name(name)?;
+    let entry = access::authorize(inner, caller, READ, name)?;
+    let value = access::servable(inner, caller, READ, entry)?;
+    let Some(sealed) = value.fields.get(key) else {
+        access::deny_unknown_key(inner, caller, name)?;
+        return Err(ApiError::NotFound(format!(
+            "secret {name} has no key {:?}",
+            key.chars().take(128).collect::<String>()
+        )));
+    };
+    access::allow_read(inner, caller, name, &value, Some(key))?;
+    let body = responses::secret_raw_body(sealed, &inner.sealer)?;
+    Ok(responses::with_version(
+        secret_response("text/plain; charset=utf-8", body),
+        value.version,
+    ))
+}
+
+fn list(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiError> {
+    access::allow_list(inner, caller)?;
+    // A caller sees only the secrets its uid may read: the names, paths and Vault errors of
+    // the others are not its business.
+    let visible = inner
+        .entries
+        .values()
+        .filter(|e| access::may_read(&e.spec, caller.uid));
+    Ok(json_response(
+        StatusCode::OK,
+        responses::list_body(visible).into_bytes(),
+    ))
+}
+
+fn identity(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiError> {
+    let svid = access::read_identity(inner, caller)?;
+    Ok(secret_response(
+        "application/json",
+        responses::identity_body(&svid),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let max = Duration::from_secs(60);
+        assert_eq!(Query::parse(None, max).expect("empty"), Query::default());
+        let q = Query::parse(Some("index=3&wait=30s"), max).expect("valid");
+        assert_eq!(q.index, Some(3));
+        assert_eq!(q.wait, Some(Duration::from_secs(30)));
+        let q = Query::parse(Some("index=3&wait=1h"), max).expect("capped");
+        assert_eq!(q.wait, Some(max));
+        for bad in ["index=x", "wait=5s", "index=1&wait=soon", "foo=1"] {
+            assert!(Query::parse(Some(bad), max).is_err(), "{bad}");
+        }
+    }
+}
