@@ -185,6 +185,114 @@ mod tests {
         assert_eq!(broken_line(&l), 3);
     }
 
+    /// A chain line built by hand: `{"seq":SEQ,"prev":PREV,"hash":H}` with H its true hash.
+    fn forged(seq: u64, prev: &str) -> (String, String) {
+        let object = format!("{{\"seq\":{seq},\"prev\":\"{prev}\"}}");
+        let hash = hash_prefix(&object);
+        let line = format!("{},\"hash\":\"{hash}\"}}", &object[..object.len() - 1]);
+        (line, hash)
+    }
+
+    fn reason(lines: &[String]) -> (u64, String) {
+        match check(lines) {
+            Err(VerifyError::Broken { line, reason }) => (line, reason),
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn report_names_the_record_count_and_the_last_hash() {
+        let (l1, _) = forged(1, GENESIS);
+        let (l2, h2) = forged(2, &hash_of(&l1));
+        let r = check(&[l1, l2]).expect("valid");
+        assert_eq!(
+            r,
+            VerifyReport {
+                records: 2,
+                head: h2
+            }
+        );
+        let empty = check(&[]).expect("empty");
+        assert_eq!(
+            empty.head, GENESIS,
+            "an empty log's head is the genesis hash"
+        );
+    }
+
+    fn hash_of(line: &str) -> String {
+        let (_, h) = line.rsplit_once(",\"hash\":\"").expect("hash field");
+        h.trim_end_matches("\"}").to_owned()
+    }
+
+    #[test]
+    fn a_chain_with_a_skipped_sequence_number_is_broken_at_that_line() {
+        // prev and hash are right, only seq jumps: a writer that lost a record's number.
+        let (l1, h1) = forged(1, GENESIS);
+        let (l2, _) = forged(3, &h1);
+        let (line, why) = reason(&[l1.clone(), l2]);
+        assert_eq!(line, 2);
+        assert!(why.contains("sequence number 3 follows 1"), "{why}");
+        // The next number is the only one accepted: neither a repeat nor one going back.
+        for seq in [0, 1] {
+            let (l2, _) = forged(seq, &h1);
+            assert_eq!(reason(&[l1.clone(), l2]).0, 2, "seq {seq} after 1");
+        }
+    }
+
+    #[test]
+    fn a_chain_not_starting_at_sequence_one_is_broken_at_line_one() {
+        for seq in [0, 2] {
+            let (l1, _) = forged(seq, GENESIS);
+            let (line, why) = reason(&[l1]);
+            assert_eq!(line, 1);
+            assert!(
+                why.contains(&format!(
+                    "first record has sequence number {seq}, expected 1"
+                )),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_line_that_does_not_start_at_genesis_says_lines_were_removed_before_it() {
+        let lines = sample(3);
+        let (line, why) = reason(&lines[1..]);
+        assert_eq!(line, 1);
+        assert!(
+            why.contains("first record does not start the chain"),
+            "{why}"
+        );
+        let mut l = lines.clone();
+        l.remove(1);
+        let (line, why) = reason(&l);
+        assert_eq!(line, 2);
+        assert!(why.contains("prev does not match"), "{why}");
+    }
+
+    #[test]
+    fn empty_non_utf8_and_misplaced_hash_lines_are_named() {
+        let lines = sample(2);
+        let mut l = lines.clone();
+        l.insert(1, String::new());
+        assert_eq!(reason(&l), (2, "empty line".to_owned()));
+
+        let mut bytes = format!("{}\n", lines[0]).into_bytes();
+        bytes.extend_from_slice(b"\xff\n");
+        match verify_reader(bytes.as_slice()) {
+            Err(VerifyError::Broken { line: 2, reason }) => assert_eq!(reason, "not UTF-8"),
+            other => panic!("{other:?}"),
+        }
+
+        // A valid hash field that is not the last one: the hash cannot cover the fields after it.
+        let (l1, h1) = forged(1, GENESIS);
+        let moved = format!("{{\"hash\":\"{h1}\",\"seq\":1,\"prev\":\"{GENESIS}\"}}");
+        let (line, why) = reason(&[moved]);
+        assert_eq!(line, 1);
+        assert!(why.contains("\"hash\" is not the last field"), "{why}");
+        assert!(check(&[l1]).is_ok());
+    }
+
     #[test]
     fn garbage_is_named() {
         let mut l = sample(2);

@@ -327,6 +327,81 @@ mod tests {
     }
 
     #[test]
+    fn an_id_of_exactly_the_length_limit_is_accepted() {
+        let base = "spiffe://td/";
+        let at_limit = format!("{base}{}", "a".repeat(MAX_ID_LEN - base.len()));
+        assert_eq!(at_limit.len(), MAX_ID_LEN);
+        assert!(SpiffeId::parse(&at_limit).is_ok());
+        let over = format!("{at_limit}a");
+        assert_eq!(SpiffeId::parse(&over), Err(IdError::TooLong));
+        // A pattern's limit is its prefix's: every ID it matches is longer than that prefix.
+        assert_eq!(
+            IdPattern::parse(&format!("{over}/*")),
+            Err(IdError::TooLong)
+        );
+    }
+
+    #[test]
+    fn ids_and_patterns_print_and_parse_as_written() {
+        let s = "spiffe://td/ns/a/sa/b";
+        let i: SpiffeId = s.parse().expect("FromStr");
+        assert_eq!(i, id(s));
+        assert_eq!(i.as_str(), s);
+        assert_eq!(i.to_string(), s);
+        assert_eq!(format!("{i:?}"), format!("SpiffeId({s})"));
+        assert_eq!(
+            "spiffe://td/a b".parse::<SpiffeId>(),
+            Err(IdError::PathChar)
+        );
+
+        for text in [s, "spiffe://td/ns/a/*"] {
+            let p: IdPattern = text.parse().expect("FromStr");
+            assert_eq!(p, IdPattern::parse(text).expect("valid"));
+            assert_eq!(p.as_str(), text);
+            assert_eq!(p.to_string(), text);
+            assert_eq!(format!("{p:?}"), format!("IdPattern({text})"));
+        }
+        assert_eq!(
+            "spiffe://td/a*".parse::<IdPattern>(),
+            Err(IdError::Wildcard)
+        );
+    }
+
+    /// Serialises through serde's `Serializer for &mut fmt::Formatter` (strings only), so the
+    /// crate needs no serde_json.
+    struct Serialized<'a, T>(&'a T);
+    impl<T: serde::Serialize> fmt::Display for Serialized<'_, T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.serialize(f)
+        }
+    }
+
+    fn deserialize<'de, T: serde::Deserialize<'de>>(s: &'de str) -> Result<T, String> {
+        use serde::de::IntoDeserializer;
+        T::deserialize(s.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    }
+
+    #[test]
+    fn ids_and_patterns_serialize_as_their_text_and_deserialize_only_when_valid() {
+        let s = "spiffe://td/ns/a/sa/b";
+        assert_eq!(Serialized(&id(s)).to_string(), s);
+        assert_eq!(deserialize::<SpiffeId>(s), Ok(id(s)));
+        assert_eq!(
+            deserialize::<SpiffeId>("spiffe://td/*"),
+            Err(IdError::PathChar.to_string())
+        );
+
+        let p = "spiffe://td/ns/a/*";
+        let pattern = IdPattern::parse(p).expect("valid");
+        assert_eq!(Serialized(&pattern).to_string(), p);
+        assert_eq!(deserialize::<IdPattern>(p), Ok(pattern));
+        assert_eq!(
+            deserialize::<IdPattern>("spiffe://td/*/x"),
+            Err(IdError::Wildcard.to_string())
+        );
+    }
+
+    #[test]
     fn rejects_bad_patterns() {
         for s in [
             "spiffe://td/ns/*/sa/x",
