@@ -40,8 +40,6 @@ pub struct Cached {
     /// KV v2 version, or a counter of fetches for other secrets.
     pub version: u64,
     pub lease: Option<Lease>,
-    pub fetched_at: SystemTime,
-    pub vault_request_id: String,
 }
 
 impl Cached {

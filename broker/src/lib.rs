@@ -3,16 +3,20 @@
 
 mod access;
 mod api;
-pub mod cache;
+mod cache;
 pub mod claims;
 pub mod cli;
 pub mod config;
 mod lifecycle;
-pub mod metrics;
-pub mod refresh;
-pub mod secret;
+mod metrics;
+mod refresh;
+mod secret;
 pub mod source;
 pub mod vault;
+
+pub use secret::SecretString;
+pub use source::SecretSource;
+pub use vault::{Vault, VaultError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,8 +30,6 @@ use crate::cache::Entry;
 use crate::config::Config;
 use crate::metrics::BrokerMetrics;
 use crate::secret::Sealer;
-use crate::source::SecretSource;
-use crate::vault::Vault;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +85,14 @@ pub(crate) struct IdentityAccess {
 }
 
 /// State shared by the broker's tasks.
-pub struct Inner {
-    pub config: Config,
-    pub vault: Arc<Vault>,
-    pub audit: Arc<AuditLog>,
-    pub metrics: BrokerMetrics,
-    pub sealer: Sealer,
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) metrics: BrokerMetrics,
+    pub(crate) sealer: Sealer,
     /// Declared secrets by name.
-    pub entries: BTreeMap<String, Arc<Entry>>,
+    pub(crate) entries: BTreeMap<String, Arc<Entry>>,
     identity: RwLock<Option<IdentityAccess>>,
     login_error: Mutex<Option<String>>,
     digest_key: Zeroizing<Vec<u8>>,
@@ -127,7 +129,7 @@ impl Inner {
 
     /// `Ok` when logged in, every required secret is held unexpired, and the identity (if
     /// any) is issued; otherwise the reason.
-    pub fn readiness(&self) -> Result<(), String> {
+    pub(crate) fn readiness(&self) -> Result<(), String> {
         if !self.vault.is_logged_in() {
             let why = self
                 .login_error

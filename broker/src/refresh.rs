@@ -318,7 +318,7 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), SourceError> {
     rec.path = Some(spec.path.clone());
     rec.version = Some(version);
     rec.lease_hmac = lease.as_ref().map(|l| ctx.audit.hmac(l.id.expose()));
-    rec.vault_request_id = Some(request_id.clone());
+    rec.vault_request_id = Some(request_id);
     let _ = ctx.audit.record(&rec);
     info!(
         secret = %spec.name,
@@ -334,8 +334,6 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), SourceError> {
         fields,
         version,
         lease,
-        fetched_at: now,
-        vault_request_id: request_id,
     });
     Ok(())
 }

@@ -144,6 +144,7 @@ impl ZeroBuf {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.buf.len()
     }

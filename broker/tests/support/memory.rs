@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use keyward_broker::secret::SecretString;
 use keyward_broker::source::{
     Fetched, Lease, Renewal, Revocation, SecretSource, SourceError, SourceFuture, SourceKind,
 };
+use keyward_broker::SecretString;
 use tokio::sync::watch;
 
 /// What the memory source calls its audit actions.
