@@ -432,6 +432,126 @@ mod tests {
     }
 
     #[test]
+    fn decisions_are_named_as_the_log_writes_them() {
+        for d in [
+            Decision::Allow,
+            Decision::Deny,
+            Decision::Ok,
+            Decision::Error,
+        ] {
+            let json = serde_json::to_string(&d).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", d.as_str()));
+        }
+        assert_eq!(Decision::Deny.as_str(), "deny");
+    }
+
+    #[test]
+    fn records_carry_the_current_utc_time_in_microseconds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let log = open(&path);
+        let before = time::OffsetDateTime::now_utc();
+        log.record(&read("db").reason("because")).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+        let t = v["time"].as_str().expect("time");
+        // 2026-01-02T03:04:05.123456Z
+        assert_eq!(t.len(), 27, "{t}");
+        assert!(t.ends_with('Z'), "{t}");
+        let parsed = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339");
+        let age = parsed - before;
+        assert!(
+            age >= -time::Duration::seconds(1) && age < time::Duration::minutes(5),
+            "{t}"
+        );
+        assert_eq!(v["reason"], "because");
+        assert_eq!(v["decision"], "allow");
+    }
+
+    #[test]
+    fn the_logs_hmac_uses_its_configured_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(&dir.path().join("audit.log"));
+        assert_eq!(log.hmac("lease-1"), hmac_hex(b"k", "lease-1"));
+        // Without a configured key each log draws its own.
+        let random = |name: &str| {
+            AuditLog::open(AuditConfig {
+                path: dir.path().join(name),
+                stdout: false,
+                hmac_key: None,
+                fsync: false,
+            })
+            .expect("open")
+        };
+        let (a, b) = (random("a.log"), random("b.log"));
+        assert_eq!(a.hmac("lease-1").len(), 64);
+        assert_ne!(a.hmac("lease-1"), b.hmac("lease-1"));
+    }
+
+    #[test]
+    fn debug_output_names_the_path_and_never_the_hmac_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let config = AuditConfig {
+            path: path.clone(),
+            stdout: false,
+            hmac_key: Some(Zeroizing::new(b"hunter2-key".to_vec())),
+            fsync: false,
+        };
+        let shown = format!("{config:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("audit.log"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let log = AuditLog::open(config).expect("open");
+        assert_eq!(log.path(), path);
+        let shown = format!("{log:?}");
+        assert!(shown.starts_with("AuditLog"), "{shown}");
+        assert!(shown.contains("audit.log"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    /// Run in a child process by `every_record_is_copied_to_stdout` (libtest does not capture
+    /// writes to the real stdout).
+    #[test]
+    fn child_writes_records_with_a_stdout_copy() {
+        let Some(dir) = std::env::var_os("KEYWARD_AUDIT_STDOUT_CHILD") else {
+            return;
+        };
+        let log = AuditLog::open(AuditConfig {
+            path: Path::new(&dir).join("audit.log"),
+            stdout: true,
+            hmac_key: None,
+            fsync: false,
+        })
+        .expect("open");
+        log.record(&read("copied-to-stdout")).expect("write");
+    }
+
+    #[test]
+    fn every_record_is_copied_to_stdout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "tests::child_writes_records_with_a_stdout_copy",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KEYWARD_AUDIT_STDOUT_CHILD", dir.path())
+            .output()
+            .expect("run child");
+        assert!(out.status.success(), "{out:?}");
+        let file = std::fs::read_to_string(dir.path().join("audit.log")).expect("log");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(file.lines().count(), 1, "{file}");
+        assert!(
+            stdout.contains(&file),
+            "the stdout copy is the logged line:\n{stdout}"
+        );
+    }
+
+    #[test]
     fn hmac_is_keyed_and_hides_the_value() {
         let a = hmac_hex(b"k1", "lease-123");
         assert_eq!(a.len(), 64);
