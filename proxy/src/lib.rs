@@ -1,6 +1,7 @@
 //! The mTLS proxy: SPIFFE identity from Vault PKI, inbound and outbound mTLS, identity allow lists.
 
 pub mod admin;
+mod authz;
 pub mod config;
 pub mod conn;
 pub mod exposure;

@@ -16,16 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::authz::{self, Counted, Direction, Listener, Refusal};
 use crate::config::{InboundConfig, OutboundConfig, ProxyConfig};
 use crate::conn::{splice, SpliceEnd};
 use crate::identity::IdentityStore;
 use crate::metrics::{ConnLabels, Metrics};
 use crate::policy::Policy;
-use crate::svid::SvidError;
 use crate::tls::{self, Authorize, Verdict};
-
-const INBOUND: &str = "inbound";
-const OUTBOUND: &str = "outbound";
 
 /// Settings shared by every listener.
 #[derive(Debug, Clone)]
@@ -100,12 +97,16 @@ impl Proxy {
     /// is the policy's entry for the listener's local port.
     pub fn inbound(&self, listener: TcpListener, cfg: InboundConfig) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
-        let l = Arc::new(InboundListener { port, cfg });
+        let l = Arc::new(InboundListener {
+            port,
+            authz: Arc::new(Listener::Inbound { port }),
+            cfg,
+        });
         let shared = self.shared.clone();
         self.shared.tracker.spawn(accept_loop(
             shared,
             listener,
-            INBOUND,
+            Direction::Inbound,
             port,
             move |shared, tcp, peer, permit| {
                 let l = l.clone();
@@ -118,12 +119,19 @@ impl Proxy {
     /// Serves an outbound listener: plaintext from the app, mTLS to `cfg.upstream`.
     pub fn outbound(&self, listener: TcpListener, cfg: OutboundConfig) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
-        let l = Arc::new(OutboundListener { port, cfg });
+        let l = Arc::new(OutboundListener {
+            port,
+            authz: Arc::new(Listener::Outbound {
+                port,
+                expect: cfg.expect.clone(),
+            }),
+            cfg,
+        });
         let shared = self.shared.clone();
         self.shared.tracker.spawn(accept_loop(
             shared,
             listener,
-            OUTBOUND,
+            Direction::Outbound,
             port,
             move |shared, tcp, peer, permit| {
                 let l = l.clone();
@@ -172,25 +180,31 @@ impl Proxy {
 
 struct InboundListener {
     port: u16,
+    /// What the authorizer knows of this listener.
+    authz: Arc<Listener>,
     cfg: InboundConfig,
 }
 
 struct OutboundListener {
     port: u16,
+    authz: Arc<Listener>,
     cfg: OutboundConfig,
 }
 
 async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
-    direction: &'static str,
+    direction: Direction,
     port: u16,
     handle: F,
 ) where
     F: Fn(Arc<Shared>, TcpStream, SocketAddr, OwnedSemaphorePermit) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let labels = ConnLabels { direction, port };
+    let labels = ConnLabels {
+        direction: direction.as_str(),
+        port,
+    };
     let total = shared
         .metrics
         .connections_total
@@ -212,29 +226,30 @@ async fn accept_loop<F, Fut>(
         };
         total.inc();
         let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-            shared
-                .metrics
-                .handshake_failure(direction, port, "max_connections");
+            count(&shared, direction, port, &Refusal::MaxConnections);
             warn!(%peer, port, "Connection limit reached, closing connection");
             drop(tcp);
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let span = tracing::info_span!("conn", direction, port, %peer);
+        let span = tracing::info_span!("conn", direction = direction.as_str(), port, %peer);
         shared
             .tracker
             .spawn(handle(shared.clone(), tcp, peer, permit).instrument(span));
     }
-    debug!(port, direction, "Listener closed");
+    debug!(port, direction = direction.as_str(), "Listener closed");
 }
 
 /// Counts a connection as open while alive.
 struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
 impl OpenGuard {
-    fn new(m: &Metrics, direction: &'static str, port: u16) -> Self {
+    fn new(m: &Metrics, direction: Direction, port: u16) -> Self {
         let g = m
             .connections_open
-            .get_or_create(&ConnLabels { direction, port })
+            .get_or_create(&ConnLabels {
+                direction: direction.as_str(),
+                port,
+            })
             .clone();
         g.inc();
         Self(g)
@@ -248,14 +263,14 @@ impl Drop for OpenGuard {
 
 fn audit(
     shared: &Shared,
-    action: &'static str,
+    direction: Direction,
     decision: Decision,
     spiffe_id: Option<String>,
     addr: String,
     port: u16,
     reason: String,
 ) -> bool {
-    let mut r = Record::new(action, decision).reason(reason);
+    let mut r = Record::new(direction.action(), decision).reason(reason);
     r.peer = Some(Peer { spiffe_id, addr });
     r.port = Some(port);
     match shared.audit.record(&r) {
@@ -267,30 +282,47 @@ fn audit(
     }
 }
 
-fn peer_id_of(e: &SvidError) -> Option<String> {
-    match e {
-        SvidError::NotAllowed(id) | SvidError::NotExpected(id) => Some(id.clone()),
-        SvidError::TrustDomain { id, .. } => Some(id.clone()),
-        _ => None,
+/// Counts a refusal: an authorization denial, or a failed handshake by its reason.
+fn count(shared: &Shared, direction: Direction, port: u16, refusal: &Refusal) {
+    match refusal.counted() {
+        Counted::Denied => shared.metrics.authz(direction.as_str(), port, false),
+        Counted::HandshakeFailure(code) => {
+            shared
+                .metrics
+                .handshake_failure(direction.as_str(), port, code)
+        }
     }
 }
 
-/// Turns a failed handshake into (metric label, reason, peer ID if known).
+/// Counts a refusal and writes its deny record.
+fn deny(shared: &Shared, listener: &Listener, addr: String, refusal: &Refusal) {
+    let (direction, port) = (listener.direction(), listener.port());
+    count(shared, direction, port, refusal);
+    audit(
+        shared,
+        direction,
+        Decision::Deny,
+        refusal.peer_id(),
+        addr,
+        port,
+        refusal.to_string(),
+    );
+}
+
+/// Why a handshake failed: the verifier's refusal, else the TLS or socket error, else (no
+/// error: the handshake did not finish in time) a timeout.
 fn failure(
     shared: &Shared,
-    side: tls::Side,
+    direction: Direction,
     verdict: &Verdict,
     err: Option<&std::io::Error>,
-) -> (&'static str, String, Option<String>) {
-    if let Some(Err(e)) = tls::take_verdict(verdict) {
-        return (e.code(), e.to_string(), peer_id_of(&e));
+) -> Refusal {
+    if let Some(Err(refusal)) = tls::take_verdict(verdict) {
+        return refusal;
     }
     match err {
-        Some(e) => {
-            let (code, reason) = tls::classify(e, side, shared.limits.allow_tls12);
-            (code, reason, None)
-        }
-        None => ("timeout", "TLS handshake timed out".into(), None),
+        Some(e) => Refusal::from_handshake_error(e, direction, shared.limits.allow_tls12),
+        None => Refusal::Timeout,
     }
 }
 
@@ -302,7 +334,7 @@ async fn serve_inbound(
     _permit: OwnedSemaphorePermit,
 ) {
     let port = l.port;
-    let _open = OpenGuard::new(&shared.metrics, INBOUND, port);
+    let _open = OpenGuard::new(&shared.metrics, Direction::Inbound, port);
     let local = tcp.local_addr().ok();
     // Subscribe to policy changes before anything is authorised: every generation published
     // from here on is unseen by this receiver until the connection has checked its peer against
@@ -310,14 +342,10 @@ async fn serve_inbound(
     let mut policy_rx = shared.policy.clone();
     policy_rx.mark_unchanged();
     let verdict = Verdict::default();
-    let policy = shared.policy.clone();
-    let authorize: Authorize = Arc::new(move |id: &SpiffeId| {
-        if policy.borrow().allows(port, id).is_some() {
-            Ok(())
-        } else {
-            Err(SvidError::NotAllowed(id.to_string()))
-        }
-    });
+    let authorize = Authorize {
+        listener: l.authz.clone(),
+        policy: shared.policy.clone(),
+    };
     let config = match tls::server_config(
         &shared.store,
         shared.limits.allow_tls12,
@@ -337,47 +365,41 @@ async fn serve_inbound(
     };
     let tls = match accepted {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return inbound_denied(&shared, &verdict, Some(&e), peer, port),
-        Err(_) => return inbound_denied(&shared, &verdict, None, peer, port),
+        Ok(Err(e)) => return inbound_denied(&shared, &l, &verdict, Some(&e), peer),
+        Err(_) => return inbound_denied(&shared, &l, &verdict, None, peer),
     };
-    let Some(Ok(id)) = tls::take_verdict(&verdict) else {
+    let Some(Ok(verified)) = tls::take_verdict(&verdict) else {
         // The verifier always records a verdict for a completed handshake.
         warn!("Handshake completed without a verified peer");
         return;
     };
     // Authorise under the newest generation and mark it seen: a generation published during
     // the handshake is checked here, any later one by `revoked` below.
-    let rule = policy_rx
-        .borrow_and_update()
-        .allows(port, &id)
-        .map(|p| p.to_string());
-    let Some(rule) = rule else {
-        // The policy changed between the verifier and here.
-        shared.metrics.authz(INBOUND, port, false);
-        audit(
-            &shared,
-            "conn.inbound",
-            Decision::Deny,
-            Some(id.to_string()),
-            peer.to_string(),
-            port,
-            SvidError::NotAllowed(id.to_string()).to_string(),
-        );
-        return;
+    let decision = authz::decide(&l.authz, Ok(verified.id), &policy_rx.borrow_and_update());
+    let allowed = match decision {
+        Ok(allowed) => allowed,
+        Err(refusal) => {
+            // The policy changed between the verifier and here.
+            deny(&shared, &l.authz, peer.to_string(), &refusal);
+            return;
+        }
     };
+    let id = allowed.id.clone();
     if !audit(
         &shared,
-        "conn.inbound",
+        Direction::Inbound,
         Decision::Allow,
         Some(id.to_string()),
         peer.to_string(),
         port,
-        format!("allowed by {rule}"),
+        allowed.to_string(),
     ) {
         // Fail closed: an access that cannot be recorded does not happen.
         return;
     }
-    shared.metrics.authz(INBOUND, port, true);
+    shared
+        .metrics
+        .authz(Direction::Inbound.as_str(), port, true);
     info!(peer_id = %id, "Connection allowed");
 
     // Everything after authorisation (app connect, PROXY header, splice) runs against the
@@ -385,33 +407,29 @@ async fn serve_inbound(
     let forward = forward_inbound(&shared, &l, tls, &id, peer, local);
     tokio::select! {
         () = forward => {}
-        () = revoked(&mut policy_rx, port, &id) => {
-            shared.metrics.authz(INBOUND, port, false);
+        refusal = revoked(&mut policy_rx, &l.authz, &id) => {
             shared.metrics.connections_revoked.inc();
-            audit(
-                &shared,
-                "conn.inbound",
-                Decision::Deny,
-                Some(id.to_string()),
-                peer.to_string(),
-                port,
-                "policy changed: peer no longer allowed, connection closed".into(),
-            );
+            deny(&shared, &l.authz, peer.to_string(), &refusal);
             warn!(peer_id = %id, "Connection revoked by policy change");
         }
         _ = shared.cut.cancelled() => {}
     }
 }
 
-/// Resolves once a policy generation newer than the last one `policy` has seen no longer allows
-/// `id` on `port`; never, if the policy source is gone (shutdown: the last policy stays).
-async fn revoked(policy: &mut watch::Receiver<Arc<Policy>>, port: u16, id: &SpiffeId) {
+/// Resolves, with the refusal, once a policy generation newer than the last one `policy` has
+/// seen no longer allows `id` on `listener`; never, if the policy source is gone (shutdown: the
+/// last policy stays).
+async fn revoked(
+    policy: &mut watch::Receiver<Arc<Policy>>,
+    listener: &Listener,
+    id: &SpiffeId,
+) -> Refusal {
     loop {
         if policy.changed().await.is_err() {
             return std::future::pending().await;
         }
-        if policy.borrow_and_update().allows(port, id).is_none() {
-            return;
+        if let Err(refusal) = authz::recheck(listener, id, &policy.borrow_and_update()) {
+            return refusal;
         }
     }
 }
@@ -457,34 +475,22 @@ async fn forward_inbound(
             return;
         }
     }
-    let (rx, tx) = shared.metrics.bytes_of(INBOUND, port);
+    let (rx, tx) = shared.metrics.bytes_of(Direction::Inbound.as_str(), port);
     log_end(splice(tls, app, shared.limits.idle_timeout, rx, tx).await);
 }
 
 fn inbound_denied(
     shared: &Shared,
+    l: &InboundListener,
     verdict: &Verdict,
     err: Option<&std::io::Error>,
     peer: SocketAddr,
-    port: u16,
 ) {
-    let (code, reason, peer_id) = failure(shared, tls::Side::Server, verdict, err);
-    if code == "denied" {
-        shared.metrics.authz(INBOUND, port, false);
-    } else {
-        shared.metrics.handshake_failure(INBOUND, port, code);
-    }
+    let refusal = failure(shared, Direction::Inbound, verdict, err);
+    let peer_id = refusal.peer_id();
     let shown = peer_id.as_deref().unwrap_or("-");
-    warn!(peer_id = shown, %reason, "Connection denied");
-    audit(
-        shared,
-        "conn.inbound",
-        Decision::Deny,
-        peer_id,
-        peer.to_string(),
-        port,
-        reason,
-    );
+    warn!(peer_id = shown, reason = %refusal, "Connection denied");
+    deny(shared, &l.authz, peer.to_string(), &refusal);
 }
 
 fn log_end(end: SpliceEnd) {
@@ -503,16 +509,12 @@ async fn serve_outbound(
     _permit: OwnedSemaphorePermit,
 ) {
     let port = l.port;
-    let _open = OpenGuard::new(&shared.metrics, OUTBOUND, port);
+    let _open = OpenGuard::new(&shared.metrics, Direction::Outbound, port);
     let verdict = Verdict::default();
-    let expect = l.cfg.expect.clone();
-    let authorize: Authorize = Arc::new(move |id: &SpiffeId| {
-        if expect.contains(id) {
-            Ok(())
-        } else {
-            Err(SvidError::NotExpected(id.to_string()))
-        }
-    });
+    let authorize = Authorize {
+        listener: l.authz.clone(),
+        policy: shared.policy.clone(),
+    };
     let config = match tls::client_config(
         &shared.store,
         shared.limits.allow_tls12,
@@ -554,43 +556,33 @@ async fn serve_outbound(
                 Ok(Err(e)) => Some(e),
                 _ => None,
             };
-            let (code, reason, peer_id) = failure(&shared, tls::Side::Client, &verdict, err);
-            if code == "unexpected_server" {
-                shared.metrics.authz(OUTBOUND, port, false);
-            } else {
-                shared.metrics.handshake_failure(OUTBOUND, port, code);
-            }
-            warn!(peer_id = peer_id.as_deref().unwrap_or("-"), %reason, upstream, "Upstream refused");
-            audit(
-                &shared,
-                "conn.outbound",
-                Decision::Deny,
-                peer_id,
-                upstream_addr.clone(),
-                port,
-                reason,
-            );
+            let refusal = failure(&shared, Direction::Outbound, &verdict, err);
+            let peer_id = refusal.peer_id();
+            warn!(peer_id = peer_id.as_deref().unwrap_or("-"), reason = %refusal, upstream, "Upstream refused");
+            deny(&shared, &l.authz, upstream_addr.clone(), &refusal);
             return;
         }
     };
-    let Some(Ok(id)) = tls::take_verdict(&verdict) else {
+    let Some(Ok(allowed)) = tls::take_verdict(&verdict) else {
         warn!("Handshake completed without a verified server");
         return;
     };
     if !audit(
         &shared,
-        "conn.outbound",
+        Direction::Outbound,
         Decision::Allow,
-        Some(id.to_string()),
+        Some(allowed.id.to_string()),
         upstream_addr,
         port,
-        format!("server is {id}, as expected (app {app_peer})"),
+        format!("{allowed} (app {app_peer})"),
     ) {
         return;
     }
-    shared.metrics.authz(OUTBOUND, port, true);
-    debug!(peer_id = %id, "Upstream connected");
-    let (rx, tx) = shared.metrics.bytes_of(OUTBOUND, port);
+    shared
+        .metrics
+        .authz(Direction::Outbound.as_str(), port, true);
+    debug!(peer_id = %allowed.id, "Upstream connected");
+    let (rx, tx) = shared.metrics.bytes_of(Direction::Outbound.as_str(), port);
     tokio::select! {
         end = splice(tls, local, shared.limits.idle_timeout, rx, tx) => log_end(end),
         _ = shared.cut.cancelled() => {}

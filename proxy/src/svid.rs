@@ -11,12 +11,11 @@ use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-/// Why a peer's certificate is not accepted. `code()` is the metric label; `Display` goes into
-/// the audit log's `reason`.
+/// Why a peer's certificate is not a valid SVID of our trust domain. `code()` is the metric
+/// label; `Display` goes into the audit log's `reason` (through `authz::Refusal`, which also
+/// holds the refusals of a valid SVID).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
-    #[error("no certificate presented")]
-    NoCertificate,
     #[error("certificate cannot be parsed: {0}")]
     Malformed(String),
     #[error("SVID must have exactly one URI SAN, found {0}")]
@@ -43,17 +42,12 @@ pub enum SvidError {
     NotYetValid,
     #[error("certificate chain is invalid: {0}")]
     Chain(String),
-    #[error("SPIFFE ID {0} is not allowed by the policy of this port")]
-    NotAllowed(String),
-    #[error("server SPIFFE ID {0} is not one of the expected IDs")]
-    NotExpected(String),
 }
 
 impl SvidError {
     /// A short, bounded label for metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            SvidError::NoCertificate => "no_certificate",
             SvidError::Malformed(_) => "malformed",
             SvidError::UriSanCount(_) => "uri_san_count",
             SvidError::InvalidId(_) => "invalid_spiffe_id",
@@ -67,8 +61,6 @@ impl SvidError {
             SvidError::Expired => "expired",
             SvidError::NotYetValid => "not_yet_valid",
             SvidError::Chain(_) => "bad_chain",
-            SvidError::NotAllowed(_) => "denied",
-            SvidError::NotExpected(_) => "unexpected_server",
         }
     }
 
@@ -79,9 +71,6 @@ impl SvidError {
             SvidError::UnknownCa => C::UnknownIssuer,
             SvidError::Expired => C::Expired,
             SvidError::NotYetValid => C::NotValidYet,
-            SvidError::NotAllowed(_) | SvidError::NotExpected(_) => {
-                C::ApplicationVerificationFailure
-            }
             SvidError::Malformed(_) => C::BadEncoding,
             other => C::Other(rustls::OtherError(Arc::new(other.clone()))),
         })

@@ -13,7 +13,6 @@ use keyward_proxy::identity::{IdentityStore, Rotator};
 use keyward_proxy::metrics::Metrics;
 use keyward_proxy::policy::Policy;
 use keyward_proxy::server::{Limits, Proxy};
-use keyward_proxy::svid::SvidError;
 use keyward_proxy::tls;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use support::testpki::{Leaf, Minted, TestCa};
@@ -600,15 +599,6 @@ async fn drain_waits_for_open_connections_then_refuses_new_ones() {
 
 fn client_of(env: &Env) -> Minted {
     env.ca.leaf(Leaf::new(CLIENT))
-}
-
-#[test]
-fn not_allowed_maps_to_access_denied() {
-    let e = SvidError::NotAllowed(CLIENT.into()).to_rustls();
-    assert!(matches!(
-        e,
-        rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
-    ));
 }
 
 /// An app that counts the connections it accepted and the bytes it read.
