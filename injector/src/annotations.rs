@@ -771,3 +771,365 @@ pub fn is_dns_subdomain(s: &str) -> bool {
                 && !l.ends_with('-')
         })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The rules one predicate at a time, at their boundaries (mutation testing showed which
+    //! edges the admission tests leave open: docs/testing.md, "Mutation testing").
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<PodSettings, AnnotationError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
+            .collect();
+        parse_settings(&map)
+    }
+
+    #[test]
+    fn log_levels_parse_print_and_round_trip() {
+        for name in ["trace", "debug", "info", "warn", "error"] {
+            let level = LogLevel::parse(name).expect(name);
+            assert_eq!(level.as_str(), name);
+            assert_eq!(level.to_string(), name);
+        }
+        assert_eq!(LogLevel::parse("warn"), Some(LogLevel::Warn));
+        assert_eq!(LogLevel::parse("WARN"), None);
+        assert_eq!(LogLevel::parse("verbose"), None);
+    }
+
+    #[test]
+    fn skip_reasons_have_distinct_labels() {
+        assert_eq!(SkipReason::OptedOut.as_str(), "opted out");
+        assert_eq!(SkipReason::AlreadyInjected.as_str(), "already injected");
+        assert_eq!(SkipReason::SystemNamespace.as_str(), "system namespace");
+    }
+
+    #[test]
+    fn dns_labels_are_1_to_63_lowercase_alnum_or_dash_not_at_the_ends() {
+        for good in ["a", "0", "a-1", "web-2x", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(64),
+            "-a",
+            "a-",
+            "-",
+            "A",
+            "a_b",
+            "a.b",
+            "a b",
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_subdomains_are_dot_separated_labels_of_at_most_253_bytes() {
+        for good in ["a", "config.keyward", "a-1.b-2", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(good), "{good}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(254),
+            "a..b",
+            ".a",
+            "a.",
+            "-a.b",
+            "a-.b",
+            "a.-b",
+            "a.b-",
+            "A.b",
+            "a_b",
+        ] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_hosts_are_dns_names_ipv4_or_bracketed_ipv6() {
+        let l63 = "a".repeat(63);
+        let at_limit = format!("{l63}.{l63}.{l63}.{}", "b".repeat(61));
+        assert_eq!(at_limit.len(), 253);
+        for good in [
+            "orders.shop.svc",
+            "Orders-1.svc",
+            "10.0.0.1",
+            "[::1]",
+            "[fd00::2]",
+            &l63,
+            &at_limit,
+        ] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "[::1",
+            "[not-ipv6]",
+            "[10.0.0.1]",
+            "a..b",
+            ".a",
+            "-a.b",
+            "a-.b",
+            "a.-b",
+            "a.b-",
+            "a_b",
+            "a b",
+            &"a".repeat(64),
+            &format!("{at_limit}b"),
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_are_plain_decimal_1_to_65535() {
+        assert_eq!(parse_port("1"), Some(1));
+        assert_eq!(parse_port("15443"), Some(15443));
+        assert_eq!(parse_port("65535"), Some(65535));
+        for bad in ["", "0", "00", "65536", "+1", "-1", " 1", "1a", "x"] {
+            assert_eq!(parse_port(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn roles_are_1_to_128_bytes_of_letters_digits_dash_underscore_dot() {
+        let key = "keyward.io/role";
+        assert_eq!(
+            parse_role(key, "web-app_1.v2").as_deref(),
+            Ok("web-app_1.v2")
+        );
+        let max = "r".repeat(128);
+        assert_eq!(parse_role(key, &max), Ok(max.clone()));
+        for bad in ["", "a/b", "a b", "a:b", &format!("{max}r")] {
+            let err = parse_role(key, bad).expect_err(bad);
+            assert_eq!(err.key, key);
+        }
+    }
+
+    #[test]
+    fn quantities_must_parse_and_be_non_negative() {
+        let key = "keyward.io/cpu-request";
+        assert_eq!(parse_quantity(key, "10m").as_deref(), Ok("10m"));
+        assert_eq!(parse_quantity(key, "0").as_deref(), Ok("0"));
+        assert_eq!(parse_quantity(key, "64Mi").as_deref(), Ok("64Mi"));
+        for bad in ["-1", "-10m", "lots", ""] {
+            assert!(parse_quantity(key, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uid_lists_are_unsigned_decimals_with_duplicates_dropped() {
+        let key = "keyward.io/identity-uids";
+        assert_eq!(parse_uids(key, "1000, 1001,1000"), Ok(vec![1000, 1001]));
+        assert_eq!(parse_uids(key, "0"), Ok(vec![0]));
+        assert_eq!(parse_uids(key, "4294967295"), Ok(vec![u32::MAX]));
+        for bad in ["", "+1000", "-1", "1000,", "root", "4294967296", "1 000"] {
+            assert!(parse_uids(key, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn container_lists_are_dns_labels_with_duplicates_dropped() {
+        let key = "keyward.io/containers";
+        assert_eq!(
+            parse_name_list(key, "app, worker,app"),
+            Ok(vec!["app".to_owned(), "worker".to_owned()])
+        );
+        for bad in ["", "app,,worker", "App", "app,-x"] {
+            assert!(parse_name_list(key, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_containers_names_the_first_missing_one() {
+        let wanted = ["app".to_owned(), "gone".to_owned(), "worker".to_owned()];
+        let present: BTreeSet<&str> = ["app", "worker"].into();
+        assert_eq!(unknown_containers(&wanted, &present), Some(&wanted[1]));
+        let all: BTreeSet<&str> = ["app", "gone", "worker", "extra"].into();
+        assert_eq!(unknown_containers(&wanted, &all), None);
+    }
+
+    #[test]
+    fn kv_refresh_accepts_exactly_1s_to_24h() {
+        use std::time::Duration;
+        assert_eq!(kv_refresh("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(kv_refresh(" 24h "), Ok(Duration::from_secs(24 * 3600)));
+        assert_eq!(kv_refresh("90m"), Ok(Duration::from_secs(5400)));
+        for bad in ["999ms", "24h 1s", "0s", "soon", ""] {
+            assert!(kv_refresh(bad).is_err(), "{bad:?}");
+        }
+        let err = parse_kv_refresh("keyward.io/kv-refresh", "2d").expect_err("2d");
+        assert_eq!(err.key, "keyward.io/kv-refresh");
+    }
+
+    #[test]
+    fn a_request_may_equal_but_not_exceed_its_limit() {
+        let r = |req: &str, lim: &str| ResourceOverrides {
+            cpu_request: Some(req.into()),
+            cpu_limit: Some(lim.into()),
+            ..Default::default()
+        };
+        assert!(check_resources(&r("100m", "200m")).is_ok());
+        assert!(check_resources(&r("100m", "0.1")).is_ok(), "equal");
+        let err = check_resources(&r("300m", "200m")).expect_err("above");
+        assert_eq!(err.key, "keyward.io/cpu-request");
+        let mem = ResourceOverrides {
+            memory_request: Some("1Gi".into()),
+            memory_limit: Some("512Mi".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_resources(&mem).expect_err("above").key,
+            "keyward.io/memory-request"
+        );
+    }
+
+    #[test]
+    fn outbound_ids_must_be_exact_and_lists_must_not_be_empty() {
+        let key = "keyward.io/outbound-orders-id";
+        let ids = parse_ids(key, "spiffe://td/ns/a/sa/b, spiffe://td/ns/a/sa/b").expect("ids");
+        assert_eq!(
+            ids,
+            vec![SpiffeId::parse("spiffe://td/ns/a/sa/b").expect("id")]
+        );
+        let err = parse_ids(key, "spiffe://td/ns/a/sa/*").expect_err("pattern");
+        assert!(err.problem.contains("is a pattern"), "{err}");
+        let err = parse_ids(key, "spiffe://td/ns/a/sa/b*").expect_err("bad");
+        assert!(err.problem.contains("is not a SPIFFE ID"), "{err}");
+        assert!(parse_ids(key, " ").is_err());
+        let pats = parse_patterns("keyward.io/inbound-allow-15443", "spiffe://td/ns/a/*")
+            .expect("pattern");
+        assert_eq!(pats.len(), 1);
+        assert!(parse_patterns("keyward.io/inbound-allow-15443", "").is_err());
+    }
+
+    #[test]
+    fn every_fixed_annotation_key_is_read() {
+        let s = settings(&[
+            ("inject", "true"),
+            ("role", "web"),
+            ("log-level", "debug"),
+            ("containers", "app"),
+            ("kv-refresh", "30s"),
+            ("cpu-request", "10m"),
+            ("memory-request", "32Mi"),
+            ("cpu-limit", "20m"),
+            ("memory-limit", "64Mi"),
+            ("inbound", "15443:8080"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+            ("identity-uids", "1000"),
+        ])
+        .expect("valid");
+        assert_eq!(s.role.as_deref(), Some("web"));
+        assert_eq!(s.log_level, Some(LogLevel::Debug));
+        assert_eq!(s.containers, Some(vec!["app".to_owned()]));
+        assert_eq!(s.kv_refresh, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            s.resources,
+            ResourceOverrides {
+                cpu_request: Some("10m".into()),
+                memory_request: Some("32Mi".into()),
+                cpu_limit: Some("20m".into()),
+                memory_limit: Some("64Mi".into()),
+            }
+        );
+        assert_eq!(s.inbound.len(), 1);
+        assert_eq!(s.identity_uids, Some(vec![1000]));
+        assert!(settings(&[("status", "injected")]).is_ok());
+    }
+
+    #[test]
+    fn identity_uids_need_an_inbound_or_an_outbound_port() {
+        assert!(settings(&[("identity-uids", "1000")]).is_err());
+        let outbound_only = settings(&[
+            ("identity-uids", "1000"),
+            ("outbound-orders", "15001=orders.shop.svc:15443"),
+            ("outbound-orders-id", "spiffe://td/ns/shop/sa/orders"),
+        ])
+        .expect("an outbound port is enough");
+        assert_eq!(outbound_only.outbound[0].local_port, 15001);
+        let inbound_only = settings(&[
+            ("identity-uids", "1000"),
+            ("inbound", "15443:8080"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+        ])
+        .expect("an inbound port is enough");
+        assert_eq!(inbound_only.inbound[0].app_port, 8080);
+    }
+
+    #[test]
+    fn secret_keys_after_hash_follow_the_contract() {
+        let ok = settings(&[("secret-db", "secret/data/db#password")]).expect("valid");
+        assert_eq!(ok.secrets[0].key.as_deref(), Some("password"));
+        assert!(settings(&[("secret-db", "secret/data/db#a b")]).is_err());
+        assert!(settings(&[("secret-db", "secret/data/db#")]).is_err());
+        assert!(settings(&[("secret-db", "/secret/data/db#password")]).is_err());
+        let whole = settings(&[("secret-db", "secret/data/db")]).expect("valid");
+        assert_eq!(whole.secrets[0].key, None);
+    }
+
+    #[test]
+    fn outbound_upstreams_need_a_valid_host_and_port() {
+        let out = |v: &str| {
+            settings(&[
+                ("outbound-orders", v),
+                ("outbound-orders-id", "spiffe://td/ns/shop/sa/orders"),
+            ])
+        };
+        assert_eq!(
+            out("15001 = orders.shop.svc:15443")
+                .expect("valid")
+                .outbound[0]
+                .upstream,
+            "orders.shop.svc:15443"
+        );
+        assert!(out("15001=[::1]:15443").is_ok());
+        for bad in [
+            "15001=orders.shop.svc",
+            "15001=orders.shop.svc:0",
+            "15001=orders_shop:15443",
+            "15001=:15443",
+            "0=orders:15443",
+            "orders:15443",
+        ] {
+            assert!(out(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_inbound_tls_port_may_be_listed_once() {
+        let err = settings(&[
+            ("inbound", "15443:8080,15443:8081"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+        ])
+        .expect_err("twice");
+        assert!(err.problem.contains("listed twice"), "{err}");
+        let two = settings(&[
+            ("inbound", "15444:8081, 15443:8080"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+            ("inbound-allow-15444", "spiffe://td/ns/b/*"),
+        ])
+        .expect("two ports");
+        let ports: Vec<u16> = two.inbound.iter().map(|i| i.tls_port).collect();
+        assert_eq!(ports, [15443, 15444], "ordered by TLS port");
+    }
+
+    #[test]
+    fn an_app_port_on_the_admin_port_is_refused_as_the_admin_api() {
+        let err = settings(&[
+            ("inbound", "15443:15090"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+        ])
+        .expect_err("admin port");
+        assert!(err.problem.contains("admin API"), "{err}");
+        let err = settings(&[
+            ("inbound", "15443:15444,15444:8080"),
+            ("inbound-allow-15443", "spiffe://td/ns/a/*"),
+            ("inbound-allow-15444", "spiffe://td/ns/a/*"),
+        ])
+        .expect_err("own TLS port");
+        assert!(err.problem.contains("forward the port to itself"), "{err}");
+    }
+}
