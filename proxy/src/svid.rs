@@ -141,12 +141,9 @@ impl TrustBundle {
 
 /// The current trust bundle, replaced when Vault returns a new CA chain.
 #[derive(Debug, Default)]
-pub struct BundleCell(RwLock<Option<Arc<TrustBundle>>>);
+pub(crate) struct BundleCell(RwLock<Option<Arc<TrustBundle>>>);
 
 impl BundleCell {
-    pub fn new(bundle: TrustBundle) -> Self {
-        Self(RwLock::new(Some(Arc::new(bundle))))
-    }
     pub fn get(&self) -> Option<Arc<TrustBundle>> {
         self.0.read().ok().and_then(|g| g.clone())
     }
