@@ -50,14 +50,15 @@ install_mutants
 
 # What is mutated, and by which tests it must be caught: the crate's own fast unit and
 # integration tests (cargo-mutants tests only the package that owns the mutated file). For the
-# injector: its unit tests and the admission/patch/offline tests, not the webhook server tests
-# (webhook_tls, webhook_memory), which do not check annotation rules and cost a link each.
+# injector: its unit tests and the admission and patch tests, not the webhook server or YAML
+# tests (webhook_tls, webhook_memory, offline_yaml), which do not check annotation rules and
+# cost a build and a link per mutant.
 declare -A scope=(
   [audit]="-p keyward-audit"
   [identity]="-p keyward-identity"
   [config]="-p keyward-config"
   [injector]="-p keyward-injector --file injector/src/annotations.rs --cargo-arg=--lib
-    --cargo-arg=--test=admission_rules --cargo-arg=--test=webhook_patch --cargo-arg=--test=offline_yaml"
+    --cargo-arg=--test=admission_rules --cargo-arg=--test=webhook_patch"
 )
 order=(audit identity config injector)
 [ $# -gt 0 ] && order=("$@")
@@ -71,6 +72,9 @@ mkdir -p "$out_root"
 # A target dir of its own: mutated builds never wait on (or evict) the shared one, and the
 # dependencies stay built between runs.
 export CARGO_TARGET_DIR="$KEYWARD_CACHE/mutants-target"
+# No debug info in mutant builds: each mutant relinks the crate's test binaries, and a mutant's
+# result needs no backtrace. (Only this private target dir sees the setting.)
+export CARGO_PROFILE_DEV_DEBUG=false CARGO_PROFILE_TEST_DEBUG=false
 iterate=()
 [ "${KEYWARD_MUTANTS_ITERATE:-0}" = 1 ] && iterate=(--iterate)
 
