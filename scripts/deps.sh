@@ -49,8 +49,8 @@ install_core() {
     pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   fi
   KEYWARD_PG_BIN=$pgbin
-  for tool in curl ip openssl; do
-    command -v "$tool" >/dev/null || { log "installing $tool"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl iproute2 openssl >/dev/null; break; }
+  for tool in curl ip openssl strace; do
+    command -v "$tool" >/dev/null || { log "installing $tool"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl iproute2 openssl strace >/dev/null; break; }
   done
 }
 
