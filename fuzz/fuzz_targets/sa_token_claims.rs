@@ -5,7 +5,7 @@
 //! Never panics; deterministic; what it accepts is a three-part token with a base64url JSON
 //! payload, and the namespace and service account it returns are the claims' own
 //! (`kubernetes.io` first, else the `sub` `system:serviceaccount:NS:SA`, re-read here with
-//! `serde_json::Value`), `exp` too; an error never quotes the token's signature part.
+//! `serde_json::Value`), `exp` too; the outcome and error text do not depend on the signature part (so never quote it).
 #![no_main]
 
 use base64::Engine;
@@ -24,17 +24,18 @@ fuzz_target!(|data: &[u8]| {
         "decode is not deterministic"
     );
     let parts: Vec<&str> = text.trim().split('.').collect();
+    // The signature is Vault's to check: the outcome (and any error text) does not depend on
+    // it, so no error can quote it.
+    if let [h, p, _] = parts.as_slice() {
+        let other = decode(&format!("{h}.{p}.x"));
+        assert_eq!(
+            format!("{first:?}"),
+            format!("{other:?}"),
+            "the outcome depends on the signature part"
+        );
+    }
     match first {
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(!msg.is_empty());
-            if let Some(sig) = parts.get(2).filter(|s| s.len() >= 16) {
-                assert!(
-                    !msg.contains(sig),
-                    "the error quotes the token's signature: {msg}"
-                );
-            }
-        }
+        Err(e) => assert!(!e.to_string().is_empty()),
         Ok(info) => {
             assert_eq!(parts.len(), 3, "accepted a token of {} parts", parts.len());
             let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
