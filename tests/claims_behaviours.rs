@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::broker::BrokerProc;
+use support::disk::SmallDisk;
 use support::pg::Postgres;
 use support::pki::{raw_mtls, Sidecar, SidecarSpec};
 use support::TestVault;
@@ -300,59 +301,6 @@ async fn audit_fsync_true_syncs_every_record_and_the_log_is_complete_and_verifie
             .contains("fsync-canary"));
         assert_verifies(&audit);
         support::assert_no_panic("the broker", &b.log());
-    }
-}
-
-/// A small tmpfs mounted for the test, unmounted when dropped (as in tests/faults.rs).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "the full-disk test mounts a tmpfs and must run as root (CI does)"
-        );
-        let dir = tempfile::tempdir().expect("tmp");
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk { dir }
-    }
-
-    /// Fills the disk until ENOSPC.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.dir.path().join("filler")).expect("filler");
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.dir.path().join("filler")).expect("remove filler");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .output();
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod bao;
 pub mod broker;
+pub mod disk;
 pub mod envoy;
 pub mod jwt;
 pub mod pg;
