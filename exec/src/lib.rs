@@ -1,0 +1,1 @@
+//! `keyward exec`: the exec wrapper (see docs/delivery.md).
