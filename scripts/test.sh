@@ -16,6 +16,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "tools"
 scripts/deps.sh all
 scripts/deps.sh cluster   # the test cluster (Go build, ~10-18 min cold, instant once built: docs/cluster.md)
+scripts/deps.sh release   # image tools: skopeo, umoci, cargo-auditable/-cyclonedx, cosign, registry (docs/release.md)
 # shellcheck disable=SC1091
 source "$KEYWARD_CACHE/env.sh"
 
