@@ -1,13 +1,34 @@
-//! The sidecar config contract: what the injector may write and the sidecar must accept.
+//! The sidecar config contract: what the injector writes and the sidecar must accept.
 //!
-//! Each rule exists once, here. The injector checks annotations against these rules and the
-//! sidecar checks its config against the same functions, so a value one side admits can never be
-//! refused by the other (`tests/injected_config.rs` holds the two to that over the whole
-//! annotation grammar).
+//! One set of types ([`SidecarConfig`] and its sections) for the whole document, serialized by
+//! the injector into `KEYWARD_CONFIG` and deserialized by `keyward sidecar` (the broker reads
+//! its sections, the proxy `identity` and `proxy`), with their defaults and their rules.
+//! Validation is [`SidecarConfig::validate`], done once by the loader, and its error names the
+//! setting. Each syntax rule exists once ([`valid_vault_path`], [`valid_secret_name`],
+//! [`valid_secret_key`], [`pattern_in_domain`], [`split_host_port`]): the injector checks annotations against them and the sidecar checks its config against the same
+//! functions, so a value one side admits can never be refused by the other
+//! (`tests/injected_config.rs` holds the two to that over the whole annotation grammar).
+//!
+//! Not here: the environment overrides of single settings and the file/inline loading (the
+//! broker's `config` module), and the injector's own config (`keyward_injector::config`).
+//!
+//! Versioning: issue 15 adds a `version` field to [`SidecarConfig`]; none exists yet.
 
+mod error;
 mod rules;
+mod sidecar;
+mod validate;
 
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
 pub use rules::{
-    valid_secret_key, valid_secret_name, valid_vault_path, MAX_SECRET_KEY_LEN, MAX_SECRET_NAME_LEN,
-    MAX_VAULT_PATH_LEN, VAULT_PATH_RULE,
+    pattern_in_domain, split_host_port, valid_secret_key, valid_secret_name, valid_vault_path,
+    MAX_SECRET_KEY_LEN, MAX_SECRET_NAME_LEN, MAX_VAULT_PATH_LEN, VAULT_PATH_RULE,
+};
+pub use sidecar::{
+    AuditSettings, AuthConfig, AuthMethod, ExposedAppPort, IdentityConfig, InboundConfig,
+    OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig, SocketConfig, VaultConfig,
+    DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
 };

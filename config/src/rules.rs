@@ -48,6 +48,34 @@ pub fn valid_secret_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
 }
 
+/// Whether an allow-list pattern can only match IDs of `trust_domain` (the proxy refuses, and
+/// the injector does not admit, a pattern of another trust domain).
+pub fn pattern_in_domain(p: &keyward_identity::IdPattern, trust_domain: &str) -> bool {
+    let rest = p.as_str().strip_prefix("spiffe://").unwrap_or_default();
+    let td = rest.split('/').next().unwrap_or_default();
+    td == trust_domain
+}
+
+/// Splits `HOST:PORT` (IPv6 in brackets); the port is 1-65535.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {s:?}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("expected HOST:PORT with a port of 1-65535, got {s:?}"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("expected HOST:PORT, got {s:?}"));
+    }
+    Ok((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +123,23 @@ mod tests {
         for bad in ["", "a b", "a#b", "é", &"k".repeat(MAX_SECRET_KEY_LEN + 1)] {
             assert!(!valid_secret_key(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a.b:1"), Ok(("a.b", 1)));
+        assert_eq!(split_host_port("[::1]:8"), Ok(("::1", 8)));
+        assert!(split_host_port("a:0").is_err());
+        assert!(split_host_port(":5").is_err());
+        assert!(split_host_port("no-port").is_err());
+    }
+
+    #[test]
+    fn patterns_in_their_trust_domain() {
+        let p = |s: &str| keyward_identity::IdPattern::parse(s).expect("pattern");
+        assert!(pattern_in_domain(&p("spiffe://td/ns/a/*"), "td"));
+        assert!(pattern_in_domain(&p("spiffe://td/ns/a/sa/b"), "td"));
+        assert!(!pattern_in_domain(&p("spiffe://other/ns/a/*"), "td"));
+        assert!(!pattern_in_domain(&p("spiffe://td.x/ns/a/*"), "td"));
     }
 }

@@ -1,0 +1,604 @@
+//! The sidecar config document: one set of types the injector serializes and the sidecar
+//! (broker and proxy) deserializes.
+//!
+//! Serialization writes what the injector has always written and nothing more: a field the
+//! injector sets is always written (`required`, `audit.stdout`, `proxy.admin`), an optional one
+//! only when present, and a setting the injector never sets only when it differs from its
+//! default. So the document of an injected pod is byte for byte what it was before these types
+//! existed (the injector's golden tests hold it to that), and any document deserializes,
+//! re-serializes and deserializes again to an equal value.
+//!
+//! Versioning (issue 15) will add a `version` field at the top of [`SidecarConfig`], written
+//! first; until then a document has no version and is this shape.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use keyward_identity::{IdPattern, SpiffeId};
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// The whole sidecar config: `KEYWARD_CONFIG` of an injected sidecar, or the file given to
+/// `keyward sidecar --config` / `keyward broker --config`.
+///
+/// The broker reads `vault`, `auth`, `secrets`, `socket`, `audit`, `kv_refresh` and
+/// `revoke_on_shutdown`; the proxy reads `identity` and `proxy`. Without an `identity` section
+/// the sidecar runs broker-only (no certificate, no proxy listener; `proxy` may then carry only
+/// the admin endpoint's settings). Check a value with [`SidecarConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Where Vault/OpenBao is.
+    pub vault: VaultConfig,
+    /// How to log in.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The secrets to fetch and serve.
+    #[serde(default)]
+    pub secrets: Vec<SecretSpec>,
+    /// The local socket API.
+    #[serde(default)]
+    pub socket: SocketConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditSettings,
+    /// How often KV secrets are re-read so new versions reach the app; `None` is the default
+    /// ([`DEFAULT_KV_REFRESH`], see [`SidecarConfig::kv_refresh`]). Kept apart from the default
+    /// so a document that names it (`keyward.io/kv-refresh: 1m`) still names it when written.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kv_refresh: Option<Duration>,
+    /// Revoke leases and the Vault token on SIGTERM (default true).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub revoke_on_shutdown: bool,
+    /// Workload identity, read by the proxy. `None`: broker-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+    /// The mTLS proxy and the admin endpoint. `None`: the defaults ([`ProxyConfig::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// Default of [`SidecarConfig::kv_refresh`].
+pub const DEFAULT_KV_REFRESH: Duration = Duration::from_secs(60);
+/// Shortest `kv_refresh` accepted.
+pub const MIN_KV_REFRESH: Duration = Duration::from_secs(1);
+/// Default of [`IdentityConfig::ttl`].
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `identity.ttl` accepted.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(10);
+
+impl SidecarConfig {
+    /// A config with this Vault address and every other setting at its default.
+    pub fn new(vault_addr: impl Into<String>) -> Self {
+        Self {
+            vault: VaultConfig::new(vault_addr),
+            auth: AuthConfig::default(),
+            secrets: Vec::new(),
+            socket: SocketConfig::default(),
+            audit: AuditSettings::default(),
+            kv_refresh: None,
+            revoke_on_shutdown: true,
+            identity: None,
+            proxy: None,
+        }
+    }
+
+    /// Reads a parsed YAML document (no validation: see [`SidecarConfig::validate`]). A parse
+    /// error names where in the document it is (`proxy.inbound[0].listen`).
+    pub fn from_yaml_value(doc: serde_yaml_ng::Value) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(doc).map_err(|e| {
+            let at = e.path().to_string();
+            ConfigError::Parse {
+                at: (at != ".").then_some(at),
+                reason: e.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// Reads a YAML document (no validation: see [`SidecarConfig::validate`]).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::parse(e.to_string()))?;
+        Self::from_yaml_value(doc)
+    }
+
+    /// The document as the injector writes it into `KEYWARD_CONFIG`.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml_ng::to_string(self).map_err(|e| ConfigError::parse(e.to_string()))
+    }
+
+    /// How often KV secrets are re-read.
+    pub fn kv_refresh(&self) -> Duration {
+        self.kv_refresh.unwrap_or(DEFAULT_KV_REFRESH)
+    }
+
+    /// The secret declared under `name`.
+    pub fn secret(&self, name: &str) -> Option<&SecretSpec> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
+
+    /// The `proxy` section as the sidecar runs it: the defaults when it is absent.
+    pub fn proxy_or_default(&self) -> ProxyConfig {
+        self.proxy.clone().unwrap_or_default()
+    }
+}
+
+/// Where Vault is and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Base address, e.g. `https://vault.vault.svc:8200`.
+    pub addr: String,
+    /// PEM file with the CA that signed Vault's certificate (in addition to the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Vault Enterprise / OpenBao namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Timeout of one Vault request (default 10s).
+    #[serde(
+        default = "default_vault_timeout",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_vault_timeout"
+    )]
+    pub timeout: Duration,
+    /// Accept a plain `http://` address: secrets and tokens then cross the network unencrypted.
+    /// Only for a dev server on loopback (default false: `http://` is refused at start-up).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_insecure_http: bool,
+    /// Largest Vault response body accepted, in bytes (default 1 MiB, 4 KiB to 64 MiB).
+    #[serde(
+        default = "default_max_response_bytes",
+        skip_serializing_if = "is_default_max_response_bytes"
+    )]
+    pub max_response_bytes: usize,
+}
+
+impl VaultConfig {
+    /// This address, every other setting at its default.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            ca_file: None,
+            namespace: None,
+            timeout: default_vault_timeout(),
+            allow_insecure_http: false,
+            max_response_bytes: default_max_response_bytes(),
+        }
+    }
+}
+
+/// Which auth method logs in with the service-account token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// `auth/<mount>/login` with the projected token as a JWT, checked against the issuer's keys.
+    Jwt,
+    /// `auth/<mount>/login` of the kubernetes method, which asks the API server (TokenReview).
+    Kubernetes,
+}
+
+impl AuthMethod {
+    /// The name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// Login settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `jwt` (default) or `kubernetes`.
+    #[serde(default = "default_method")]
+    pub method: AuthMethod,
+    /// Mount path of the auth method (default: the method's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Vault role (default: the service-account name from the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The projected service-account token, re-read at every login.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    /// Longest wait between retries after an error (default 30s).
+    #[serde(
+        default = "default_max_backoff",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_max_backoff"
+    )]
+    pub max_backoff: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            method: default_method(),
+            mount: None,
+            role: None,
+            token_file: default_token_file(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The mount path to log in at.
+    pub fn mount(&self) -> &str {
+        self.mount
+            .as_deref()
+            .unwrap_or_else(|| self.method.as_str())
+    }
+}
+
+/// One secret the app may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    /// Name on the socket API: `[A-Za-z0-9_.-]`, at most 128 bytes.
+    pub name: String,
+    /// The Vault API path: `secret/data/db` for KV v2, `database/creds/app` for a lease.
+    pub path: String,
+    /// Serve only this key of the secret's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The broker is ready only once this secret is fetched (default true; always written).
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Only these uids may read the secret (default: anyone who can open the socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_uids: Option<Vec<u32>>,
+}
+
+/// The local socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Socket path (default `/run/keyward/broker.sock`).
+    #[serde(default = "default_socket")]
+    pub path: PathBuf,
+    /// Group id given to the socket, so app containers in that group can connect (the
+    /// injector writes the pod's fsGroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Socket file mode, octal string (default "0660").
+    #[serde(default = "default_mode", skip_serializing_if = "is_default_mode")]
+    pub mode: String,
+    /// How long a client may take to send its request headers (default 5s).
+    #[serde(
+        default = "default_read_timeout",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_read_timeout"
+    )]
+    pub read_timeout: Duration,
+    /// Longest long-poll `wait` accepted (default 5m).
+    #[serde(
+        default = "default_max_wait",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_max_wait"
+    )]
+    pub max_wait: Duration,
+    /// Most connections served at once (default 1024).
+    #[serde(
+        default = "default_socket_max_connections",
+        skip_serializing_if = "is_default_socket_max_connections"
+    )]
+    pub max_connections: usize,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            path: default_socket(),
+            group: None,
+            mode: default_mode(),
+            read_timeout: default_read_timeout(),
+            max_wait: default_max_wait(),
+            max_connections: default_socket_max_connections(),
+        }
+    }
+}
+
+impl SocketConfig {
+    /// The file mode as a number (checked by [`SidecarConfig::validate`]).
+    pub fn mode_bits(&self) -> u32 {
+        crate::validate::socket_mode(&self.mode).unwrap_or(0o660)
+    }
+}
+
+/// The audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Log file (default `/run/keyward/audit.log`), appended with mode 0600.
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+    /// Also write each record to stdout for log collectors (always written).
+    #[serde(default)]
+    pub stdout: bool,
+    /// File holding the HMAC key for lease ids and accessors (default: random per process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_key_file: Option<PathBuf>,
+    /// fsync after every record (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fsync: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            file: default_audit_file(),
+            stdout: false,
+            hmac_key_file: None,
+            fsync: false,
+        }
+    }
+}
+
+/// Workload identity: where the pod's SPIFFE certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Trust domain of the SPIFFE IDs, e.g. `cluster.local`. The pod's ID is
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`, with namespace and service account
+    /// taken from the service-account token, never from configuration.
+    pub trust_domain: String,
+    /// Mount path of the Vault PKI secrets engine that signs workload certificates
+    /// (default `pki_int`; always written).
+    #[serde(default = "default_pki_mount")]
+    pub pki_mount: String,
+    /// PKI role the CSR is signed with, `PKI_MOUNT/sign/ROLE` (default `spiffe`; always written).
+    #[serde(default = "default_pki_role")]
+    pub pki_role: String,
+    /// Requested certificate lifetime (default 24h, see [`IdentityConfig::ttl`]). The
+    /// certificate is renewed at about 2/3 of its actual lifetime, with jitter.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// PEM file of trust anchors used to verify peers instead of the CA chain Vault returns
+    /// with each certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_file: Option<PathBuf>,
+    /// Uids that may read the certificate and its private key at `GET /v1/identity`
+    /// (`keyward.io/identity-uids`). Default: nobody, since the key lets its holder present the
+    /// pod's identity anywhere until the certificate expires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_uids: Vec<u32>,
+}
+
+impl IdentityConfig {
+    /// This trust domain, every other setting at its default.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            pki_mount: default_pki_mount(),
+            pki_role: default_pki_role(),
+            ttl: None,
+            bundle_file: None,
+            allow_uids: Vec::new(),
+        }
+    }
+
+    /// The requested certificate lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl.unwrap_or(DEFAULT_SVID_TTL)
+    }
+}
+
+/// The mTLS proxy and the admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Admin listener serving `/ready`, `/live` and `/metrics`; must be a loopback address
+    /// (default `127.0.0.1:15090`; always written).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// What to do when a forwarded app port also listens on an address other than loopback,
+    /// so peers can reach the app without mTLS: `warn` (default: log, metric, audit record,
+    /// a note on `/ready`) or `refuse` (also fail readiness while it lasts). Always written.
+    #[serde(default)]
+    pub exposed_app_port: ExposedAppPort,
+    /// YAML file with the allow list of each inbound port, re-read within a second of a change.
+    /// When set it replaces every inline `allow` (ports it does not list deny everyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    /// Also accept and offer TLS 1.2 (default false: TLS 1.3 only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_tls12: bool,
+    /// mTLS listeners in front of local app ports (always written).
+    #[serde(default)]
+    pub inbound: Vec<InboundConfig>,
+    /// Local plaintext listeners that originate mTLS to an upstream (always written).
+    #[serde(default)]
+    pub outbound: Vec<OutboundConfig>,
+    /// Longest time a TLS handshake may take (default 10s).
+    #[serde(
+        default = "default_handshake_timeout",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_handshake_timeout"
+    )]
+    pub handshake_timeout: Duration,
+    /// A connection that moves no byte in either direction for this long is closed (default 1h).
+    #[serde(
+        default = "default_idle_timeout",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_idle_timeout"
+    )]
+    pub idle_timeout: Duration,
+    /// Most proxied connections open at once over all listeners (default 10000); further
+    /// connections are closed right after accept.
+    #[serde(
+        default = "default_proxy_max_connections",
+        skip_serializing_if = "is_default_proxy_max_connections"
+    )]
+    pub max_connections: usize,
+    /// On SIGTERM, how long open connections may take to finish before they are cut
+    /// (default 20s).
+    #[serde(
+        default = "default_drain_grace",
+        with = "humantime_serde",
+        skip_serializing_if = "is_default_drain_grace"
+    )]
+    pub drain_grace: Duration,
+    /// Worker threads of the runtime (default: one per CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            admin: default_admin(),
+            exposed_app_port: ExposedAppPort::default(),
+            policy_file: None,
+            allow_tls12: false,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_proxy_max_connections(),
+            drain_grace: default_drain_grace(),
+            worker_threads: None,
+        }
+    }
+}
+
+/// `proxy.exposed_app_port`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExposedAppPort {
+    /// Report an exposed app port, stay ready.
+    #[default]
+    Warn,
+    /// Report it and fail readiness while it lasts.
+    Refuse,
+}
+
+impl ExposedAppPort {
+    /// The name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExposedAppPort::Warn => "warn",
+            ExposedAppPort::Refuse => "refuse",
+        }
+    }
+}
+
+impl Serialize for ExposedAppPort {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ExposedAppPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "warn" => Ok(ExposedAppPort::Warn),
+            "refuse" => Ok(ExposedAppPort::Refuse),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected warn or refuse, got {s:?}"
+            ))),
+        }
+    }
+}
+
+/// One inbound listener: `listen` (mTLS) to `forward` (the app, plaintext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Address the mTLS listener binds, e.g. `0.0.0.0:15443`.
+    pub listen: SocketAddr,
+    /// The app's plaintext address, e.g. `127.0.0.1:8080`.
+    pub forward: String,
+    /// SPIFFE IDs or patterns (`spiffe://td/ns/frontend/*`) allowed to connect; empty denies
+    /// everyone. Ignored when `policy_file` is set. Always written.
+    #[serde(default)]
+    pub allow: Vec<IdPattern>,
+    /// Send a PROXY protocol v2 header carrying the caller's address and SPIFFE ID to the app
+    /// before any data (default false). See docs/proxy.md.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
+}
+
+/// One outbound listener: plaintext `listen` to mTLS `upstream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Local address the app connects to in plaintext, e.g. `127.0.0.1:15001`.
+    pub listen: SocketAddr,
+    /// The upstream's mTLS address, `HOST:PORT`.
+    pub upstream: String,
+    /// SPIFFE IDs the upstream's certificate may carry; any other server is refused.
+    pub expect: Vec<SpiffeId>,
+}
+
+// ---- defaults, and "is it the default" for the settings the injector never writes ---------
+
+fn default_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+macro_rules! default_fns {
+    ($($default:ident, $is_default:ident: $ty:ty = $value:expr;)*) => {$(
+        fn $default() -> $ty {
+            $value
+        }
+        fn $is_default(v: &$ty) -> bool {
+            *v == $default()
+        }
+    )*};
+}
+
+default_fns! {
+    default_vault_timeout, is_default_vault_timeout: Duration = Duration::from_secs(10);
+    default_max_response_bytes, is_default_max_response_bytes: usize = 1 << 20;
+    default_max_backoff, is_default_max_backoff: Duration = Duration::from_secs(30);
+    default_mode, is_default_mode: String = "0660".into();
+    default_read_timeout, is_default_read_timeout: Duration = Duration::from_secs(5);
+    default_max_wait, is_default_max_wait: Duration = Duration::from_secs(300);
+    default_socket_max_connections, is_default_socket_max_connections: usize = 1024;
+    default_handshake_timeout, is_default_handshake_timeout: Duration = Duration::from_secs(10);
+    default_idle_timeout, is_default_idle_timeout: Duration = Duration::from_secs(3600);
+    default_proxy_max_connections, is_default_proxy_max_connections: usize = 10_000;
+    default_drain_grace, is_default_drain_grace: Duration = Duration::from_secs(20);
+}
+
+fn default_method() -> AuthMethod {
+    AuthMethod::Jwt
+}
+fn default_token_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/keyward/token")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/keyward/broker.sock")
+}
+fn default_audit_file() -> PathBuf {
+    PathBuf::from("/run/keyward/audit.log")
+}
+fn default_pki_mount() -> String {
+    "pki_int".into()
+}
+fn default_pki_role() -> String {
+    "spiffe".into()
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15090))
+}
