@@ -27,6 +27,9 @@ enum Command {
     Injector(keyward_injector::cli::InjectorArgs),
     /// Apply the injector's mutation offline to a YAML stream.
     Inject(keyward_injector::cli::InjectArgs),
+    /// Run an app with secrets from the broker socket in its environment, as its parent
+    /// (signals forwarded, children reaped, its exit code), reloading or restarting it on change.
+    Exec(keyward_exec::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,5 +42,6 @@ fn main() -> ExitCode {
         Command::Broker(args) => keyward_broker::cli::run_broker(args),
         Command::Sidecar(args) => keyward_sidecar::cli::run_sidecar(args),
         Command::Injector(args) => keyward_injector::cli::run_injector(args),
+        Command::Exec(args) => keyward_exec::run(args),
     }
 }
