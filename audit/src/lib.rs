@@ -1,31 +1,49 @@
 //! The tamper-evident audit log: one JSON line per decision, each carrying the SHA-256 of the
-//! previous line and its own, so that editing, deleting or reordering a line is detected by
-//! [`verify`].
+//! previous record and its own, so that editing, deleting or reordering a record is detected by
+//! [`verify`] and by `keyward audit verify`.
 //!
-//! A record's hash covers the exact bytes of its line up to (not including) the `hash` field,
-//! which is always last: `{...,"prev":"<hex>","hash":"<hex>"}`. Verification therefore works on
-//! the text as written and never depends on re-serialising JSON the same way.
+//! A record's hash covers its canonical form (RFC 8785 JSON Canonicalization, [`canonical`]) with
+//! the `hash` member left out, so the chain survives log pipelines that re-serialise JSON. Each
+//! line is written as that canonical text with `"hash"` appended last.
 //!
-//! Writing fails closed: [`AuditLog::record`] returns an error when the line cannot be written,
-//! and callers must then refuse the access the record was about.
+//! Every record names its chain (a random id drawn at each start; `pod.pod_uid` once the pod is
+//! known) and its sequence number in the chain. A new start begins a new chain; its first record
+//! carries the previous chain's last head (`prev_chain`) when the local log still holds it.
+//!
+//! The local log is a set of size-bounded segments ([`SegmentedFile`], [`Retention`]). Writing
+//! fails closed: [`AuditLog::record`] returns an error when the line cannot be written, and
+//! callers must then refuse the access the record was about. [`AuditLog::health`] says so for
+//! readiness, and writing resumes by itself once it works again.
+//!
+//! Routine work that changes nothing ([`AuditLog::routine`]: a KV re-read returning the same
+//! version, a renewal) is recorded in full once per interval and otherwise counted; the count
+//! goes out as one record with a `summary` member.
 
+mod canon;
 pub mod cli;
+mod envelope;
 mod sink;
 mod verify;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-pub use sink::{AuditSink, FileSink, RecordSink, StdoutSink};
-pub use verify::{verify, verify_reader, VerifyError, VerifyReport};
+pub use canon::{canonical, canonical_without_hash, record_hash};
+pub use envelope::extract_record;
+pub use sink::{AuditSink, FileSink, RecordSink, SegmentedFile, StdoutSink};
+pub use verify::{
+    verify, verify_reader, ChainReport, ChainVerifier, Finding, VerifyError, VerifyReport,
+};
 
-/// The `prev` of the first record in a log.
+/// The `prev` of the first record in a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Errors from opening or writing the audit log.
@@ -40,6 +58,15 @@ pub enum AuditError {
     Write {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error(
+        "audit log {path} cannot be written since {since} ({refused} records refused): {error}"
+    )]
+    Failing {
+        path: PathBuf,
+        since: String,
+        refused: u64,
+        error: String,
     },
     #[error("audit log writer is poisoned by an earlier panic")]
     Poisoned,
@@ -75,7 +102,7 @@ pub struct Peer {
 }
 
 /// The outcome a record states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// An access was granted.
@@ -99,8 +126,17 @@ impl Decision {
     }
 }
 
-/// What a caller asks to be recorded. Time, sequence number, pod identity and the hash chain
-/// are added by [`AuditLog::record`]. Never put a secret value here: lease ids and token
+/// Repeats of a routine record, counted instead of written one by one: `count` more times
+/// between `from` and `to` (RFC 3339), the same action on the same secret, version and lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub from: String,
+    pub to: String,
+}
+
+/// What a caller asks to be recorded. Time, sequence number, chain, pod identity and the hash
+/// chain are added by [`AuditLog::record`]. Never put a secret value here: lease ids and token
 /// accessors go through [`AuditLog::hmac`] first.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
@@ -126,6 +162,9 @@ pub struct Record {
     pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set by the log on the record that stands for counted repeats ([`AuditLog::routine`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 impl Record {
@@ -144,6 +183,7 @@ impl Record {
             vault_request_id: None,
             decision,
             reason: None,
+            summary: None,
         }
     }
 
@@ -153,17 +193,28 @@ impl Record {
     }
 }
 
-/// The line as written: the fields every record carries, then the caller's record, then the
-/// chain. Field order is fixed by this struct and `hash` is appended by hand last.
+/// Where the previous chain ended: carried by the first record of the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The record as hashed and written: the fields every record carries and the caller's record.
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
     seq: u64,
+    chain: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pod: Option<&'a PodIdentity>,
     #[serde(flatten)]
     record: &'a Record,
     prev: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_chain: Option<&'a ChainLink>,
 }
 
 /// Where the log goes and how lease ids are keyed.
@@ -190,6 +241,104 @@ impl std::fmt::Debug for AuditConfig {
     }
 }
 
+/// The default cap of a budget derived from the volume (a disk-backed volume is large).
+pub const DEFAULT_MAX_BUDGET: u64 = 64 << 20;
+
+/// How much of the volume the local log may take, in how many segments, and how often routine
+/// records are summarised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// The bytes all segments together may hold. `None`: `volume_percent` of the filesystem
+    /// the log is on (an emptyDir with a `sizeLimit` is a filesystem of that size), at most
+    /// [`DEFAULT_MAX_BUDGET`].
+    pub max_bytes: Option<u64>,
+    /// The share of the log's filesystem taken when `max_bytes` is not set (default 50).
+    pub volume_percent: u8,
+    /// Segments kept, the active one included (default 4): each holds `budget / segments`.
+    pub segments: u32,
+    /// Routine records ([`AuditLog::routine`]) are written in full once per key per interval
+    /// and otherwise counted (default 10 minutes).
+    pub summary_interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            volume_percent: 50,
+            segments: 4,
+            summary_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Retention {
+    /// The byte budget for a log at `path` (whose directory exists).
+    pub fn budget_for(&self, path: &Path) -> u64 {
+        if let Some(b) = self.max_bytes {
+            return b;
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(fs) => {
+                let total = fs.blocks().saturating_mul(fs.fragment_size());
+                let share = total / 100 * u64::from(self.volume_percent.min(100));
+                if share == 0 {
+                    DEFAULT_MAX_BUDGET
+                } else {
+                    share.min(DEFAULT_MAX_BUDGET)
+                }
+            }
+            Err(_) => DEFAULT_MAX_BUDGET,
+        }
+    }
+}
+
+/// Repeats of one routine record counted in the current interval.
+struct Pending {
+    sample: Record,
+    count: u64,
+    from: String,
+    to: String,
+}
+
+/// What makes routine records the same: everything but time, request id and reason.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct RoutineKey {
+    action: &'static str,
+    decision: Decision,
+    secret: Option<String>,
+    path: Option<String>,
+    version: Option<u64>,
+    lease_hmac: Option<String>,
+    accessor_hmac: Option<String>,
+}
+
+impl RoutineKey {
+    fn of(r: &Record) -> Self {
+        Self {
+            action: r.action,
+            decision: r.decision,
+            secret: r.secret.clone(),
+            path: r.path.clone(),
+            version: r.version,
+            lease_hmac: r.lease_hmac.clone(),
+            accessor_hmac: r.accessor_hmac.clone(),
+        }
+    }
+}
+
+/// Since when, and why, the log cannot be written.
+struct Failing {
+    since: String,
+    error: String,
+    refused: u64,
+    last_try: Instant,
+}
+
 struct State {
     /// The log of record.
     record: Box<dyn RecordSink>,
@@ -198,37 +347,65 @@ struct State {
     seq: u64,
     prev: String,
     pod: Option<PodIdentity>,
+    /// The previous chain's end, written into this chain's first record.
+    prev_chain: Option<ChainLink>,
+    failing: Option<Failing>,
+    routine: HashMap<RoutineKey, Pending>,
+    interval_start: Instant,
 }
 
 /// An open, hash-chained audit log. Shared by every task of the sidecar (`Arc<AuditLog>`).
 pub struct AuditLog {
     path: PathBuf,
+    chain: String,
+    budget: u64,
+    summary_interval: Duration,
     hmac_key: Zeroizing<Vec<u8>>,
     state: Mutex<State>,
-    /// `seq` of the last record in the file, readable without the lock (for metrics).
+    /// `seq` of the last record written, readable without the lock (for metrics).
     last_seq: AtomicU64,
+    writable: AtomicBool,
+    write_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.path)
+            .field("chain", &self.chain)
             .finish_non_exhaustive()
     }
 }
 
 impl AuditLog {
-    /// Opens (or creates, mode 0600) the log and continues the chain of any records in it.
+    /// Opens (or creates, mode 0600) the log with the default [`Retention`] and begins a new
+    /// chain linked to the last record already in it.
     pub fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        Self::open_with(config, Retention::default())
+    }
+
+    /// As [`AuditLog::open`], with the given retention.
+    pub fn open_with(config: AuditConfig, retention: Retention) -> Result<Self, AuditError> {
         let open_err = |source| AuditError::Open {
             path: config.path.clone(),
             source,
         };
-        let mut record = FileSink::open(&config.path, config.fsync).map_err(open_err)?;
-        let (seq, prev) = match record.last_line().map_err(open_err)? {
-            Some(line) => chain_tail(&line),
-            None => (0, GENESIS.to_owned()),
-        };
+        if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_err)?;
+        }
+        let budget = retention.budget_for(&config.path);
+        let segments = retention.segments.max(1);
+        let mut record = SegmentedFile::open(
+            &config.path,
+            config.fsync,
+            budget / u64::from(segments),
+            segments,
+        )
+        .map_err(open_err)?;
+        let prev_chain = record
+            .last_line()
+            .map_err(open_err)?
+            .map(|line| chain_tail(&line));
         let mut copies: Vec<Box<dyn AuditSink>> = Vec::new();
         if config.stdout {
             copies.push(Box::new(StdoutSink));
@@ -238,30 +415,61 @@ impl AuditLog {
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut k);
             k
         });
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
         Ok(Self {
             path: config.path,
+            chain: hex::encode(id),
+            budget,
+            summary_interval: retention.summary_interval,
             hmac_key,
             state: Mutex::new(State {
                 record: Box::new(record),
                 copies,
-                seq,
-                prev,
+                seq: 0,
+                prev: GENESIS.to_owned(),
                 pod: None,
+                prev_chain,
+                failing: None,
+                routine: HashMap::new(),
+                interval_start: Instant::now(),
             }),
-            last_seq: AtomicU64::new(seq),
+            last_seq: AtomicU64::new(0),
+            writable: AtomicBool::new(true),
+            write_failures: AtomicU64::new(0),
         })
     }
 
-    /// The sequence number of the last record in the file (0 when empty). Exported as the
-    /// metric `keyward_audit_last_seq`: a collector's history of it is what shows a log whose
-    /// last lines were cut off (`keyward audit verify --min-records`).
+    /// The sequence number of the last record of this chain (0 before the first). Exported as
+    /// the metric `keyward_audit_last_seq`: a collector's history of it is what shows a log
+    /// whose last records were cut off (`keyward audit verify --expect CHAIN=SEQ`).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Relaxed)
     }
 
-    /// The log file's path.
+    /// This chain's id (random per start).
+    pub fn chain_id(&self) -> &str {
+        &self.chain
+    }
+
+    /// The bytes the local log's segments may hold together.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// The log file's path (the active segment).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// False while records cannot be written (see [`AuditLog::health`]).
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    /// Records that could not be written since the log was opened.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures.load(Ordering::Relaxed)
     }
 
     /// Sets the pod identity carried by every later record.
@@ -276,31 +484,226 @@ impl AuditLog {
         hmac_hex(&self.hmac_key, value)
     }
 
+    /// `Ok` when records can be written; otherwise since when and why (for `/ready`). While the
+    /// log is failing, this retries (at most once a second), so the log recovers by itself
+    /// even when nothing else is recorded.
+    pub fn health(&self) -> Result<(), String> {
+        if self.writable() {
+            return Ok(());
+        }
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| AuditError::Poisoned.to_string())?;
+        let due = state
+            .failing
+            .as_ref()
+            .is_some_and(|f| f.last_try.elapsed() >= Duration::from_secs(1));
+        if due {
+            let _ = self.resume_locked(&mut state);
+        }
+        match self.failing_error(&state) {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// Appends one record. On error nothing is counted as recorded: the caller must not perform
     /// (or must not reveal the result of) the access the record is about.
     pub fn record(&self, record: &Record) -> Result<(), AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
+        self.resume_locked(&mut state)?;
+        self.summaries_due_locked(&mut state, Some(record));
+        self.write_checked(&mut state, record)
+    }
+
+    /// Records routine work that changes nothing (a re-read returning the same version, a
+    /// renewal): the first of its kind in each summary interval is written in full, later ones
+    /// are counted and written as one record with `summary` when the interval ends (at the
+    /// first record after it), when a record of the same action and secret that is not routine
+    /// comes (an error, a new version), or at [`AuditLog::flush_summaries`].
+    pub fn routine(&self, record: &Record) -> Result<(), AuditError> {
+        let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
+        self.resume_locked(&mut state)?;
+        self.summaries_due_locked(&mut state, None);
+        let key = RoutineKey::of(record);
+        if let Some(p) = state.routine.get_mut(&key) {
+            let now = now_rfc3339();
+            if p.count == 0 {
+                p.from.clone_from(&now);
+            }
+            p.count += 1;
+            p.to = now;
+            return Ok(());
+        }
+        self.write_checked(&mut state, record)?;
+        let mut sample = record.clone();
+        sample.vault_request_id = None;
+        sample.reason = None;
+        state.routine.insert(
+            key,
+            Pending {
+                sample,
+                count: 0,
+                from: String::new(),
+                to: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes the counts of routine records not yet written (at shutdown).
+    pub fn flush_summaries(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            self.write_summaries_locked(&mut state, |_| true);
+        }
+    }
+
+    /// Writes the summaries due: all of them when the interval is over, else those of the same
+    /// action and secret as `incoming` (so that the counts come before what changed).
+    fn summaries_due_locked(&self, state: &mut State, incoming: Option<&Record>) {
+        if state.routine.is_empty() {
+            state.interval_start = Instant::now();
+            return;
+        }
+        if state.interval_start.elapsed() >= self.summary_interval {
+            self.write_summaries_locked(state, |_| true);
+            state.interval_start = Instant::now();
+        } else if let Some(r) = incoming {
+            self.write_summaries_locked(state, |k| k.action == r.action && k.secret == r.secret);
+        }
+    }
+
+    /// Writes the summary of each pending key that `which` selects, and forgets those keys (so
+    /// the next routine record of the kind is written in full). A summary that cannot be
+    /// written is kept for later.
+    fn write_summaries_locked(&self, state: &mut State, which: impl Fn(&RoutineKey) -> bool) {
+        let mut keys: Vec<RoutineKey> =
+            state.routine.keys().filter(|k| which(k)).cloned().collect();
+        // A stable order: by action, then secret.
+        keys.sort_by(|a, b| (a.action, &a.secret).cmp(&(b.action, &b.secret)));
+        for key in keys {
+            let Some(p) = state.routine.get(&key) else {
+                continue;
+            };
+            if p.count > 0 {
+                let mut rec = p.sample.clone();
+                rec.summary = Some(Summary {
+                    count: p.count,
+                    from: p.from.clone(),
+                    to: p.to.clone(),
+                });
+                if self.write_checked(state, &rec).is_err() {
+                    continue;
+                }
+            }
+            state.routine.remove(&key);
+        }
+    }
+
+    fn failing_error(&self, state: &State) -> Option<AuditError> {
+        state.failing.as_ref().map(|f| AuditError::Failing {
+            path: self.path.clone(),
+            since: f.since.clone(),
+            refused: f.refused,
+            error: f.error.clone(),
+        })
+    }
+
+    /// While failing: writes the record of the outage (`audit.resumed`, how many records were
+    /// refused since when and why) and, once that works, clears the failure.
+    fn resume_locked(&self, state: &mut State) -> Result<(), AuditError> {
+        let Some(f) = &state.failing else {
+            return Ok(());
+        };
+        let rec = Record::new("audit.resumed", Decision::Ok).reason(format!(
+            "{} records could not be written from {} to {}: {}",
+            f.refused,
+            f.since,
+            now_rfc3339(),
+            f.error
+        ));
+        match self.write_locked(state, &rec) {
+            Ok(()) => {
+                if let Some(f) = state.failing.take() {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        since = %f.since,
+                        refused = f.refused,
+                        "Audit log writable again; serving resumes"
+                    );
+                }
+                self.writable.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.note_failure(state, &e);
+                Err(self.failing_error(state).unwrap_or(e))
+            }
+        }
+    }
+
+    fn write_checked(&self, state: &mut State, record: &Record) -> Result<(), AuditError> {
+        self.write_locked(state, record)
+            .inspect_err(|e| self.note_failure(state, e))
+    }
+
+    /// Counts a failed write, and on the first of a run flags the log unwritable and says why.
+    fn note_failure(&self, state: &mut State, e: &AuditError) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+        self.writable.store(false, Ordering::Relaxed);
+        match &mut state.failing {
+            Some(f) => {
+                f.refused += 1;
+                f.last_try = Instant::now();
+            }
+            None => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "Audit log cannot be written; refusing what needs a record until it can"
+                );
+                state.failing = Some(Failing {
+                    since: now_rfc3339(),
+                    error: match e {
+                        AuditError::Write { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    },
+                    refused: 1,
+                    last_try: Instant::now(),
+                });
+            }
+        }
+    }
+
+    fn write_locked(&self, state: &mut State, record: &Record) -> Result<(), AuditError> {
         let seq = state.seq + 1;
-        let time = now_rfc3339();
         let line = Line {
-            time,
+            time: now_rfc3339(),
             seq,
+            chain: &self.chain,
             pod: state.pod.as_ref(),
             record,
             prev: &state.prev,
+            prev_chain: if seq == 1 {
+                state.prev_chain.as_ref()
+            } else {
+                None
+            },
         };
-        // Serialising a struct of strings and integers cannot fail.
-        let mut text = serde_json::to_string(&line).unwrap_or_default();
-        let hash = hash_prefix(&text);
-        text.pop(); // the closing brace
-        text.push_str(",\"hash\":\"");
-        text.push_str(&hash);
-        text.push_str("\"}\n");
-        let write_err = |source| AuditError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        state.record.append(text.as_bytes()).map_err(write_err)?;
+        // A struct of strings and integers always converts.
+        let value = serde_json::to_value(&line).unwrap_or_default();
+        let body = canonical(&value);
+        let hash = hex::encode(Sha256::digest(body.as_bytes()));
+        let mut text = canon::line_of(&body, &hash);
+        text.push('\n');
+        state
+            .record
+            .append(text.as_bytes())
+            .map_err(|source| AuditError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
         state.seq = seq;
         self.last_seq.store(seq, Ordering::Relaxed);
         state.prev = hash;
@@ -312,10 +715,10 @@ impl AuditLog {
     }
 }
 
-/// SHA-256 (hex) over a line's text before its `hash` field: the serialised object without the
-/// closing brace, followed by `}`.
-fn hash_prefix(object_without_hash: &str) -> String {
-    hex::encode(Sha256::digest(object_without_hash.as_bytes()))
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.flush_summaries();
+    }
 }
 
 /// HMAC-SHA256 of `value` under `key`, hex encoded.
@@ -335,17 +738,26 @@ pub fn now_rfc3339() -> String {
     now.format(&fmt).unwrap_or_default()
 }
 
-/// The sequence number and hash to continue from after `line`. A line that cannot be read
-/// continues from its raw SHA-256, so that `verify` reports the damage at that line.
-fn chain_tail(line: &str) -> (u64, String) {
+/// Where the chain of `line` ended. A line that cannot be read is linked by its raw SHA-256.
+fn chain_tail(line: &str) -> ChainLink {
     #[derive(Deserialize)]
     struct Tail {
+        #[serde(default)]
+        chain: String,
         seq: u64,
         hash: String,
     }
     match serde_json::from_str::<Tail>(line) {
-        Ok(t) => (t.seq, t.hash),
-        Err(_) => (0, hex::encode(Sha256::digest(line.as_bytes()))),
+        Ok(t) => ChainLink {
+            chain: t.chain,
+            seq: t.seq,
+            hash: t.hash,
+        },
+        Err(_) => ChainLink {
+            chain: String::new(),
+            seq: 0,
+            hash: hex::encode(Sha256::digest(line.as_bytes())),
+        },
     }
 }
 
@@ -376,10 +788,10 @@ mod tests {
     }
 
     #[test]
-    fn chain_verifies_and_continues_across_reopen() {
+    fn a_reopen_begins_a_new_chain_linked_to_the_last_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.log");
-        {
+        let first_chain = {
             let log = open(&path);
             log.set_pod(PodIdentity {
                 namespace: "shop".into(),
@@ -390,21 +802,22 @@ mod tests {
             log.record(&read("db")).expect("write");
             log.record(&read("api")).expect("write");
             assert_eq!(log.last_seq(), 2);
-        }
+            log.chain_id().to_owned()
+        };
         let log = open(&path);
-        assert_eq!(
-            log.last_seq(),
-            2,
-            "reopening continues from the file's last record"
-        );
+        assert_eq!(log.last_seq(), 0, "a new start is a new chain");
+        assert_ne!(log.chain_id(), first_chain);
         log.record(&read("db")).expect("write");
-        assert_eq!(log.last_seq(), 3);
+        assert_eq!(log.last_seq(), 1);
         let report = verify(&path).expect("verify");
         assert_eq!(report.records, 3);
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains(r#""pod":{"namespace":"shop","service_account":"orders"}"#));
-        assert!(lines[2].contains(r#""seq":3"#));
+        assert!(lines[2].contains(r#""seq":1"#));
+        assert!(lines[2].contains(&format!(
+            r#""prev_chain":{{"chain":"{first_chain}","hash":"#
+        )));
         assert!(lines.iter().all(|l| l.ends_with("\"}")));
     }
 

@@ -99,6 +99,143 @@ impl RecordSink for FileSink {
     }
 }
 
+/// The local log as size-bounded segments: the active file at the configured path
+/// (`audit.log`) and up to `segments - 1` older ones beside it (`audit.log.000001`,
+/// `audit.log.000002`, ... numbered in the order they were closed). Before a line would take
+/// the active file over `segment_bytes`, the file is closed under the next number, the oldest
+/// segments beyond the count are removed, and a new active file is begun; so the files never
+/// hold more than `segments * segment_bytes` (a single line longer than a segment is still
+/// written, alone in its segment). The chain runs on across segments: rotation only moves lines.
+pub struct SegmentedFile {
+    active: FileSink,
+    fsync: bool,
+    segment_bytes: u64,
+    segments: u32,
+    /// Rotation only applies to a regular file (not `/dev/full`, a FIFO...).
+    rotates: bool,
+}
+
+impl SegmentedFile {
+    /// Opens (or creates) the active segment at `path`; `segments` counts it too (at least 1).
+    pub fn open(
+        path: &Path,
+        fsync: bool,
+        segment_bytes: u64,
+        segments: u32,
+    ) -> std::io::Result<Self> {
+        let active = FileSink::open(path, fsync)?;
+        let rotates = std::fs::metadata(path)?.file_type().is_file();
+        Ok(Self {
+            active,
+            fsync,
+            segment_bytes: segment_bytes.max(1),
+            segments: segments.max(1),
+            rotates,
+        })
+    }
+
+    /// The closed segments beside the active one, oldest first, with their numbers.
+    pub fn closed_segments(path: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(Vec::new());
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            let Some(number) = file_name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if number.len() == 6 && number.bytes().all(|b| b.is_ascii_digit()) {
+                if let Ok(n) = number.parse::<u64>() {
+                    out.push((n, entry.path()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every file of the log, oldest first, the active one last.
+    pub fn files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = Self::closed_segments(path)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        files.push(path.to_owned());
+        Ok(files)
+    }
+
+    /// Closes the active segment under the next number, removes the oldest beyond the count,
+    /// and begins a new active segment.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let path = self.active.path.clone();
+        let closed = Self::closed_segments(&path)?;
+        let next = closed.last().map_or(1, |(n, _)| n + 1);
+        let name = format!(
+            "{}.{next:06}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        // A rotation that failed after the rename left no active file: begin one.
+        if path.exists() {
+            std::fs::rename(&path, path.with_file_name(name))?;
+        }
+        let keep = (self.segments - 1) as usize;
+        let mut closed: Vec<PathBuf> = closed.into_iter().map(|(_, p)| p).collect();
+        // The one just closed counts among the kept.
+        let excess = (closed.len() + 1).saturating_sub(keep);
+        for old in closed.drain(..excess.min(closed.len())) {
+            std::fs::remove_file(old)?;
+        }
+        if keep == 0 {
+            // One segment in all: the closed one goes too.
+            let _ = std::fs::remove_file(path.with_file_name(format!(
+                "{}.{next:06}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            )));
+        }
+        self.active = FileSink::open(&path, self.fsync)?;
+        Ok(())
+    }
+}
+
+impl RecordSink for SegmentedFile {
+    fn location(&self) -> &Path {
+        &self.active.path
+    }
+
+    /// The last line of the active segment or, when it is empty, of the newest closed one.
+    fn last_line(&mut self) -> std::io::Result<Option<String>> {
+        if let Some(line) = self.active.last_line()? {
+            return Ok(Some(line));
+        }
+        if !self.rotates {
+            return Ok(None);
+        }
+        match Self::closed_segments(&self.active.path)?.pop() {
+            Some((_, newest)) => FileSink::open(&newest, false)?.last_line(),
+            None => Ok(None),
+        }
+    }
+
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.rotates
+            && self.active.len > 0
+            && self.active.len + line.len() as u64 > self.segment_bytes
+        {
+            self.rotate()?;
+        }
+        self.active.append(line)
+    }
+}
+
 /// A copy of every line on the process's stdout, for the cluster's log pipeline.
 #[derive(Debug, Default)]
 pub struct StdoutSink;

@@ -1,13 +1,21 @@
-//! Chain verification: names the first line that breaks the chain and why.
+//! Chain verification.
+//!
+//! [`verify_reader`] checks one local log exactly as the writer wrote it: every line a record in
+//! its canonical form, in order, chains complete and linked. [`ChainVerifier`] checks what a
+//! reviewer collects across a cluster: records from many files and pods, re-serialised and
+//! wrapped by log pipelines, interleaved and possibly repeated; it groups them by chain and
+//! reports, per chain, the records, the missing sequence ranges and the hash breaks.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use crate::{hash_prefix, GENESIS};
+use crate::canon::{canonical_without_hash, line_of, record_hash};
+use crate::{ChainLink, GENESIS};
 
-/// What a successful verification saw.
+/// What a successful verification of one local log saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Records checked.
@@ -25,11 +33,26 @@ pub enum VerifyError {
     Broken { line: u64, reason: String },
 }
 
-#[derive(Deserialize)]
-struct Chain {
+/// The chain members of a record.
+struct Head {
+    chain: String,
     seq: u64,
     prev: String,
     hash: String,
+    prev_chain: Option<ChainLink>,
+}
+
+fn head_of(m: &Map<String, Value>) -> Option<Head> {
+    let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some(Head {
+        chain: s("chain").unwrap_or_default(),
+        seq: m.get("seq")?.as_u64()?,
+        prev: s("prev")?,
+        hash: s("hash")?,
+        prev_chain: m
+            .get("prev_chain")
+            .and_then(|v| serde_json::from_value(v.clone()).ok()),
+    })
 }
 
 /// Verifies the log file at `path`.
@@ -38,10 +61,12 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
     verify_reader(std::io::BufReader::new(file))
 }
 
-/// Verifies a log read from `reader`.
+/// Verifies one local log read from `reader`, as written: each line a record in canonical form
+/// whose hash matches; each chain starting at seq 1 from GENESIS and running on without a gap;
+/// a chain after another naming where that one ended (`prev_chain`).
 pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> {
-    let mut prev = GENESIS.to_owned();
-    let mut prev_seq: Option<u64> = None;
+    let mut current: Option<Head> = None;
+    let mut seen = HashSet::new();
     let mut n = 0u64;
     for (i, line) in reader.split(b'\n').enumerate() {
         let lineno = i as u64 + 1;
@@ -54,46 +79,410 @@ pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> 
         if text.is_empty() {
             return Err(broken("empty line".into()));
         }
-        let chain: Chain =
+        let map: Map<String, Value> =
             serde_json::from_str(text).map_err(|e| broken(format!("not an audit record: {e}")))?;
-        let suffix = format!(",\"hash\":\"{}\"}}", chain.hash);
-        let body = text
-            .strip_suffix(&suffix)
-            .ok_or_else(|| broken("\"hash\" is not the last field".into()))?;
-        let computed = hash_prefix(&format!("{body}}}"));
-        if computed != chain.hash {
+        let head = head_of(&map).ok_or_else(|| {
+            broken("not an audit record: no numeric seq, or no prev or hash string".into())
+        })?;
+        let body = canonical_without_hash(&map);
+        if record_hash(&map) != head.hash {
             return Err(broken(
                 "content does not match its hash (the line was edited)".into(),
             ));
         }
-        if chain.prev != prev {
-            return Err(broken(if lineno == 1 {
-                "first record does not start the chain (lines removed before it)".into()
-            } else {
-                "prev does not match the hash of the line before (a line was removed, inserted or reordered)".into()
-            }));
+        if line_of(&body, &head.hash) != text {
+            return Err(broken(
+                "not in the canonical form the log writes (the line was rewritten)".into(),
+            ));
         }
-        if let Some(p) = prev_seq {
-            if chain.seq != p + 1 {
-                return Err(broken(format!(
-                    "sequence number {} follows {} (a line was removed or reordered)",
-                    chain.seq, p
-                )));
+        match &current {
+            Some(c) if c.chain == head.chain => {
+                if head.seq != c.seq + 1 {
+                    return Err(broken(format!(
+                        "sequence number {} follows {} (a line was removed or reordered)",
+                        head.seq, c.seq
+                    )));
+                }
+                if head.prev != c.hash {
+                    return Err(broken(
+                        "prev does not match the hash of the line before (a line was removed, inserted or reordered)".into(),
+                    ));
+                }
             }
-        } else if chain.seq != 1 {
-            return Err(broken(format!(
-                "first record has sequence number {}, expected 1",
-                chain.seq
-            )));
+            _ => {
+                if !seen.insert(head.chain.clone()) {
+                    return Err(broken(format!(
+                        "chain {} resumes after another chain began (lines reordered)",
+                        head.chain
+                    )));
+                }
+                if head.seq != 1 {
+                    return Err(broken(format!(
+                        "first record has sequence number {}, expected 1",
+                        head.seq
+                    )));
+                }
+                if head.prev != GENESIS {
+                    return Err(broken(
+                        "first record does not start the chain (lines removed before it)".into(),
+                    ));
+                }
+                if let Some(c) = &current {
+                    match &head.prev_chain {
+                        Some(l) if l.chain == c.chain && l.seq == c.seq && l.hash == c.hash => {}
+                        Some(l) => {
+                            return Err(broken(format!(
+                                "this chain says the one before ({}) ended at seq {}, but it \
+                                 ends at seq {} of chain {} (records removed or reordered)",
+                                l.chain, l.seq, c.seq, c.chain
+                            )))
+                        }
+                        None => {
+                            return Err(broken(
+                                "a new chain that does not name where the one before it ended"
+                                    .into(),
+                            ))
+                        }
+                    }
+                }
+            }
         }
-        prev_seq = Some(chain.seq);
-        prev = chain.hash;
+        current = Some(head);
         n += 1;
     }
     Ok(VerifyReport {
         records: n,
-        head: prev,
+        head: current.map_or_else(|| GENESIS.to_owned(), |c| c.hash),
     })
+}
+
+/// Where a record was read: the input's index (in [`ChainVerifier::source`] order) and line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub source: usize,
+    pub line: u64,
+}
+
+/// One problem in a chain, naming the sequence number it is at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The first sequence number concerned.
+    pub seq: u64,
+    pub what: String,
+}
+
+/// What verification found for one chain.
+#[derive(Debug, Clone)]
+pub struct ChainReport {
+    pub chain: String,
+    /// `namespace/pod_name pod_uid` of the pod that wrote it, as its records say.
+    pub pod: String,
+    /// Distinct records read.
+    pub records: u64,
+    /// The same record read more than once (a pipeline delivering twice): not a finding.
+    pub duplicates: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The hash of the highest record read.
+    pub head: String,
+    pub findings: Vec<Finding>,
+}
+
+struct Entry {
+    seq: u64,
+    prev: String,
+    hash: String,
+    intact: bool,
+    at: At,
+}
+
+#[derive(Default)]
+struct ChainState {
+    entries: Vec<Entry>,
+    pod: String,
+    prev_chain: Option<ChainLink>,
+    findings: Vec<Finding>,
+    /// The last seq read from each input, to see records out of order.
+    last_in_source: HashMap<usize, u64>,
+}
+
+/// Collects records from many inputs and verifies each chain.
+#[derive(Default)]
+pub struct ChainVerifier {
+    sources: Vec<String>,
+    chains: BTreeMap<String, ChainState>,
+    /// Lines that hold no audit record (other logs on the same stream, blank lines).
+    pub skipped: u64,
+    /// A chain may start after seq 1 (the input is a window, such as the local log after
+    /// rotation): the records before its first are not reported missing.
+    pub window: bool,
+    /// Do not report records read out of sequence order within one input (an export from a
+    /// store that does not keep the order of lines).
+    pub any_order: bool,
+    expect: Vec<(String, u64)>,
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an input by name; its lines are then given with its index.
+    pub fn source(&mut self, name: impl Into<String>) -> usize {
+        self.sources.push(name.into());
+        self.sources.len() - 1
+    }
+
+    /// The name of input `i`.
+    pub fn source_name(&self, i: usize) -> &str {
+        self.sources.get(i).map_or("?", String::as_str)
+    }
+
+    /// `chain` must reach `seq` (from a count kept outside the pod: the metric
+    /// `keyward_audit_last_seq`, a Vault checkpoint, the stdout copy).
+    pub fn expect(&mut self, chain: impl Into<String>, seq: u64) {
+        self.expect.push((chain.into(), seq));
+    }
+
+    /// The chains seen so far that no other chain in the input names as its predecessor.
+    pub fn newest_chains(&self) -> Vec<String> {
+        let continued: HashSet<&str> = self
+            .chains
+            .values()
+            .filter_map(|c| c.prev_chain.as_ref().map(|l| l.chain.as_str()))
+            .collect();
+        self.chains
+            .keys()
+            .filter(|k| !continued.contains(k.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Reads every line of `reader` as input `source`.
+    pub fn read(&mut self, source: usize, reader: impl BufRead) -> std::io::Result<()> {
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let line = line?;
+            self.line(source, i as u64 + 1, &String::from_utf8_lossy(&line));
+        }
+        Ok(())
+    }
+
+    /// Takes one line of input `source`.
+    pub fn line(&mut self, source: usize, line: u64, text: &str) {
+        let Some(map) = crate::extract_record(text) else {
+            if !text.trim().is_empty() {
+                self.skipped += 1;
+            }
+            return;
+        };
+        let Some(head) = head_of(&map) else {
+            self.skipped += 1;
+            return;
+        };
+        let intact = record_hash(&map) == head.hash;
+        let chain = self.chains.entry(head.chain.clone()).or_default();
+        if chain.pod.is_empty() {
+            if let Some(p) = map.get("pod") {
+                let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
+                chain.pod = format!("{}/{} {}", s("namespace"), s("pod_name"), s("pod_uid"))
+                    .trim()
+                    .to_owned();
+            }
+        }
+        if head.seq == 1 && intact {
+            chain.prev_chain.clone_from(&head.prev_chain);
+        }
+        let at = At { source, line };
+        if !self.any_order {
+            if let Some(&last) = chain.last_in_source.get(&source) {
+                if head.seq < last {
+                    chain.findings.push(Finding {
+                        seq: head.seq,
+                        what: format!(
+                            "read after seq {last} in {} line {line} (records reordered)",
+                            self.sources.get(source).map_or("?", String::as_str)
+                        ),
+                    });
+                }
+            }
+            chain.last_in_source.insert(source, head.seq);
+        }
+        chain.entries.push(Entry {
+            seq: head.seq,
+            prev: head.prev,
+            hash: head.hash,
+            intact,
+            at,
+        });
+    }
+
+    fn place(&self, at: At) -> String {
+        format!("{} line {}", self.source_name(at.source), at.line)
+    }
+
+    /// Verifies every chain read.
+    pub fn finish(mut self) -> Vec<ChainReport> {
+        let links: Vec<(String, ChainLink)> = self
+            .chains
+            .iter()
+            .filter_map(|(id, c)| c.prev_chain.clone().map(|l| (id.clone(), l)))
+            .collect();
+        let mut reports = Vec::new();
+        let chains = std::mem::take(&mut self.chains);
+        for (id, mut c) in chains {
+            c.entries.sort_by_key(|e| e.seq);
+            let mut findings = std::mem::take(&mut c.findings);
+            // Repeats of the same record are a pipeline's doing; different records under one
+            // seq are not.
+            let mut kept: Vec<Entry> = Vec::with_capacity(c.entries.len());
+            let mut duplicates = 0;
+            for e in c.entries {
+                match kept.last() {
+                    Some(k) if k.seq == e.seq && k.hash == e.hash && k.intact == e.intact => {
+                        duplicates += 1;
+                    }
+                    Some(k) if k.seq == e.seq => findings.push(Finding {
+                        seq: e.seq,
+                        what: format!(
+                            "two different records ({} and {})",
+                            self.place(k.at),
+                            self.place(e.at)
+                        ),
+                    }),
+                    _ => kept.push(e),
+                }
+            }
+            let first_seq = kept.first().map_or(0, |e| e.seq);
+            let last_seq = kept.last().map_or(0, |e| e.seq);
+            for e in &kept {
+                if !e.intact {
+                    findings.push(Finding {
+                        seq: e.seq,
+                        what: format!(
+                            "content does not match its hash (edited) at {}",
+                            self.place(e.at)
+                        ),
+                    });
+                }
+            }
+            if let Some(first) = kept.first() {
+                if first.seq == 0 {
+                    findings.push(Finding {
+                        seq: 0,
+                        what: "sequence number 0 (chains start at 1)".into(),
+                    });
+                } else if first.seq == 1 {
+                    if first.prev != GENESIS {
+                        findings.push(Finding {
+                            seq: 1,
+                            what: "the first record's prev is not the chain's start".into(),
+                        });
+                    }
+                } else if !self.window {
+                    findings.push(Finding {
+                        seq: 1,
+                        what: missing(1, first.seq - 1, "before the first record read"),
+                    });
+                }
+            }
+            for pair in kept.windows(2) {
+                let (a, b) = (&pair[0], &pair[1]);
+                if b.seq > a.seq + 1 {
+                    findings.push(Finding {
+                        seq: a.seq + 1,
+                        what: missing(a.seq + 1, b.seq - 1, "removed or not collected"),
+                    });
+                } else if b.prev != a.hash {
+                    findings.push(Finding {
+                        seq: b.seq,
+                        what: format!(
+                            "prev does not match the hash of seq {} (a record was replaced) at {}",
+                            a.seq,
+                            self.place(b.at)
+                        ),
+                    });
+                }
+            }
+            // Where the next chain says this one ended.
+            for (next, link) in links.iter().filter(|(_, l)| l.chain == id) {
+                match kept.iter().find(|e| e.seq == link.seq) {
+                    _ if last_seq < link.seq => findings.push(Finding {
+                        seq: last_seq + 1,
+                        what: missing(
+                            last_seq + 1,
+                            link.seq,
+                            &format!("cut off at the end: chain {next} began after seq {}", link.seq),
+                        ),
+                    }),
+                    Some(e) if e.hash != link.hash => findings.push(Finding {
+                        seq: e.seq,
+                        what: format!(
+                            "hash differs from the head chain {next} recorded for it (the record was replaced)"
+                        ),
+                    }),
+                    _ if last_seq > link.seq => findings.push(Finding {
+                        seq: link.seq + 1,
+                        what: format!(
+                            "records after seq {}, where chain {next} says this chain ended",
+                            link.seq
+                        ),
+                    }),
+                    _ => {}
+                }
+            }
+            for (_, want) in self.expect.iter().filter(|(c, _)| *c == id) {
+                if last_seq < *want {
+                    findings.push(Finding {
+                        seq: last_seq + 1,
+                        what: missing(
+                            last_seq + 1,
+                            *want,
+                            &format!("cut off at the end: {want} records were written"),
+                        ),
+                    });
+                }
+            }
+            findings.sort_by_key(|f| f.seq);
+            reports.push(ChainReport {
+                chain: id,
+                pod: c.pod,
+                records: kept.len() as u64,
+                duplicates,
+                first_seq,
+                last_seq,
+                head: kept
+                    .last()
+                    .map_or_else(|| GENESIS.to_owned(), |e| e.hash.clone()),
+                findings,
+            });
+        }
+        for (chain, want) in &self.expect {
+            if !reports.iter().any(|r| &r.chain == chain) {
+                reports.push(ChainReport {
+                    chain: chain.clone(),
+                    pod: String::new(),
+                    records: 0,
+                    duplicates: 0,
+                    first_seq: 0,
+                    last_seq: 0,
+                    head: GENESIS.to_owned(),
+                    findings: vec![Finding {
+                        seq: 1,
+                        what: missing(1, *want, "no record of this chain in the input"),
+                    }],
+                });
+            }
+        }
+        reports
+    }
+}
+
+fn missing(from: u64, to: u64, why: &str) -> String {
+    if from == to {
+        format!("seq {from} missing ({why})")
+    } else {
+        format!("seq {from}-{to} missing ({why})")
+    }
 }
 
 #[cfg(test)]
@@ -101,22 +490,33 @@ mod tests {
     use super::*;
     use crate::{AuditConfig, AuditLog, Decision, Record};
 
-    fn sample(n: usize) -> Vec<String> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a.log");
-        let log = AuditLog::open(AuditConfig {
-            path: path.clone(),
+    fn log_at(path: &Path) -> AuditLog {
+        AuditLog::open(AuditConfig {
+            path: path.to_owned(),
             stdout: false,
             hmac_key: None,
             fsync: false,
         })
-        .expect("open");
-        for i in 0..n {
+        .expect("open")
+    }
+
+    fn write(log: &AuditLog, from: usize, n: usize) {
+        for i in from..from + n {
             let mut r = Record::new("secret.read", Decision::Allow);
             r.secret = Some(format!("s{i}"));
             log.record(&r).expect("write");
         }
-        std::fs::read_to_string(&path)
+    }
+
+    fn sample(n: usize) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        write(&log_at(&path), 0, n);
+        read_lines(&path)
+    }
+
+    fn read_lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
             .expect("read")
             .lines()
             .map(str::to_owned)
@@ -128,11 +528,15 @@ mod tests {
         verify_reader(text.as_bytes())
     }
 
-    fn broken_line(lines: &[String]) -> u64 {
+    fn reason(lines: &[String]) -> (u64, String) {
         match check(lines) {
-            Err(VerifyError::Broken { line, .. }) => line,
+            Err(VerifyError::Broken { line, reason }) => (line, reason),
             other => panic!("expected a broken chain, got {other:?}"),
         }
+    }
+
+    fn broken_line(lines: &[String]) -> u64 {
+        reason(lines).0
     }
 
     #[test]
@@ -140,7 +544,8 @@ mod tests {
         let lines = sample(5);
         let r = check(&lines).expect("valid");
         assert_eq!(r.records, 5);
-        assert_eq!(check(&[]).expect("empty").records, 0);
+        let e = check(&[]).expect("empty");
+        assert_eq!((e.records, e.head.as_str()), (0, GENESIS));
     }
 
     #[test]
@@ -151,6 +556,16 @@ mod tests {
             l[i] = l[i].replace(&format!("\"s{i}\""), "\"sX\"");
             assert_eq!(broken_line(&l), i as u64 + 1, "edit of line {i}");
         }
+    }
+
+    #[test]
+    fn a_rewritten_line_with_the_same_content_is_found_in_the_local_log() {
+        let lines = sample(2);
+        let mut l = lines.clone();
+        l[1] = l[1].replacen("{", "{ ", 1);
+        let (line, why) = reason(&l);
+        assert_eq!(line, 2);
+        assert!(why.contains("canonical form"), "{why}");
     }
 
     #[test]
@@ -177,131 +592,101 @@ mod tests {
     fn rehashing_an_edited_line_still_breaks_the_next_one() {
         let lines = sample(3);
         let mut l = lines.clone();
-        // An attacker edits line 2 and recomputes its own hash: line 3's prev no longer matches.
-        let edited = l[1].replace("\"s1\"", "\"sX\"");
-        let (body, _) = edited.rsplit_once(",\"hash\":").expect("hash field");
-        let h = hash_prefix(&format!("{body}}}"));
-        l[1] = format!("{body},\"hash\":\"{h}\"}}");
+        let mut m: Map<String, Value> = serde_json::from_str(&l[1]).expect("json");
+        m.insert("secret".into(), "sX".into());
+        let h = record_hash(&m);
+        l[1] = line_of(&canonical_without_hash(&m), &h);
         assert_eq!(broken_line(&l), 3);
     }
 
-    /// A chain line built by hand: `{"seq":SEQ,"prev":PREV,"hash":H}` with H its true hash.
-    fn forged(seq: u64, prev: &str) -> (String, String) {
-        let object = format!("{{\"seq\":{seq},\"prev\":\"{prev}\"}}");
-        let hash = hash_prefix(&object);
-        let line = format!("{},\"hash\":\"{hash}\"}}", &object[..object.len() - 1]);
-        (line, hash)
-    }
-
-    fn reason(lines: &[String]) -> (u64, String) {
-        match check(lines) {
-            Err(VerifyError::Broken { line, reason }) => (line, reason),
-            other => panic!("expected a broken chain, got {other:?}"),
-        }
-    }
-
     #[test]
-    fn report_names_the_record_count_and_the_last_hash() {
-        let (l1, _) = forged(1, GENESIS);
-        let (l2, h2) = forged(2, &hash_of(&l1));
-        let r = check(&[l1, l2]).expect("valid");
-        assert_eq!(
-            r,
-            VerifyReport {
-                records: 2,
-                head: h2
-            }
-        );
-        let empty = check(&[]).expect("empty");
-        assert_eq!(
-            empty.head, GENESIS,
-            "an empty log's head is the genesis hash"
-        );
-    }
-
-    fn hash_of(line: &str) -> String {
-        let (_, h) = line.rsplit_once(",\"hash\":\"").expect("hash field");
-        h.trim_end_matches("\"}").to_owned()
-    }
-
-    #[test]
-    fn a_chain_with_a_skipped_sequence_number_is_broken_at_that_line() {
-        // prev and hash are right, only seq jumps: a writer that lost a record's number.
-        let (l1, h1) = forged(1, GENESIS);
-        let (l2, _) = forged(3, &h1);
-        let (line, why) = reason(&[l1.clone(), l2]);
-        assert_eq!(line, 2);
-        assert!(why.contains("sequence number 3 follows 1"), "{why}");
-        // The next number is the only one accepted: neither a repeat nor one going back.
-        for seq in [0, 1] {
-            let (l2, _) = forged(seq, &h1);
-            assert_eq!(reason(&[l1.clone(), l2]).0, 2, "seq {seq} after 1");
-        }
-    }
-
-    #[test]
-    fn a_chain_not_starting_at_sequence_one_is_broken_at_line_one() {
-        for seq in [0, 2] {
-            let (l1, _) = forged(seq, GENESIS);
-            let (line, why) = reason(&[l1]);
-            assert_eq!(line, 1);
-            assert!(
-                why.contains(&format!(
-                    "first record has sequence number {seq}, expected 1"
-                )),
-                "{why}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_first_line_that_does_not_start_at_genesis_says_lines_were_removed_before_it() {
-        let lines = sample(3);
-        let (line, why) = reason(&lines[1..]);
-        assert_eq!(line, 1);
-        assert!(
-            why.contains("first record does not start the chain"),
-            "{why}"
-        );
+    fn a_restart_begins_a_new_chain_linked_to_the_last_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        write(&log_at(&path), 0, 2);
+        write(&log_at(&path), 2, 2);
+        let lines = read_lines(&path);
+        let r = check(&lines).expect("two linked chains verify");
+        assert_eq!(r.records, 4);
+        let v: Value = serde_json::from_str(&lines[2]).expect("json");
+        let first: Value = serde_json::from_str(&lines[1]).expect("json");
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["prev"], GENESIS);
+        assert_eq!(v["prev_chain"]["chain"], first["chain"]);
+        assert_eq!(v["prev_chain"]["seq"], 2);
+        assert_eq!(v["prev_chain"]["hash"], first["hash"]);
+        assert_ne!(v["chain"], first["chain"]);
+        // The first chain's last record removed: the second chain's link shows it.
         let mut l = lines.clone();
         l.remove(1);
         let (line, why) = reason(&l);
         assert_eq!(line, 2);
-        assert!(why.contains("prev does not match"), "{why}");
+        assert!(why.contains("ended at seq 2"), "{why}");
     }
 
     #[test]
-    fn empty_non_utf8_and_misplaced_hash_lines_are_named() {
+    fn empty_non_utf8_and_garbage_lines_are_named() {
         let lines = sample(2);
         let mut l = lines.clone();
         l.insert(1, String::new());
         assert_eq!(reason(&l), (2, "empty line".to_owned()));
-
         let mut bytes = format!("{}\n", lines[0]).into_bytes();
         bytes.extend_from_slice(b"\xff\n");
         match verify_reader(bytes.as_slice()) {
             Err(VerifyError::Broken { line: 2, reason }) => assert_eq!(reason, "not UTF-8"),
             other => panic!("{other:?}"),
         }
+        let mut l = lines.clone();
+        l.insert(1, "not json".into());
+        let (line, why) = reason(&l);
+        assert_eq!(line, 2);
+        assert!(why.contains("not an audit record"), "{why}");
+    }
 
-        // A valid hash field that is not the last one: the hash cannot cover the fields after it.
-        let (l1, h1) = forged(1, GENESIS);
-        let moved = format!("{{\"hash\":\"{h1}\",\"seq\":1,\"prev\":\"{GENESIS}\"}}");
-        let (line, why) = reason(&[moved]);
-        assert_eq!(line, 1);
-        assert!(why.contains("\"hash\" is not the last field"), "{why}");
-        assert!(check(&[l1]).is_ok());
+    fn verify_many(inputs: &[&str], window: bool) -> Vec<ChainReport> {
+        let mut v = ChainVerifier::new();
+        v.window = window;
+        for (i, text) in inputs.iter().enumerate() {
+            let s = v.source(format!("in{i}"));
+            v.read(s, text.as_bytes()).expect("read");
+        }
+        v.finish()
     }
 
     #[test]
-    fn garbage_is_named() {
-        let mut l = sample(2);
-        l.insert(1, "not json".into());
-        match check(&l) {
-            Err(VerifyError::Broken { line: 2, reason }) => {
-                assert!(reason.contains("not an audit record"), "{reason}")
-            }
-            other => panic!("{other:?}"),
-        }
+    fn the_chain_verifier_names_gaps_breaks_and_duplicates() {
+        let lines = sample(6);
+        let all = lines.join("\n");
+        let r = verify_many(&[&all], false);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].records, r[0].first_seq, r[0].last_seq), (6, 1, 6));
+        assert!(r[0].findings.is_empty(), "{:?}", r[0].findings);
+
+        // Split across two inputs, one repeated: still whole.
+        let a = lines[..4].join("\n");
+        let b = lines[2..].join("\n");
+        let r = verify_many(&[&a, &b], false);
+        assert!(r[0].findings.is_empty(), "{:?}", r[0].findings);
+        assert_eq!(r[0].duplicates, 2);
+
+        let without = |skip: &[usize]| {
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !skip.contains(i))
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let r = verify_many(&[&without(&[2, 3])], false);
+        assert_eq!(r[0].findings.len(), 1, "{:?}", r[0].findings);
+        assert_eq!(r[0].findings[0].seq, 3);
+        assert!(r[0].findings[0].what.starts_with("seq 3-4 missing"));
+        let r = verify_many(&[&without(&[0])], false);
+        assert!(r[0].findings[0].what.starts_with("seq 1 missing"));
+        assert!(
+            verify_many(&[&without(&[0])], true)[0].findings.is_empty(),
+            "a window may start later"
+        );
     }
 }

@@ -28,8 +28,11 @@ fn log_of(dir: &Path, n: usize) -> PathBuf {
 fn verify(file: &Path, min_records: Option<u64>) -> ExitCode {
     run(AuditArgs {
         command: AuditCommand::Verify {
-            file: file.to_owned(),
+            files: vec![file.to_owned()],
             min_records,
+            expect: Vec::new(),
+            window: false,
+            any_order: false,
         },
     })
 }

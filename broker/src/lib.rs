@@ -130,6 +130,7 @@ impl Inner {
     /// `Ok` when logged in, every required secret is held unexpired, and the identity (if
     /// any) is issued; otherwise the reason.
     pub(crate) fn readiness(&self) -> Result<(), String> {
+        self.audit.health()?;
         if !self.vault.is_logged_in() {
             let why = self
                 .login_error
@@ -324,6 +325,7 @@ impl Broker {
     /// Waits for the loops (already told to stop), then revokes unless configured not to.
     async fn stop_loops(&self, tasks: tokio_util::task::TaskTracker) {
         tasks.wait().await;
+        self.inner.audit.flush_summaries();
         if self.inner.config.revoke_on_shutdown {
             refresh::revoke_all(&self.inner).await;
         }

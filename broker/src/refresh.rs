@@ -139,7 +139,8 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
                     debug!(ttl_s = ttl.as_secs(), "Renewed Vault token");
                     let mut rec = Record::new("vault.renew", Decision::Ok);
                     rec.accessor_hmac = Some(ctx.audit.hmac(&token.accessor));
-                    let _ = ctx.audit.record(&rec);
+                    // Routine: summarised per interval (keyward_audit::AuditLog::routine).
+                    let _ = ctx.audit.routine(&rec);
                 }
                 Err(e) => {
                     ctx.metrics
@@ -233,7 +234,7 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
                 rec.version = Some(value.version);
                 rec.lease_hmac = Some(ctx.audit.hmac(lease.id.expose()));
                 rec.vault_request_id = Some(renewal.request_id);
-                let _ = ctx.audit.record(&rec);
+                let _ = ctx.audit.routine(&rec);
             }
             Err(e) => {
                 ctx.metrics
@@ -319,7 +320,12 @@ async fn fetch(ctx: &Inner, entry: &Entry) -> Result<(), SourceError> {
     rec.version = Some(version);
     rec.lease_hmac = lease.as_ref().map(|l| ctx.audit.hmac(l.id.expose()));
     rec.vault_request_id = Some(request_id);
-    let _ = ctx.audit.record(&rec);
+    // A re-read that returns the version already held changes nothing: routine.
+    let _ = if previous.as_ref().is_some_and(|p| p.version == version) {
+        ctx.audit.routine(&rec)
+    } else {
+        ctx.audit.record(&rec)
+    };
     info!(
         secret = %spec.name,
         version,
