@@ -42,25 +42,8 @@ pub enum SidecarMode {
     Legacy,
 }
 
-/// Vault login method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMethod {
-    /// `auth/<mount>/login` with the projected token as a JWT, checked against the issuer's keys.
-    Jwt,
-    /// `auth/<mount>/login` of the kubernetes method, which asks the API server (TokenReview).
-    Kubernetes,
-}
-
-impl AuthMethod {
-    /// The name as the sidecar config spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "jwt",
-            Self::Kubernetes => "kubernetes",
-        }
-    }
-}
+/// Vault login method: the sidecar config's own type, written into it as is.
+pub use keyward_config::AuthMethod;
 
 /// The injector's configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

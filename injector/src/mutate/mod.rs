@@ -1,0 +1,350 @@
+//! The mutation itself: from a pod's metadata and spec to the JSON Patch that adds the sidecar.
+//!
+//! The same function serves the webhook (paths rooted at the Pod) and `keyward inject` (paths
+//! rooted at a workload's pod template, see [`PatchOp::prefixed`]). Every operation is an `add`;
+//! a missing parent list or map (`/metadata/annotations`, `/spec/initContainers`, `/spec/volumes`,
+//! a container's `env` or `volumeMounts`) is created with its first element instead of appended to.
+//!
+//! The steps, each in its own module: the annotations are parsed (`crate::annotations`), the
+//! pod is checked against the operator's policy and for conflicts (`checks`), the sidecar's
+//! config is built as the typed contract [`keyward_config::SidecarConfig`] and the sidecar's
+//! container and volumes around it (`sidecar`), and this module turns them into the patch.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::annotations::{self, AnnotationError, Decision, SkipReason};
+use crate::config::{InjectorConfig, SidecarMode};
+
+mod checks;
+mod sidecar;
+
+pub use sidecar::{
+    sidecar_config, AUDIT_PATH, CA_DIR, CA_VOLUME, MESH_INBOUND, MESH_LABEL, SIDECAR_NAME,
+    SOCKET_DIR, SOCKET_ENV, SOCKET_PATH, SOCKET_VOLUME, TOKEN_DIR, TOKEN_VOLUME,
+};
+
+/// One JSON Patch operation (only `add` is ever produced).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PatchOp {
+    /// Always `add`.
+    pub op: &'static str,
+    /// JSON pointer, tokens escaped with [`escape`].
+    pub path: String,
+    /// The value added.
+    pub value: Value,
+}
+
+impl PatchOp {
+    fn add(path: impl Into<String>, value: Value) -> Self {
+        Self {
+            op: "add",
+            path: path.into(),
+            value,
+        }
+    }
+
+    /// The same operation with `prefix` (a JSON pointer such as `/spec/template`) in front.
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.path = format!("{prefix}{}", self.path);
+        self
+    }
+}
+
+/// Escapes one JSON pointer token (RFC 6901): `~` as `~0`, `/` as `~1`.
+pub fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// Converts operations to the json-patch crate's type (for `AdmissionResponse::with_patch` and
+/// for applying).
+pub fn to_json_patch(ops: &[PatchOp]) -> Result<json_patch::Patch, serde_json::Error> {
+    serde_json::from_value(serde_json::to_value(ops)?)
+}
+
+/// Why a pod is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutateError {
+    /// A `keyward.io/*` annotation is wrong.
+    #[error(transparent)]
+    Annotation(#[from] AnnotationError),
+    /// The pod already has something the injector would add.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// What to do with a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Leave it unchanged.
+    Skipped(SkipReason),
+    /// Apply these operations.
+    Patch(Vec<PatchOp>),
+}
+
+/// The parts of a pod (or pod template) the mutation reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PodView<'a> {
+    /// Namespace of the pod (from the admission request, or the workload's metadata).
+    pub namespace: Option<&'a str>,
+    /// Pod or template metadata.
+    pub metadata: &'a ObjectMeta,
+    /// Pod or template spec.
+    pub spec: &'a PodSpec,
+}
+
+/// Computes the patch for one pod.
+pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateError> {
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let system = pod
+        .namespace
+        .is_some_and(|ns| annotations::SYSTEM_NAMESPACES.contains(&ns));
+    if !cfg.policy.allow_opt_out
+        && !system
+        && annotations.get(annotations::INJECT).map(String::as_str) == Some("false")
+    {
+        return Err(AnnotationError {
+            key: annotations::INJECT.to_owned(),
+            problem: "opting out is not allowed in this cluster (the injector's policy.allow_opt_out is false)".to_owned(),
+        }
+        .into());
+    }
+    let settings = match annotations::decide(pod.namespace, annotations)? {
+        Decision::Skip(reason) => return Ok(Outcome::Skipped(reason)),
+        Decision::Inject(s) => s,
+    };
+    if pod.spec.containers.is_empty() {
+        // The API server would refuse such a pod anyway; saying so here beats a patch that
+        // cannot apply (`add /spec/containers/0` below a missing array, in legacy mode).
+        return Err(MutateError::Conflict(
+            "the pod has no containers (spec.containers is empty or missing); there is nothing to inject into".into(),
+        ));
+    }
+    checks::conflicts(pod.spec, &settings, cfg)?;
+    checks::policy(pod, annotations, &settings, cfg)?;
+    let fs_group = checks::fs_group(pod.spec, cfg)?;
+    let native = cfg.mode == SidecarMode::Native;
+    let spec = pod.spec;
+    let init = spec.init_containers.as_deref().unwrap_or(&[]);
+    let selected = |name: &str, is_init: bool| -> bool {
+        match &settings.containers {
+            Some(list) => list.iter().any(|n| n == name),
+            None => !is_init || native,
+        }
+    };
+
+    let mut ops = Vec::new();
+    // Existing containers first, at their original indices; the sidecar is inserted afterwards.
+    for (i, c) in spec.containers.iter().enumerate() {
+        if selected(&c.name, false) {
+            app_container_ops(&mut ops, &format!("/spec/containers/{i}"), c);
+        }
+    }
+    for (i, c) in init.iter().enumerate() {
+        if selected(&c.name, true) {
+            app_container_ops(&mut ops, &format!("/spec/initContainers/{i}"), c);
+        }
+    }
+    let config = sidecar_config(&settings, cfg, fs_group);
+    let sidecar = sidecar::container(&settings, cfg, &config);
+    match cfg.mode {
+        SidecarMode::Native => match &spec.init_containers {
+            None => ops.push(PatchOp::add("/spec/initContainers", json!([sidecar]))),
+            Some(_) => ops.push(PatchOp::add("/spec/initContainers/0", sidecar)),
+        },
+        SidecarMode::Legacy => ops.push(PatchOp::add("/spec/containers/0", sidecar)),
+    }
+    let volumes = sidecar::volumes(cfg);
+    append_all(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
+    match &spec.security_context {
+        None => ops.push(PatchOp::add(
+            "/spec/securityContext",
+            json!({"fsGroup": cfg.security.fs_group, "fsGroupChangePolicy": "OnRootMismatch"}),
+        )),
+        Some(sc) if sc.fs_group.is_none() => {
+            ops.push(PatchOp::add(
+                "/spec/securityContext/fsGroup",
+                json!(cfg.security.fs_group),
+            ));
+            if sc.fs_group_change_policy.is_none() {
+                ops.push(PatchOp::add(
+                    "/spec/securityContext/fsGroupChangePolicy",
+                    json!("OnRootMismatch"),
+                ));
+            }
+        }
+        Some(_) => {}
+    }
+    if !settings.inbound.is_empty() {
+        match &pod.metadata.labels {
+            None => ops.push(PatchOp::add(
+                "/metadata/labels",
+                json!({ MESH_LABEL: MESH_INBOUND }),
+            )),
+            Some(_) => ops.push(PatchOp::add(
+                format!("/metadata/labels/{}", escape(MESH_LABEL)),
+                json!(MESH_INBOUND),
+            )),
+        }
+    }
+    match &pod.metadata.annotations {
+        None => ops.push(PatchOp::add(
+            "/metadata/annotations",
+            json!({ annotations::STATUS: annotations::STATUS_INJECTED }),
+        )),
+        Some(_) => ops.push(PatchOp::add(
+            format!("/metadata/annotations/{}", escape(annotations::STATUS)),
+            json!(annotations::STATUS_INJECTED),
+        )),
+    }
+    Ok(Outcome::Patch(ops))
+}
+
+/// Adds `items` to the list at `path`, creating the list when it does not exist.
+fn append_all(ops: &mut Vec<PatchOp>, path: &str, exists: bool, items: Vec<Value>) {
+    if exists {
+        for item in items {
+            ops.push(PatchOp::add(format!("{path}/-"), item));
+        }
+    } else {
+        ops.push(PatchOp::add(path, Value::Array(items)));
+    }
+}
+
+fn app_container_ops(ops: &mut Vec<PatchOp>, base: &str, c: &Container) {
+    let has_env = c
+        .env
+        .as_ref()
+        .is_some_and(|env| env.iter().any(|e| e.name == SOCKET_ENV));
+    if !has_env {
+        append_all(
+            ops,
+            &format!("{base}/env"),
+            c.env.is_some(),
+            vec![sidecar::app_env()],
+        );
+    }
+    append_all(
+        ops,
+        &format!("{base}/volumeMounts"),
+        c.volume_mounts.is_some(),
+        vec![sidecar::app_mount()],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn kv_refresh_in_config(annotation: Option<&str>, default: Option<&str>) -> Option<String> {
+        let mut annotations = BTreeMap::new();
+        if let Some(v) = annotation {
+            annotations.insert("keyward.io/kv-refresh".to_owned(), v.to_owned());
+        }
+        let settings = annotations::parse_settings(&annotations).expect("valid annotations");
+        let cfg = InjectorConfig {
+            kv_refresh: default.map(str::to_owned),
+            ..InjectorConfig::default()
+        };
+        cfg.validate().expect("valid config");
+        sidecar_config(&settings, &cfg, 1000)
+            .kv_refresh
+            .map(|d| humantime::format_duration(d).to_string())
+    }
+
+    #[test]
+    fn allow_insecure_http_reaches_the_sidecar_config_only_when_set() {
+        let settings = annotations::parse_settings(&BTreeMap::new()).expect("settings");
+        let mut cfg = InjectorConfig::default();
+        let yaml = |cfg: &InjectorConfig| {
+            serde_yaml_ng::to_string(&sidecar_config(&settings, cfg, 1000)).expect("yaml")
+        };
+        assert!(!yaml(&cfg).contains("allow_insecure_http"));
+        cfg.vault.addr = "http://vault.vault.svc:8200".to_owned();
+        cfg.vault.allow_insecure_http = true;
+        assert!(yaml(&cfg).contains("allow_insecure_http: true"));
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/injector-config.yaml"
+        ))
+        .expect("example config");
+        InjectorConfig::from_yaml(&text).expect("the example config loads");
+    }
+
+    #[test]
+    fn kv_refresh_comes_from_the_annotation_else_the_injector_default() {
+        assert_eq!(
+            kv_refresh_in_config(None, None),
+            None,
+            "the broker's default"
+        );
+        assert_eq!(
+            kv_refresh_in_config(None, Some("5m")).as_deref(),
+            Some("5m")
+        );
+        assert_eq!(
+            kv_refresh_in_config(Some("30s"), Some("5m")).as_deref(),
+            Some("30s"),
+            "the pod's annotation wins"
+        );
+        assert_eq!(
+            kv_refresh_in_config(Some("90s"), None).as_deref(),
+            Some("1m 30s")
+        );
+    }
+
+    fn pod_with_fs_group(fs_group: i64) -> (ObjectMeta, PodSpec) {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
+            "spec": {
+                "securityContext": {"fsGroup": fs_group},
+                "containers": [{"name": "app", "image": "app:1"}],
+            },
+        }))
+        .expect("pod");
+        (pod.metadata, pod.spec.expect("spec"))
+    }
+
+    /// The socket's group is a gid in the sidecar config (`socket.group`): a pod whose fsGroup
+    /// is none is refused at admission, naming the field, instead of being given a config the
+    /// sidecar refuses at start.
+    #[test]
+    fn a_pod_fs_group_that_is_not_a_gid_is_refused_naming_the_field() {
+        let cfg = InjectorConfig::default();
+        for bad in [-1, i64::from(u32::MAX) + 1] {
+            let (metadata, spec) = pod_with_fs_group(bad);
+            let view = PodView {
+                namespace: Some("shop"),
+                metadata: &metadata,
+                spec: &spec,
+            };
+            match mutate(view, &cfg) {
+                Err(MutateError::Conflict(m)) => {
+                    assert!(m.contains("spec.securityContext.fsGroup is"), "{m}");
+                    assert!(m.contains(&bad.to_string()), "{m}");
+                }
+                other => panic!("fsGroup {bad}: {other:?}"),
+            }
+        }
+        for good in [0, 2000, i64::from(u32::MAX)] {
+            let (metadata, spec) = pod_with_fs_group(good);
+            let view = PodView {
+                namespace: Some("shop"),
+                metadata: &metadata,
+                spec: &spec,
+            };
+            let Ok(Outcome::Patch(ops)) = mutate(view, &cfg) else {
+                panic!("fsGroup {good} is a gid");
+            };
+            let text = serde_json::to_string(&ops).expect("json");
+            assert!(text.contains(&format!("group: {good}\\n")), "{text}");
+        }
+    }
+}

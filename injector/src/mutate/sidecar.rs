@@ -1,0 +1,285 @@
+//! What the injector adds for the sidecar: its config document (the typed contract of
+//! `keyward_config`, built from the pod's settings and the injector config), its container and
+//! its volumes, and the names and paths they share with the app containers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keyward_config::{
+    AuditSettings, AuthConfig, IdentityConfig, InboundConfig, OutboundConfig, ProxyConfig,
+    SecretSpec, SidecarConfig, SocketConfig, VaultConfig,
+};
+use serde_json::{json, Value};
+
+use crate::annotations::{self, PodSettings};
+use crate::config::{ExposedAppPort, InjectorConfig, SidecarMode};
+
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "keyward";
+/// Volume holding the projected service-account token.
+pub const TOKEN_VOLUME: &str = "keyward-token";
+/// Volume holding the broker socket and the audit log.
+pub const SOCKET_VOLUME: &str = "keyward-socket";
+/// Volume holding Vault's CA, when configured.
+pub const CA_VOLUME: &str = "keyward-vault-ca";
+/// Where the socket volume is mounted.
+pub const SOCKET_DIR: &str = "/run/keyward";
+/// The broker socket.
+pub const SOCKET_PATH: &str = "/run/keyward/broker.sock";
+/// The audit log, in the socket volume.
+pub const AUDIT_PATH: &str = "/run/keyward/audit.log";
+/// Where the token volume is mounted (sidecar only).
+pub const TOKEN_DIR: &str = "/var/run/secrets/keyward";
+/// Where the Vault CA volume is mounted (sidecar only).
+pub const CA_DIR: &str = "/etc/keyward/vault-ca";
+/// Env var naming the socket, set in the sidecar and every selected app container.
+pub const SOCKET_ENV: &str = "KEYWARD_SOCKET";
+/// Label set on injected pods that accept inbound mTLS, value [`MESH_INBOUND`], so that a
+/// NetworkPolicy can select them.
+pub const MESH_LABEL: &str = "keyward.io/mesh";
+/// Value of [`MESH_LABEL`].
+pub const MESH_INBOUND: &str = "inbound";
+
+/// The sidecar config for a pod: the document written into `KEYWARD_CONFIG` (no secrets in it).
+/// `fs_group` is the pod's fsGroup, which every container of the pod has as a supplementary
+/// group, given to the socket.
+pub fn sidecar_config(
+    settings: &PodSettings,
+    cfg: &InjectorConfig,
+    fs_group: u32,
+) -> SidecarConfig {
+    let mesh = !settings.inbound.is_empty() || !settings.outbound.is_empty();
+    let td = &cfg.identity.trust_domain;
+    SidecarConfig {
+        vault: VaultConfig {
+            ca_file: cfg
+                .vault
+                .ca_config_map
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{CA_DIR}/ca.crt"))),
+            allow_insecure_http: cfg.vault.allow_insecure_http,
+            ..VaultConfig::new(cfg.vault.addr.clone())
+        },
+        auth: AuthConfig {
+            method: cfg.auth.method,
+            mount: Some(cfg.auth.mount.clone()),
+            role: settings.role.clone(),
+            token_file: PathBuf::from(format!("{TOKEN_DIR}/token")),
+            ..AuthConfig::default()
+        },
+        secrets: settings
+            .secrets
+            .iter()
+            .map(|s| SecretSpec {
+                name: s.name.clone(),
+                path: s.path.clone(),
+                key: s.key.clone(),
+                required: s.required,
+                allow_uids: s.allow_uids.clone(),
+            })
+            .collect(),
+        socket: SocketConfig {
+            path: PathBuf::from(SOCKET_PATH),
+            group: Some(fs_group),
+            ..SocketConfig::default()
+        },
+        audit: AuditSettings {
+            file: PathBuf::from(AUDIT_PATH),
+            stdout: cfg.audit_stdout,
+            ..AuditSettings::default()
+        },
+        // The pod's annotation, else the injector's default (validated at start-up); absent,
+        // the broker's default.
+        kv_refresh: settings.kv_refresh.or_else(|| {
+            cfg.kv_refresh
+                .as_deref()
+                .and_then(|d| annotations::kv_refresh(d).ok())
+        }),
+        revoke_on_shutdown: true,
+        identity: mesh.then(|| IdentityConfig {
+            pki_mount: cfg.identity.pki_mount.clone(),
+            pki_role: cfg.identity.pki_role.clone(),
+            // `keyward.io/identity-uids`: uids that may read the SVID private key; nobody when
+            // absent (the annotation never gives an empty list).
+            allow_uids: settings.identity_uids.clone().unwrap_or_default(),
+            ..IdentityConfig::new(td.clone())
+        }),
+        proxy: mesh.then(|| ProxyConfig {
+            admin: SocketAddr::from(([127, 0, 0, 1], annotations::ADMIN_PORT)),
+            exposed_app_port: match cfg.exposed_app_port {
+                ExposedAppPort::Warn => keyward_config::ExposedAppPort::Warn,
+                ExposedAppPort::Refuse => keyward_config::ExposedAppPort::Refuse,
+            },
+            inbound: settings
+                .inbound
+                .iter()
+                .map(|i| InboundConfig {
+                    listen: SocketAddr::from(([0, 0, 0, 0], i.tls_port)),
+                    forward: format!("127.0.0.1:{}", i.app_port),
+                    allow: i.allow.clone(),
+                    proxy_protocol: false,
+                })
+                .collect(),
+            outbound: settings
+                .outbound
+                .iter()
+                .map(|o| OutboundConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], o.local_port)),
+                    upstream: o.upstream.clone(),
+                    expect: o.expect.clone(),
+                })
+                .collect(),
+            ..ProxyConfig::default()
+        }),
+    }
+}
+
+/// The pod volumes the sidecar needs: the projected token, the in-memory socket directory, and
+/// Vault's CA when the injector config names one.
+pub(super) fn volumes(cfg: &InjectorConfig) -> Vec<Value> {
+    let mut volumes = vec![
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "defaultMode": 0o440,
+                "sources": [{"serviceAccountToken": {
+                    "audience": cfg.token.audience,
+                    "expirationSeconds": cfg.token.expiration_seconds,
+                    "path": "token",
+                }}],
+            },
+        }),
+        json!({
+            "name": SOCKET_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": cfg.socket.size_limit},
+        }),
+    ];
+    if let Some(ca) = &cfg.vault.ca_config_map {
+        volumes.push(json!({
+            "name": CA_VOLUME,
+            "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}], "defaultMode": 0o444},
+        }));
+    }
+    volumes
+}
+
+/// What an app container selected by `keyward.io/containers` gets: the socket's env var (unless
+/// it sets it itself) and the socket volume, read-only.
+pub(super) fn app_env() -> Value {
+    json!({"name": SOCKET_ENV, "value": SOCKET_PATH})
+}
+
+/// The read-only mount of the socket volume into an app container.
+pub(super) fn app_mount() -> Value {
+    json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true})
+}
+
+/// The sidecar container, running with `config` as its `KEYWARD_CONFIG`.
+pub(super) fn container(
+    settings: &PodSettings,
+    cfg: &InjectorConfig,
+    config: &SidecarConfig,
+) -> Value {
+    // Serializing plain strings, numbers and lists cannot fail; an empty document would only
+    // make the sidecar refuse to start, never the pod be admitted without secrets silently.
+    let config_yaml = config.to_yaml().unwrap_or_default();
+    let log_level = settings
+        .log_level
+        .map(|l| l.as_str().to_owned())
+        .unwrap_or_else(|| cfg.log_level.clone());
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let env = json!([
+        {"name": "KEYWARD_CONFIG", "value": config_yaml},
+        {"name": SOCKET_ENV, "value": SOCKET_PATH},
+        {"name": "KEYWARD_LOG", "value": log_level},
+        {"name": "KEYWARD_POD_NAME", "valueFrom": field("metadata.name")},
+        {"name": "KEYWARD_POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+        {"name": "KEYWARD_POD_UID", "valueFrom": field("metadata.uid")},
+        {"name": "KEYWARD_SERVICE_ACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+    ]);
+    let mut requests = cfg.resources.requests.clone();
+    let mut limits = cfg.resources.limits.clone();
+    let r = &settings.resources;
+    for (is_limit, key, value) in [
+        (false, "cpu", &r.cpu_request),
+        (false, "memory", &r.memory_request),
+        (true, "cpu", &r.cpu_limit),
+        (true, "memory", &r.memory_limit),
+    ] {
+        if let Some(v) = value {
+            let map = if is_limit { &mut limits } else { &mut requests };
+            map.insert(key.to_owned(), v.clone());
+        }
+    }
+    let mut mounts = vec![
+        json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR}),
+        json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}),
+    ];
+    if cfg.vault.ca_config_map.is_some() {
+        mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
+    }
+    let mut c = json!({
+        "name": SIDECAR_NAME,
+        "image": cfg.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["sidecar"],
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": cfg.security.run_as_group,
+            "runAsNonRoot": true,
+            "runAsUser": cfg.security.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    });
+    if let Value::Object(map) = &mut c {
+        if !settings.inbound.is_empty() {
+            let ports: Vec<Value> = settings
+                .inbound
+                .iter()
+                .map(|i| {
+                    json!({"name": format!("kw-tls-{}", i.tls_port), "containerPort": i.tls_port, "protocol": "TCP"})
+                })
+                .collect();
+            map.insert("ports".to_owned(), Value::Array(ports));
+        }
+        match cfg.mode {
+            SidecarMode::Native => {
+                map.insert("restartPolicy".to_owned(), json!("Always"));
+                map.insert(
+                    "startupProbe".to_owned(),
+                    json!({
+                        "exec": {"command": ["keyward", "probe"]},
+                        "periodSeconds": 1,
+                        "timeoutSeconds": 2,
+                        "failureThreshold": 120,
+                    }),
+                );
+            }
+            SidecarMode::Legacy => {
+                // The kubelet starts the next container only once this hook returns, so app
+                // containers start after the broker is ready (or after the wait runs out).
+                map.insert(
+                    "lifecycle".to_owned(),
+                    json!({"postStart": {"exec": {"command": ["keyward", "probe", "--wait", "120s"]}}}),
+                );
+                map.insert(
+                    "readinessProbe".to_owned(),
+                    json!({
+                        "exec": {"command": ["keyward", "probe"]},
+                        "periodSeconds": 5,
+                        "timeoutSeconds": 2,
+                        "failureThreshold": 3,
+                    }),
+                );
+            }
+        }
+    }
+    c
+}
