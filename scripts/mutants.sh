@@ -6,7 +6,8 @@
 #
 # Not part of scripts/test.sh (it is slow: each mutant is a build plus a test run).
 #
-# Usage: scripts/mutants.sh [CRATE...]     CRATE: audit identity config injector (default: all)
+# Usage: scripts/mutants.sh [SCOPE...]     SCOPE: audit identity config injector authz svid policy
+#                                          access (default: all)
 #   scripts/mutants.sh --install-only       only install cargo-mutants
 # Environment:
 #   KEYWARD_MUTANTS_JOBS   parallel mutant builds (default 1: the machine is shared)
@@ -14,6 +15,9 @@
 #   KEYWARD_MUTANTS_OUT    where results go (default $KEYWARD_CACHE/mutants)
 #   KEYWARD_MUTANTS_ITERATE=1  re-test only what the last run in KEYWARD_MUTANTS_OUT did not
 #                          catch (cargo-mutants --iterate): the quick loop while adding tests
+#   KEYWARD_MUTANTS_REV    mutate a committed revision (e.g. HEAD) exported with `git archive`
+#                          instead of the working tree: in a checkout others are editing, their
+#                          half-done changes then cannot break the baseline build
 #
 # cargo-mutants is installed from crates.io at a pinned version into $KEYWARD_CACHE/cargo-mutants
 # (idempotent, like scripts/deps.sh deny). It copies the tree to a scratch directory and builds
@@ -59,16 +63,33 @@ declare -A scope=(
   [config]="-p keyward-config"
   [injector]="-p keyward-injector --file injector/src/annotations.rs --cargo-arg=--lib
     --cargo-arg=--test=admission_rules --cargo-arg=--test=webhook_patch"
+  # The proxy's decisions: its unit tests and proxy/tests (in-process TLS, no external tools).
+  [authz]="-p keyward-proxy --file proxy/src/authz.rs"
+  [svid]="-p keyward-proxy --file proxy/src/svid.rs"
+  [policy]="-p keyward-proxy --file proxy/src/policy.rs"
+  # The broker's access decisions: its unit tests and broker/tests (in-memory secret sources).
+  [access]="-p keyward-broker --file broker/src/access.rs"
 )
-order=(audit identity config injector)
+all=(audit identity config injector authz svid policy access)
+order=("${all[@]}")
 [ $# -gt 0 ] && order=("$@")
-for c in "${order[@]}"; do [ -n "${scope[$c]:-}" ] || die "unknown crate '$c' (audit identity config injector)"; done
+for c in "${order[@]}"; do [ -n "${scope[$c]:-}" ] || die "unknown scope '$c' (${all[*]})"; done
 
 test_tool=cargo
 if cargo nextest --version >/dev/null 2>&1; then test_tool=nextest; fi
 
 out_root=${KEYWARD_MUTANTS_OUT:-$KEYWARD_CACHE/mutants}
 mkdir -p "$out_root"
+src=.
+if [ -n "${KEYWARD_MUTANTS_REV:-}" ]; then
+  rev=$(git rev-parse --verify "${KEYWARD_MUTANTS_REV}^{commit}") || die "no such revision: $KEYWARD_MUTANTS_REV"
+  src="$KEYWARD_CACHE/mutants-src/$rev"
+  if [ ! -f "$src/Cargo.toml" ]; then
+    rm -rf "$src" && mkdir -p "$src"
+    git archive "$rev" | tar -x -C "$src" || die "cannot export $rev"
+  fi
+  log "mutating revision $rev (exported to $src), not the working tree"
+fi
 # A target dir of its own: mutated builds never wait on (or evict) the shared one, and the
 # dependencies stay built between runs.
 export CARGO_TARGET_DIR="$KEYWARD_CACHE/mutants-target"
@@ -88,7 +109,7 @@ for c in "${order[@]}"; do
   log "$c: cargo mutants ${scope[$c]} (test tool $test_tool, $jobs job(s)) -> $out/mutants.out"
   rc=0
   # shellcheck disable=SC2086  # scope and extra args are word lists
-  nice -n 10 "$mutants" mutants ${scope[$c]} --test-tool "$test_tool" --jobs "$jobs" \
+  nice -n 10 "$mutants" mutants --dir "$src" ${scope[$c]} --test-tool "$test_tool" --jobs "$jobs" \
     --output "$out" --no-shuffle --colors never --caught "${iterate[@]}" ${KEYWARD_MUTANTS_ARGS:-} || rc=$?
   # cargo-mutants exits 0 all caught, 2 missed, 3 timeouts, 4 baseline failed; else broken.
   case $rc in 0|2|3) ;; *) status=1; log "$c: cargo mutants failed (exit $rc)";; esac
