@@ -2,12 +2,15 @@
 //! kube-scheduler on 127.0.0.1, started by `scripts/cluster.sh` from the binaries that
 //! `scripts/deps.sh cluster` builds, and `kubectl` pointed at it. Test support, not product code.
 //!
-//! No node agent runs yet: pods are admitted (webhooks, PodSecurity, service accounts), stored
-//! and scheduled once nodes exist, but never run. See docs/cluster.md.
+//! No kubelet runs: pods are admitted (webhooks, PodSecurity, service accounts) and stored;
+//! they run once a node agent (`keyward_e2e::node`, with [`Cluster::node_credentials`])
+//! registers a Node. See docs/cluster.md.
 //!
 //! A missing binary is an error naming the install command: tests fail, they never skip.
 
+mod node;
 mod tokens;
+pub use node::NodeCredentials;
 pub use tokens::ISSUER;
 
 use std::path::{Path, PathBuf};

@@ -77,6 +77,8 @@ pub struct Network {
     prefix: String,
     bridge_ns: Option<String>,
     hosts: Vec<Host>,
+    /// Address index of the next host (2, 3, ...); addresses of removed hosts are not reused.
+    next: usize,
 }
 
 fn ip(args: &[&str]) -> Result<String> {
@@ -104,6 +106,7 @@ impl Network {
                         prefix,
                         bridge_ns: Some(br.clone()),
                         hosts: Vec::new(),
+                        next: 2,
                     };
                     ip(&["-n", &br, "link", "set", "lo", "up"])?;
                     ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
@@ -122,15 +125,17 @@ impl Network {
             prefix,
             bridge_ns: None,
             hosts: Vec::new(),
+            next: 2,
         })
     }
 
     /// Adds a host named `name` with the next free address.
     pub fn add_host(&mut self, name: &str) -> Result<Host> {
-        let index = self.hosts.len() + 2;
+        let index = self.next;
         if index > 250 {
             return Err(Error::Setup("more than 249 hosts".into()));
         }
+        self.next += 1;
         let host = match (&self.mode, &self.bridge_ns) {
             (NetMode::Namespaces, Some(br)) => {
                 let ns = format!("{}-{}", self.prefix, index);
@@ -169,6 +174,17 @@ impl Network {
 
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// Removes a host: kills what still runs in its namespace and deletes the namespace (a
+    /// deleted pod's sandbox). Its address is not reused by this network.
+    pub fn remove_host(&mut self, name: &str) {
+        if let Some(i) = self.hosts.iter().position(|h| h.name == name) {
+            let h = self.hosts.remove(i);
+            if let Some(ns) = &h.netns {
+                delete_netns(ns);
+            }
+        }
     }
 }
 
@@ -274,6 +290,64 @@ impl Forward {
 }
 
 impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The other direction: a TCP listener inside `host`'s network namespace (on its address and
+/// `port`) whose connections are forwarded to `target` on the root namespace's loopback. How
+/// pods reach a server a test runs on 127.0.0.1 (OpenBao from tests/support) under a name
+/// that resolves to the node host; the root namespace only ever connects to loopback. Stops
+/// when dropped.
+pub struct Expose {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Expose {
+    pub async fn start(host: &Host, port: u16, target: SocketAddr) -> Result<Expose> {
+        if !target.ip().is_loopback() {
+            return Err(Error::Setup(format!(
+                "Expose forwards to loopback only, not {target}"
+            )));
+        }
+        let addr = SocketAddr::new(host.ip.into(), port);
+        let ns = host.netns.clone();
+        let std = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpListener> {
+            // A fresh thread: entering the namespace affects only it; the socket stays there.
+            std::thread::spawn(move || {
+                if let Some(ns) = ns {
+                    let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                }
+                std::net::TcpListener::bind(addr)
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("bind thread panicked"))?
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("bind task: {e}")))?
+        .map_err(Error::io(format!("binding {addr} in {}", host.name)))?;
+        std.set_nonblocking(true)
+            .map_err(Error::io("set_nonblocking"))?;
+        let listener =
+            tokio::net::TcpListener::from_std(std).map_err(Error::io("tokio listener"))?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Expose { addr, task })
+    }
+}
+
+impl Drop for Expose {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -1,12 +1,15 @@
 //! One pod: its volumes, its containers started as a kubelet would, its stop.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -28,6 +31,88 @@ pub struct PodEnv {
     pub run_dir: PathBuf,
     /// ConfigMaps for configMap volumes: (namespace, name) → data.
     pub config_maps: BTreeMap<(String, String), BTreeMap<String, String>>,
+}
+
+/// What a projected `serviceAccountToken` source asks for: the TokenRequest the kubelet sends
+/// (`POST .../serviceaccounts/SA/token` with the source's audience and expirationSeconds and a
+/// Pod boundObjectRef).
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    pub namespace: String,
+    pub service_account: String,
+    /// None: the API server's own audiences.
+    pub audience: Option<String>,
+    pub expiration_seconds: i64,
+    pub pod_name: String,
+    pub pod_uid: String,
+}
+
+/// A token and its lifetime as the issuer states it.
+#[derive(Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// Where projected tokens come from (the node agent: the API server's TokenRequest).
+pub type TokenFn = Arc<dyn Fn(TokenRequest) -> BoxFuture<Result<IssuedToken>> + Send + Sync>;
+
+/// How a pod runs beyond its spec: what a node agent adds to the runner.
+#[derive(Clone, Default)]
+pub struct PodOptions {
+    /// Projected service-account tokens from here instead of the run's issuer.
+    pub tokens: Option<TokenFn>,
+    /// `spec.nodeName` for the downward API (default `node`).
+    pub node_name: Option<String>,
+    /// `status.hostIP` for the downward API (default the pod's own address).
+    pub host_ip: Option<Ipv4Addr>,
+    /// When a projected token is rewritten, as a fraction of its lifetime (default 0.8, as the
+    /// kubelet does).
+    pub refresh_fraction: Option<f64>,
+}
+
+/// When a token issued at `issued_at` and expiring at `expires_at` is due for refresh: at
+/// `fraction` of its lifetime (the kubelet: 0.8), measured from `now`. At least 100 ms.
+pub fn refresh_delay(
+    issued_at: SystemTime,
+    expires_at: SystemTime,
+    fraction: f64,
+    now: SystemTime,
+) -> Duration {
+    let life = expires_at
+        .duration_since(issued_at)
+        .unwrap_or(Duration::ZERO);
+    let due = issued_at + life.mul_f64(fraction.clamp(0.0, 1.0));
+    due.duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100))
+}
+
+/// A container's state, as a kubelet reports it in `containerStatuses`.
+#[derive(Clone, Debug)]
+pub struct ContainerState {
+    pub name: String,
+    /// An init container (native sidecar or run-to-completion).
+    pub init: bool,
+    /// A native sidecar (initContainer with restartPolicy Always).
+    pub sidecar: bool,
+    pub started_at: SystemTime,
+    /// Started, and its startupProbe (if any) passed.
+    pub started: bool,
+    /// Exit code (128 + signal when killed) and when it exited.
+    pub exit: Option<(i32, SystemTime)>,
 }
 
 /// A container image the runner can "pull": a binary standing in for its filesystem.
@@ -83,8 +168,14 @@ struct Running {
     spec: ContainerSpec,
     /// Native sidecar (initContainer with restartPolicy Always).
     sidecar: bool,
+    /// Any init container (sidecar or run-to-completion).
+    init: bool,
     child: Child,
     exited: Option<std::process::ExitStatus>,
+    started_at: SystemTime,
+    finished_at: Option<SystemTime>,
+    /// Its startupProbe passed (or it has none).
+    probe_passed: bool,
 }
 
 impl Running {
@@ -111,6 +202,7 @@ impl Running {
         if self.exited.is_none() {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.exited = Some(s);
+                self.finished_at = Some(SystemTime::now());
                 // The container is gone: so is everything it started.
                 let _ = killpg(self.pid(), Signal::SIGKILL);
             }
@@ -130,6 +222,9 @@ pub struct Pod {
     token_tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
     hosts_file: PathBuf,
+    opts: PodOptions,
+    /// Memory-backed emptyDirs mounted (tmpfs) in the runner's mount namespace.
+    tmpfs: Vec<PathBuf>,
 }
 
 fn perr(pod: &PodDef, problem: impl Into<String>) -> Error {
@@ -171,6 +266,17 @@ impl Pod {
     /// waiting for its startupProbe), then other init containers to completion, then the app
     /// containers.
     pub async fn start(def: PodDef, host: Host, env: &PodEnv) -> Result<Pod> {
+        Self::start_with(def, host, env, PodOptions::default()).await
+    }
+
+    /// [`Pod::start`] with what a node agent adds (tokens from the API server, the node's
+    /// name and address).
+    pub async fn start_with(
+        def: PodDef,
+        host: Host,
+        env: &PodEnv,
+        opts: PodOptions,
+    ) -> Result<Pod> {
         let dir = env.run_dir.join(format!("{}_{}", def.namespace, def.name));
         std::fs::create_dir_all(dir.join("logs")).map_err(Error::io("pod dir"))?;
         std::fs::create_dir_all(dir.join("volumes")).map_err(Error::io("pod dir"))?;
@@ -190,8 +296,10 @@ impl Pod {
             token_tasks: Vec::new(),
             grace,
             hosts_file: env.hosts_file.clone(),
+            opts,
+            tmpfs: Vec::new(),
         };
-        pod.make_volumes(env)?;
+        pod.make_volumes(env).await?;
         let spec = pod.def.spec.clone();
         for c in spec["initContainers"]
             .as_array()
@@ -201,10 +309,11 @@ impl Pod {
             let sidecar = c["restartPolicy"].as_str() == Some("Always");
             let cs = pod.container_spec(&c, env)?;
             let name = cs.name.clone();
-            pod.spawn(cs, sidecar)?;
+            pod.spawn(cs, sidecar, true)?;
             pod.wait_started(&name).await?;
             if sidecar {
                 pod.wait_startup(&name).await?;
+                pod.running(&name)?.probe_passed = true;
             } else {
                 pod.wait_exit(&name).await?;
             }
@@ -213,7 +322,10 @@ impl Pod {
         for c in spec["containers"].as_array().cloned().unwrap_or_default() {
             let cs = pod.container_spec(&c, env)?;
             apps.push(cs.name.clone());
-            pod.spawn(cs, false)?;
+            let probe = cs.startup_probe.is_some();
+            pod.spawn(cs, false, false)?;
+            pod.running(apps.last().map(String::as_str).unwrap_or_default())?
+                .probe_passed = !probe;
         }
         for name in apps {
             pod.wait_started(&name).await?;
@@ -225,7 +337,7 @@ impl Pod {
         as_u32(&self.def.spec["securityContext"]["fsGroup"])
     }
 
-    fn make_volumes(&mut self, env: &PodEnv) -> Result<()> {
+    async fn make_volumes(&mut self, env: &PodEnv) -> Result<()> {
         let fs_group = self.fs_group();
         let volumes = self.def.spec["volumes"]
             .as_array()
@@ -236,6 +348,9 @@ impl Pod {
             let path = self.dir.join("volumes").join(&name);
             std::fs::create_dir_all(&path).map_err(Error::io("volume dir"))?;
             if v["emptyDir"].is_object() {
+                if v["emptyDir"]["medium"].as_str() == Some("Memory") {
+                    self.mount_tmpfs(&name, &path, &v["emptyDir"]["sizeLimit"])?;
+                }
                 chgrp(&path, fs_group)?;
                 chmod(&path, if fs_group.is_some() { 0o2777 } else { 0o777 })?;
             } else if v["projected"].is_object() {
@@ -247,9 +362,11 @@ impl Pod {
                     .unwrap_or_default()
                 {
                     if let Some(t) = src.get("serviceAccountToken") {
-                        self.project_token(&path, t, mode, fs_group, env)?;
+                        self.project_token(&path, t, mode, fs_group, env).await?;
                     } else if let Some(cm) = src.get("configMap") {
                         self.project_config_map(&path, cm, mode, fs_group, env)?;
+                    } else if let Some(d) = src.get("downwardAPI") {
+                        self.project_downward_api(&name, &path, d, mode, fs_group)?;
                     } else {
                         return Err(perr(
                             &self.def,
@@ -261,10 +378,14 @@ impl Pod {
                 chmod(&path, 0o755)?;
                 let mode = as_u32(&cm["defaultMode"]).unwrap_or(0o644);
                 self.project_config_map(&path, cm, mode, fs_group, env)?;
+            } else if let Some(d) = v.get("downwardAPI") {
+                chmod(&path, 0o755)?;
+                let mode = as_u32(&d["defaultMode"]).unwrap_or(0o644);
+                self.project_downward_api(&name, &path, d, mode, fs_group)?;
             } else {
                 return Err(perr(
                     &self.def,
-                    format!("volume {name}: only emptyDir, configMap and projected (serviceAccountToken, configMap) volumes are supported by the runner"),
+                    format!("volume {name}: only emptyDir, configMap, downwardAPI and projected (serviceAccountToken, configMap, downwardAPI) volumes are supported by the runner"),
                 ));
             }
             self.volumes.insert(name, path);
@@ -315,8 +436,63 @@ impl Pod {
         Ok(())
     }
 
-    /// Writes the projected token now and again at 80% of its lifetime.
-    fn project_token(
+    /// A Memory emptyDir: a tmpfs of `sizeLimit` bytes (unlimited without one) mounted in the
+    /// runner's mount namespace, unmounted when the pod is dropped.
+    fn mount_tmpfs(&mut self, name: &str, path: &Path, size: &Value) -> Result<()> {
+        let mut opts = "mode=0777,nosuid,nodev".to_owned();
+        if let Some(q) = size.as_str() {
+            let bytes = parse_quantity(q).ok_or_else(|| {
+                perr(
+                    &self.def,
+                    format!("volume {name}: sizeLimit {q:?} is not a quantity"),
+                )
+            })?;
+            opts += &format!(",size={bytes}");
+        }
+        crate::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &opts, "podrun-emptydir"])
+                .arg(path),
+        )
+        .map_err(|e| perr(&self.def, format!("volume {name}: mounting tmpfs: {e}")))?;
+        self.tmpfs.push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// A downwardAPI volume or projected source: `items[].fieldRef` files.
+    fn project_downward_api(
+        &self,
+        volume: &str,
+        dir: &Path,
+        d: &Value,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<()> {
+        for it in d["items"].as_array().cloned().unwrap_or_default() {
+            let p = it["path"].as_str().unwrap_or_default();
+            let field = it["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
+            let v = self.field_ref(field).ok_or_else(|| {
+                perr(
+                    &self.def,
+                    format!("volume {volume}: downwardAPI item {p}: only fieldRef to metadata.name/namespace/uid/labels['...'], spec.* and status.podIP/hostIP is supported by the runner"),
+                )
+            })?;
+            if p.is_empty() || p.contains("..") || p.starts_with('/') {
+                return Err(perr(
+                    &self.def,
+                    format!("volume {volume}: downwardAPI path {p:?} is not a relative path"),
+                ));
+            }
+            let m = as_u32(&it["mode"]).unwrap_or(mode);
+            write_atomic(dir, p, v.as_bytes(), m, gid)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the projected token now and again at 80% of its lifetime (the refresh fraction
+    /// of [`PodOptions`]). Tokens come from [`PodOptions::tokens`] (the API server's
+    /// TokenRequest) or else the run's issuer.
+    async fn project_token(
         &mut self,
         dir: &Path,
         t: &Value,
@@ -324,25 +500,71 @@ impl Pod {
         gid: Option<u32>,
         env: &PodEnv,
     ) -> Result<()> {
-        let mut claims = jwt::Claims::new(&self.def.namespace, &self.def.service_account);
-        claims.pod = self.def.name.clone();
-        claims.audience = t["audience"].as_str().unwrap_or(jwt::ISSUER).to_owned();
-        claims.expires_in = t["expirationSeconds"].as_i64().unwrap_or(3600);
-        let file = t["path"].as_str().unwrap_or("token").to_owned();
-        let write = {
-            let issuer = env.issuer.clone();
-            let dir = dir.to_path_buf();
-            let claims = claims.clone();
-            let file = file.clone();
-            move || write_atomic(&dir, &file, issuer.mint(&claims).as_bytes(), mode, gid)
+        let req = TokenRequest {
+            namespace: self.def.namespace.clone(),
+            service_account: self.def.service_account.clone(),
+            audience: t["audience"].as_str().map(str::to_owned),
+            expiration_seconds: t["expirationSeconds"].as_i64().unwrap_or(3600),
+            pod_name: self.def.name.clone(),
+            pod_uid: self.def.uid.clone(),
         };
-        write()?;
-        let refresh = Duration::from_secs_f64(claims.expires_in.max(1) as f64 * 0.8);
+        let fetch: TokenFn = match &self.opts.tokens {
+            Some(f) => f.clone(),
+            None => {
+                let issuer = env.issuer.clone();
+                Arc::new(move |r: TokenRequest| {
+                    let mut claims = jwt::Claims::new(&r.namespace, &r.service_account);
+                    claims.pod = r.pod_name.clone();
+                    claims.audience = r.audience.clone().unwrap_or_else(|| jwt::ISSUER.to_owned());
+                    claims.expires_in = r.expiration_seconds;
+                    let now = SystemTime::now();
+                    let issued = IssuedToken {
+                        token: issuer.mint(&claims),
+                        issued_at: now,
+                        expires_at: now
+                            + Duration::from_secs(
+                                u64::try_from(r.expiration_seconds.max(1)).unwrap_or(1),
+                            ),
+                    };
+                    Box::pin(async move { Ok(issued) })
+                })
+            }
+        };
+        let file = t["path"].as_str().unwrap_or("token").to_owned();
+        let first = fetch(req.clone()).await.map_err(|e| {
+            perr(
+                &self.def,
+                format!("service-account token for {}: {e}", file),
+            )
+        })?;
+        write_atomic(dir, &file, first.token.as_bytes(), mode, gid)?;
+        let fraction = self.opts.refresh_fraction.unwrap_or(0.8);
+        let dir = dir.to_path_buf();
+        let pod = format!("{}/{}", self.def.namespace, self.def.name);
         self.token_tasks.push(tokio::spawn(async move {
+            let mut current = first;
             loop {
-                tokio::time::sleep(refresh).await;
-                if let Err(e) = write() {
-                    eprintln!("podrun: refreshing a service-account token: {e}");
+                let wait = refresh_delay(
+                    current.issued_at,
+                    current.expires_at,
+                    fraction,
+                    SystemTime::now(),
+                );
+                tokio::time::sleep(wait).await;
+                match fetch(req.clone()).await {
+                    Ok(t) => {
+                        if let Err(e) = write_atomic(&dir, &file, t.token.as_bytes(), mode, gid) {
+                            eprintln!(
+                                "podrun: pod {pod}: writing a refreshed service-account token: {e}"
+                            );
+                        }
+                        current = t;
+                    }
+                    Err(e) => {
+                        eprintln!("podrun: pod {pod}: refreshing a service-account token: {e}");
+                        // Retry soon, well before the current one expires.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
         }));
@@ -356,8 +578,13 @@ impl Pod {
             "metadata.namespace" => d.namespace.clone(),
             "metadata.uid" => d.uid.clone(),
             "spec.serviceAccountName" => d.service_account.clone(),
-            "spec.nodeName" => "node".to_owned(),
-            "status.podIP" | "status.hostIP" => self.host.ip.to_string(),
+            "spec.nodeName" => self
+                .opts
+                .node_name
+                .clone()
+                .unwrap_or_else(|| "node".to_owned()),
+            "status.podIP" => self.host.ip.to_string(),
+            "status.hostIP" => self.opts.host_ip.unwrap_or(self.host.ip).to_string(),
             _ => {
                 let label = path.strip_prefix("metadata.labels['")?.strip_suffix("']")?;
                 d.labels.get(label)?.clone()
@@ -606,7 +833,7 @@ impl Pod {
         Ok(())
     }
 
-    fn spawn(&mut self, cs: ContainerSpec, sidecar: bool) -> Result<()> {
+    fn spawn(&mut self, cs: ContainerSpec, sidecar: bool, init: bool) -> Result<()> {
         let mut argv = self.host.nsenter_args();
         argv.extend(
             [
@@ -650,8 +877,12 @@ impl Pod {
         self.containers.push(Running {
             spec: cs,
             sidecar,
+            init,
             child,
             exited: None,
+            started_at: SystemTime::now(),
+            finished_at: None,
+            probe_passed: false,
         });
         Ok(())
     }
@@ -787,6 +1018,41 @@ impl Pod {
             .map(|p| p.as_raw() as u32)
     }
 
+    /// Every container's state, init containers first, in start order.
+    pub fn container_states(&mut self) -> Vec<ContainerState> {
+        self.containers
+            .iter_mut()
+            .map(|c| {
+                let exit = c.poll().map(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = s.code().or(s.signal().map(|n| 128 + n)).unwrap_or(-1);
+                    (code, c.finished_at.unwrap_or_else(SystemTime::now))
+                });
+                ContainerState {
+                    name: c.spec.name.clone(),
+                    init: c.init,
+                    sidecar: c.sidecar,
+                    started_at: c.started_at,
+                    started: c.probe_passed && exit.is_none(),
+                    exit,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether every app container (not an init container) has exited.
+    pub fn apps_exited(&mut self) -> bool {
+        self.containers
+            .iter_mut()
+            .filter(|c| !c.init)
+            .all(|c| c.poll().is_some())
+    }
+
+    /// Sets the grace period of the next [`Pod::stop`] (a deletion's own grace period).
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
     /// A Job's pod: waits up to `timeout` for every app container to exit by itself, then stops
     /// the native sidecars as the kubelet does once a pod's regular containers have completed
     /// (SIGTERM, last started first). Returns each container's exit status, apps first.
@@ -799,7 +1065,7 @@ impl Pod {
             let running: Vec<String> = self
                 .containers
                 .iter_mut()
-                .filter(|c| !c.sidecar)
+                .filter(|c| !c.init)
                 .filter_map(|c| c.poll().is_none().then(|| c.spec.name.clone()))
                 .collect();
             if running.is_empty() {
@@ -825,7 +1091,7 @@ impl Pod {
     pub async fn stop(&mut self) -> Vec<(String, Option<std::process::ExitStatus>)> {
         let deadline = Instant::now() + self.grace;
         let apps: Vec<usize> = (0..self.containers.len())
-            .filter(|&i| !self.containers[i].sidecar)
+            .filter(|&i| !self.containers[i].init)
             .collect();
         let sidecars: Vec<usize> = (0..self.containers.len())
             .rev()
@@ -886,8 +1152,40 @@ impl Drop for Pod {
                 let _ = c.child.wait();
             }
         }
+        for m in self.tmpfs.drain(..).rev() {
+            // The containers' copies went with their mount namespaces; this is the runner's.
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&m)
+                .stdin(Stdio::null())
+                .output();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Kubernetes quantity (`16Mi`, `1Gi`, `100M`, `512k`, `1000`) in bytes.
+pub fn parse_quantity(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = (n * mult).ceil();
+    (bytes.is_finite() && bytes > 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Expands `$(VAR)` references as the kubelet does (`$$` escapes a `$`).
@@ -925,7 +1223,37 @@ fn expand(s: &str, vars: &[(String, String)]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::expand;
+    use super::{expand, parse_quantity, refresh_delay};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn quantities_in_bytes() {
+        assert_eq!(parse_quantity("16Mi"), Some(16 << 20));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("100M"), Some(100_000_000));
+        assert_eq!(parse_quantity("512k"), Some(512_000));
+        assert_eq!(parse_quantity("1000"), Some(1000));
+        assert_eq!(parse_quantity("1.5Ki"), Some(1536));
+        assert_eq!(parse_quantity("16Mb"), None);
+        assert_eq!(parse_quantity("-1"), None);
+        assert_eq!(parse_quantity(""), None);
+    }
+
+    #[test]
+    fn tokens_refresh_at_80_percent_of_their_lifetime_like_the_kubelet() {
+        let iat = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let exp = iat + Duration::from_secs(600);
+        // Checked right after issue: due 480 s later.
+        assert_eq!(
+            refresh_delay(iat, exp, 0.8, iat + Duration::from_secs(1)),
+            Duration::from_secs(479)
+        );
+        // Already past due: at once (with a 100 ms floor against a hot loop).
+        assert_eq!(
+            refresh_delay(iat, exp, 0.8, iat + Duration::from_secs(500)),
+            Duration::from_millis(100)
+        );
+    }
 
     #[test]
     fn expands_like_the_kubelet() {

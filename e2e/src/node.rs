@@ -1,0 +1,1315 @@
+//! A node agent for the test cluster (keyward_test_cluster / scripts/cluster.sh): it does what
+//! a kubelet does, enough for pods created through the real kube-apiserver to run. Test
+//! support, not product code.
+//!
+//! - Registers a Node (capacity, allocatable, a Ready condition, addresses) and renews its
+//!   Lease in `kube-node-lease` every 10 s, so the node lifecycle controller never taints it.
+//! - Lists and watches the pods bound to it (`fieldSelector=spec.nodeName=NAME`) and runs each
+//!   with the pod runner ([`crate::pod`]): a network namespace per pod, a PID namespace per
+//!   container, native sidecars first with the apps gated on their startupProbe, Memory
+//!   emptyDirs as tmpfs of their sizeLimit, projected volumes. The pod spec as the API server
+//!   stores it is the only source of how each container runs; images map to local binaries
+//!   (the stand-in for a container runtime, as podrun does).
+//! - Projected service-account tokens come from the TokenRequest API with the source's
+//!   audience and expirationSeconds and a Pod boundObjectRef (name and uid), rewritten at 80%
+//!   of their lifetime as the kubelet does.
+//! - Writes pod status back (phase, PodScheduled/PodReadyToStartContainers/Initialized/
+//!   ContainersReady/Ready, initContainerStatuses and containerStatuses with states and exit
+//!   codes, podIP, hostIP), so `kubectl get pods`, `kubectl wait` and Jobs work.
+//! - On deletion (deletionTimestamp set) stops the containers (SIGTERM, the deletion's grace
+//!   period, SIGKILL), then deletes the pod object with grace 0 and a uid precondition, as the
+//!   kubelet does, and removes the pod's network namespace.
+//! - Service names: **the node agent's own stand-in for kube-proxy and cluster DNS** (no
+//!   iptables, no DNS server). It watches EndpointSlices and writes every ready endpoint's
+//!   address as `SERVICE.NAMESPACE.svc` and `SERVICE.NAMESPACE.svc.cluster.local` into the
+//!   `/etc/hosts` every container sees. Pods therefore reach a Service's pods directly on their
+//!   target port: the Service's `port` must equal its `targetPort`, and cluster IPs route
+//!   nowhere.
+//!
+//! It talks to the API server over HTTPS with the node's client certificate
+//! (`system:node:NAME`, so the Node authorizer and NodeRestriction apply as to a kubelet), plus
+//! `system:node-proxier` for EndpointSlices (`Cluster::node_credentials`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::manifest::PodDef;
+use crate::net::{Host, NetMode, Network};
+use crate::pod::{
+    ContainerState, Image, IssuedToken, Pod, PodEnv, PodOptions, TokenFn, TokenRequest,
+};
+use crate::{jwt, Error, Result};
+
+/// How the agent reaches the API server and what it runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The Node's name (the client certificate must be `system:node:NAME`).
+    pub name: String,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// PEM files: the cluster CA, the node's client certificate and key.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Image reference prefixes and the binary standing in for each image's entrypoint.
+    pub images: Vec<(String, PathBuf)>,
+    /// Names that resolve to the node host in every pod (servers the test runs there, as
+    /// `vault.vault.svc` in the shop).
+    pub node_names: Vec<String>,
+    /// When projected tokens are refreshed, as a fraction of their lifetime (the kubelet's 0.8).
+    pub token_refresh_fraction: f64,
+}
+
+impl NodeConfig {
+    pub fn new(name: &str, server: &str, ca: &Path, cert: &Path, key: &Path) -> NodeConfig {
+        NodeConfig {
+            name: name.to_owned(),
+            server: server.to_owned(),
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            images: Vec::new(),
+            node_names: Vec::new(),
+            token_refresh_fraction: 0.8,
+        }
+    }
+}
+
+/// A small client for the API server's REST interface with the node's certificate.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &str, ca: &Path, cert: &Path, key: &Path) -> Result<Api> {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(Error::io(format!("reading {}", p.display())));
+        let ca = reqwest::Certificate::from_pem(&read(ca)?)
+            .map_err(|e| Error::Setup(format!("the cluster CA: {e}")))?;
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend(read(key)?);
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| Error::Setup(format!("the node's client certificate: {e}")))?;
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(id)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;
+        Ok(Api {
+            base: server.trim_end_matches('/').to_owned(),
+            client,
+        })
+    }
+
+    /// `METHOD PATH` with a JSON body (`content_type` for patches); (status, body).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::Setup(format!("API server {method} {path}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Like [`Api::call`], failing unless the answer is 2xx (the error carries the API
+    /// server's message).
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let (status, v) = self.call(method.clone(), path, content_type, body).await?;
+        if !(200..300).contains(&status) {
+            return Err(Error::Setup(format!(
+                "API server {method} {path}: {status}: {}",
+                v["message"].as_str().unwrap_or("(no message)")
+            )));
+        }
+        Ok(v)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.ok(reqwest::Method::GET, path, "", None).await
+    }
+
+    async fn merge_patch(&self, path: &str, body: &Value) -> Result<Value> {
+        self.ok(
+            reqwest::Method::PATCH,
+            path,
+            "application/merge-patch+json",
+            Some(body),
+        )
+        .await
+    }
+
+    /// TokenRequest for a projected token: audience, expiry, bound to the pod (name and uid).
+    pub async fn request_token(&self, r: &TokenRequest) -> Result<IssuedToken> {
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": r.audience.iter().collect::<Vec<_>>(),
+                "expirationSeconds": r.expiration_seconds,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": r.pod_name, "uid": r.pod_uid},
+            },
+        });
+        let path = format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+            r.namespace, r.service_account
+        );
+        let v = self
+            .ok(
+                reqwest::Method::POST,
+                &path,
+                "application/json",
+                Some(&body),
+            )
+            .await?;
+        let token = v["status"]["token"]
+            .as_str()
+            .ok_or_else(|| Error::Setup(format!("POST {path}: no status.token in the answer")))?
+            .to_owned();
+        let (iat, exp) = token_times(&token)
+            .ok_or_else(|| Error::Setup(format!("POST {path}: the token has no iat/exp")))?;
+        Ok(IssuedToken {
+            token,
+            issued_at: UNIX_EPOCH + Duration::from_secs(iat),
+            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+        })
+    }
+
+    /// Lists `path?query` and then watches it from the list's resourceVersion, calling
+    /// `on(Event)` for each change; relists when the watch expires (410) or fails. Runs until
+    /// the task is aborted.
+    async fn list_watch(&self, path: &str, query: &str, mut on: impl FnMut(Event)) {
+        let sep = if query.is_empty() { "" } else { "&" };
+        loop {
+            let list = match self.get(&format!("{path}?{query}")).await {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("node agent: listing {path}: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut rv = list["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            on(Event::Synced(
+                list["items"].as_array().cloned().unwrap_or_default(),
+            ));
+            'watch: loop {
+                let url = format!(
+                    "{}{path}?{query}{sep}watch=1&allowWatchBookmarks=true&timeoutSeconds=240&resourceVersion={rv}",
+                    self.base
+                );
+                let mut resp = match self.client.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) => {
+                        eprintln!("node agent: watching {path}: {}", r.status());
+                        break 'watch;
+                    }
+                    Err(e) => {
+                        eprintln!("node agent: watching {path}: {e}");
+                        break 'watch;
+                    }
+                };
+                let mut buf: Vec<u8> = Vec::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            buf.extend_from_slice(&chunk);
+                            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                                let line: Vec<u8> = buf.drain(..=i).collect();
+                                let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
+                                    continue;
+                                };
+                                let obj = ev["object"].clone();
+                                match ev["type"].as_str().unwrap_or_default() {
+                                    "ERROR" => break 'watch,
+                                    t => {
+                                        if let Some(v) = obj["metadata"]["resourceVersion"].as_str()
+                                        {
+                                            rv = v.to_owned();
+                                        }
+                                        match t {
+                                            "ADDED" | "MODIFIED" => on(Event::Changed(obj)),
+                                            "DELETED" => on(Event::Deleted(obj)),
+                                            _ => {}
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        // The server ended the watch (timeoutSeconds): watch on from rv.
+                        Ok(None) => continue 'watch,
+                        Err(_) => break 'watch,
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+enum Event {
+    /// A full list: every object that exists now.
+    Synced(Vec<Value>),
+    Changed(Value),
+    Deleted(Value),
+}
+
+/// `iat` and `exp` of a JWT (read, not verified: the API server just issued it to us).
+fn token_times(token: &str) -> Option<(u64, u64)> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.insecure_disable_signature_validation();
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    v.algorithms = vec![header.alg];
+    let data =
+        jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_secret(&[]), &v)
+            .ok()?;
+    Some((data.claims["iat"].as_u64()?, data.claims["exp"].as_u64()?))
+}
+
+/// RFC 3339 in UTC, as the API server writes times (`2026-12-02T01:42:22Z`); `micros` adds
+/// microseconds (a Lease's MicroTime).
+pub fn rfc3339(t: SystemTime, micros: bool) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    if micros {
+        format!(
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:06}Z",
+            d.subsec_micros()
+        )
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    }
+}
+
+/// What the agent knows about a pod it runs.
+struct PodHandle {
+    namespace: String,
+    name: String,
+    /// Deletion requested: the grace period to stop with.
+    delete: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+    /// Host pids of the containers' main processes, once started.
+    pids: Arc<Mutex<Vec<(String, u32)>>>,
+    dir: PathBuf,
+}
+
+/// The `/etc/hosts` every container sees: the node names, each pod's own name, and the
+/// Services' ready endpoints (the agent's kube-proxy/DNS stand-in).
+#[derive(Default)]
+struct HostsTable {
+    node_ip: Option<Ipv4Addr>,
+    node_names: Vec<String>,
+    /// pod uid → (address, pod name).
+    pods: BTreeMap<String, (Ipv4Addr, String)>,
+    /// EndpointSlice namespace/name → (Service namespace, Service name, ready addresses).
+    slices: BTreeMap<String, (String, String, Vec<String>)>,
+}
+
+impl HostsTable {
+    fn render(&self) -> String {
+        let mut lines = vec![
+            "127.0.0.1\tlocalhost".to_owned(),
+            "::1\tlocalhost ip6-localhost ip6-loopback".to_owned(),
+        ];
+        if let Some(ip) = self.node_ip {
+            lines.push(format!("{ip}\tnode {}", self.node_names.join(" ")));
+        }
+        for (ip, name) in self.pods.values() {
+            lines.push(format!("{ip}\t{name}"));
+        }
+        let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (ns, svc, addrs) in self.slices.values() {
+            for a in addrs {
+                services.entry(a.clone()).or_default().extend([
+                    format!("{svc}.{ns}.svc"),
+                    format!("{svc}.{ns}.svc.cluster.local"),
+                ]);
+            }
+        }
+        for (ip, names) in services {
+            lines.push(format!("{ip}\t{}", names.join(" ")));
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
+struct Shared {
+    config: NodeConfig,
+    api: Api,
+    node_host: Host,
+    net: Mutex<Option<Network>>,
+    pods: Mutex<BTreeMap<String, PodHandle>>,
+    hosts: Mutex<HostsTable>,
+    hosts_file: PathBuf,
+    run_dir: PathBuf,
+    images: Vec<Image>,
+    issuer: Arc<jwt::Issuer>,
+}
+
+impl Shared {
+    fn write_hosts(&self) {
+        let text = self.hosts.lock().map(|h| h.render()).unwrap_or_default();
+        // In place: every container bind-mounts this inode.
+        if let Err(e) = std::fs::write(&self.hosts_file, text) {
+            eprintln!("node agent: writing {}: {e}", self.hosts_file.display());
+        }
+    }
+}
+
+/// A running node agent. [`Node::stop`] stops every pod and the agent; dropping it does the
+/// same without waiting for graceful termination.
+pub struct Node {
+    pub name: String,
+    /// The node's own network namespace: its address is the Node's InternalIP and every pod's
+    /// hostIP; `node_names` resolve to it.
+    pub host: Host,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Creates the network, registers the Node and starts watching pods bound to it.
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let api = Api::new(&config.server, &config.ca, &config.cert, &config.key)?;
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-node.")
+            .tempdir()
+            .map_err(Error::io("creating the node directory"))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(Error::io("chmod node directory"))?;
+        let images = stage_images(dir.path(), &config.images)?;
+        let mut net = Network::create()?;
+        if net.mode != NetMode::Namespaces {
+            return Err(Error::Setup(
+                "the node agent needs network namespaces (root and `ip`, see scripts/deps.sh core)"
+                    .into(),
+            ));
+        }
+        let node_host = net.add_host("node")?;
+        let hosts_file = dir.path().join("hosts");
+        let shared = Arc::new(Shared {
+            api: api.clone(),
+            node_host: node_host.clone(),
+            net: Mutex::new(Some(net)),
+            pods: Mutex::new(BTreeMap::new()),
+            hosts: Mutex::new(HostsTable {
+                node_ip: Some(node_host.ip),
+                node_names: config.node_names.clone(),
+                ..HostsTable::default()
+            }),
+            hosts_file: hosts_file.clone(),
+            run_dir: dir.path().to_path_buf(),
+            images,
+            issuer: Arc::new(jwt::Issuer::new()),
+            config: config.clone(),
+        });
+        shared.write_hosts();
+        std::fs::set_permissions(&hosts_file, std::fs::Permissions::from_mode(0o644))
+            .map_err(Error::io("chmod hosts file"))?;
+
+        register(&api, &config.name, node_host.ip).await?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(heartbeat(
+            api.clone(),
+            config.name.clone(),
+            node_host.ip,
+        )));
+        {
+            let s = shared.clone();
+            let api = api.clone();
+            let q = format!("fieldSelector=spec.nodeName%3D{}", config.name);
+            tasks.push(tokio::spawn(async move {
+                api.list_watch("/api/v1/pods", &q, |ev| on_pod_event(&s, ev))
+                    .await;
+            }));
+        }
+        {
+            let s = shared.clone();
+            let api = api.clone();
+            tasks.push(tokio::spawn(async move {
+                api.list_watch("/apis/discovery.k8s.io/v1/endpointslices", "", |ev| {
+                    on_slice_event(&s, ev)
+                })
+                .await;
+            }));
+        }
+        Ok(Node {
+            name: config.name.clone(),
+            host: node_host,
+            shared,
+            tasks,
+            dir: Some(dir),
+        })
+    }
+
+    /// The API client (the node's credentials).
+    pub fn api(&self) -> &Api {
+        &self.shared.api
+    }
+
+    fn pod_dir(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        let pods = self.shared.pods.lock().ok()?;
+        pods.values()
+            .find(|p| p.namespace == namespace && p.name == name)
+            .map(|p| p.dir.clone())
+    }
+
+    /// What a container of a running pod wrote to stdout and stderr (empty if unknown).
+    pub fn logs(&self, namespace: &str, pod: &str, container: &str) -> String {
+        self.pod_dir(namespace, pod)
+            .and_then(|d| {
+                std::fs::read_to_string(d.join("logs").join(format!("{container}.log"))).ok()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The host directory of a running pod's volume.
+    pub fn volume(&self, namespace: &str, pod: &str, volume: &str) -> Option<PathBuf> {
+        self.pod_dir(namespace, pod)
+            .map(|d| d.join("volumes").join(volume))
+    }
+
+    /// Host pids of a running pod's containers' main processes (name, pid), once started.
+    pub fn pids(&self, namespace: &str, pod: &str) -> Vec<(String, u32)> {
+        let Ok(pods) = self.shared.pods.lock() else {
+            return Vec::new();
+        };
+        pods.values()
+            .find(|p| p.namespace == namespace && p.name == pod)
+            .and_then(|p| p.pids.lock().ok().map(|v| v.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The `/etc/hosts` the pods see now.
+    pub fn hosts_file(&self) -> String {
+        std::fs::read_to_string(&self.shared.hosts_file).unwrap_or_default()
+    }
+
+    /// Stops the agent: every pod is stopped (SIGTERM, then SIGKILL after at most `grace`),
+    /// the watches end, the namespaces and directories are removed. The Node object stays (as
+    /// a kubelet that stops leaves it).
+    pub async fn stop(mut self, grace: Duration) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let handles: Vec<PodHandle> = self
+            .shared
+            .pods
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p).into_values().collect())
+            .unwrap_or_default();
+        for h in &handles {
+            let _ = h.delete.send(Some(grace));
+        }
+        for h in handles {
+            // The pod task stops its containers, then (the object is still there) deletes it.
+            let _ = tokio::time::timeout(grace + Duration::from_secs(30), h.task).await;
+        }
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Ok(mut pods) = self.shared.pods.lock() {
+            for (_, h) in std::mem::take(&mut *pods) {
+                h.task.abort();
+            }
+        }
+        // Deleting the namespaces kills whatever still runs in them.
+        if let Ok(mut net) = self.shared.net.lock() {
+            net.take();
+        }
+        self.dir.take();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Copies each image's binary into the node directory ("pulling" it).
+fn stage_images(dir: &Path, images: &[(String, PathBuf)]) -> Result<Vec<Image>> {
+    let mut out = Vec::new();
+    for (i, (prefix, bin)) in images.iter().enumerate() {
+        let entrypoint = bin
+            .file_name()
+            .ok_or_else(|| {
+                Error::Setup(format!("image binary {} has no file name", bin.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let bin_dir = dir.join("images").join(i.to_string());
+        std::fs::create_dir_all(&bin_dir).map_err(Error::io("image dir"))?;
+        let dst = bin_dir.join(&entrypoint);
+        if std::fs::hard_link(bin, &dst).is_err() {
+            std::fs::copy(bin, &dst).map_err(Error::io(format!("copying {}", bin.display())))?;
+        }
+        for d in [dir.join("images"), bin_dir.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+                .map_err(Error::io("chmod image dir"))?;
+        }
+        out.push(Image {
+            prefix: prefix.clone(),
+            bin_dir,
+            entrypoint,
+        });
+    }
+    Ok(out)
+}
+
+fn node_status(ip: Ipv4Addr, name: &str) -> Value {
+    let now = rfc3339(SystemTime::now(), false);
+    let cond = |t: &str, status: &str, reason: &str, msg: &str| {
+        json!({"type": t, "status": status, "reason": reason, "message": msg,
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    let capacity =
+        json!({"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "50Gi"});
+    json!({"status": {
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "keyward node agent"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "keyward node agent"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "keyward node agent"),
+            cond("Ready", "True", "KubeletReady", "keyward node agent is posting ready status"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                      {"type": "Hostname", "address": name}],
+        "nodeInfo": {
+            "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "",
+            "osImage": "keyward test node", "containerRuntimeVersion": "podrun://0",
+            "kubeletVersion": "keyward-node-agent", "kubeProxyVersion": "",
+            "operatingSystem": "linux", "architecture": "amd64",
+        },
+    }})
+}
+
+/// Registers the Node (or takes over an existing one of that name) and marks it Ready.
+async fn register(api: &Api, name: &str, ip: Ipv4Addr) -> Result<()> {
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+        }},
+        "spec": {},
+    });
+    let (status, v) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/nodes",
+            "application/json",
+            Some(&node),
+        )
+        .await?;
+    if !(200..300).contains(&status) && status != 409 {
+        return Err(Error::Setup(format!(
+            "registering Node {name}: {status}: {}",
+            v["message"].as_str().unwrap_or("(no message)")
+        )));
+    }
+    api.merge_patch(
+        &format!("/api/v1/nodes/{name}/status"),
+        &node_status(ip, name),
+    )
+    .await?;
+    renew_lease(api, name).await
+}
+
+/// Creates or renews the node's Lease in kube-node-lease (40 s, as the kubelet).
+async fn renew_lease(api: &Api, name: &str) -> Result<()> {
+    let now = rfc3339(SystemTime::now(), true);
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}");
+    let patch =
+        json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+    let (status, _) = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            "application/merge-patch+json",
+            Some(&patch),
+        )
+        .await?;
+    if status == 404 {
+        let node = api.get(&format!("/api/v1/nodes/{name}")).await?;
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"],
+            }]},
+            "spec": patch["spec"],
+        });
+        api.ok(
+            reqwest::Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            "application/json",
+            Some(&lease),
+        )
+        .await?;
+    } else if !(200..300).contains(&status) {
+        return Err(Error::Setup(format!("renewing Lease {name}: {status}")));
+    }
+    Ok(())
+}
+
+/// Every 10 s: the Lease, and the Ready condition's heartbeat.
+async fn heartbeat(api: Api, name: String, ip: Ipv4Addr) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if let Err(e) = renew_lease(&api, &name).await {
+            eprintln!("node agent: {e}");
+        }
+        if let Err(e) = api
+            .merge_patch(
+                &format!("/api/v1/nodes/{name}/status"),
+                &node_status(ip, &name),
+            )
+            .await
+        {
+            eprintln!("node agent: node status: {e}");
+        }
+    }
+}
+
+fn meta_str(o: &Value, field: &str) -> String {
+    o["metadata"][field].as_str().unwrap_or_default().to_owned()
+}
+
+/// The grace period a deletion asks for: the deletion's own, else the spec's (30 s default).
+fn deletion_grace(pod: &Value) -> Duration {
+    Duration::from_secs(
+        pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_u64()
+            .or(pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .unwrap_or(30),
+    )
+}
+
+fn on_pod_event(s: &Arc<Shared>, ev: Event) {
+    match ev {
+        Event::Synced(items) => {
+            let present: Vec<String> = items.iter().map(|p| meta_str(p, "uid")).collect();
+            // Pods deleted while the watch was down.
+            let gone: Vec<String> = s
+                .pods
+                .lock()
+                .map(|p| p.keys().filter(|u| !present.contains(u)).cloned().collect())
+                .unwrap_or_default();
+            for uid in gone {
+                if let Some(h) = s
+                    .pods
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&uid).map(|h| h.delete.clone()))
+                {
+                    let _ = h.send(Some(Duration::ZERO));
+                }
+            }
+            for p in items {
+                pod_changed(s, p);
+            }
+        }
+        Event::Changed(p) => pod_changed(s, p),
+        Event::Deleted(p) => {
+            let uid = meta_str(&p, "uid");
+            if let Some(h) = s
+                .pods
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&uid).map(|h| h.delete.clone()))
+            {
+                let _ = h.send(Some(deletion_grace(&p)));
+            }
+        }
+    }
+}
+
+fn pod_changed(s: &Arc<Shared>, pod: Value) {
+    let uid = meta_str(&pod, "uid");
+    let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+    let known = s
+        .pods
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&uid).map(|h| h.delete.clone()));
+    match known {
+        Some(delete) => {
+            if deleting && delete.borrow().is_none() {
+                let _ = delete.send(Some(deletion_grace(&pod)));
+            }
+        }
+        None => {
+            let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+            if deleting {
+                // Not ours to run (any more): let the deletion complete.
+                let api = s.api.clone();
+                tokio::spawn(async move { delete_pod(&api, &pod).await });
+                return;
+            }
+            if phase == "Succeeded" || phase == "Failed" {
+                return;
+            }
+            let (tx, rx) = watch::channel(None);
+            let pids = Arc::new(Mutex::new(Vec::new()));
+            let namespace = meta_str(&pod, "namespace");
+            let name = meta_str(&pod, "name");
+            let dir = s.run_dir.join(format!("{namespace}_{name}"));
+            let task = tokio::spawn(run_pod(s.clone(), pod, rx, pids.clone()));
+            if let Ok(mut m) = s.pods.lock() {
+                m.insert(
+                    uid,
+                    PodHandle {
+                        namespace,
+                        name,
+                        delete: tx,
+                        task,
+                        pids,
+                        dir,
+                    },
+                );
+            }
+        }
+    }
+}
+
+fn on_slice_event(s: &Arc<Shared>, ev: Event) {
+    let key = |o: &Value| format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name"));
+    let entry = |o: &Value| {
+        let svc = o["metadata"]["labels"]["kubernetes.io/service-name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let addrs: Vec<String> = o["endpoints"]
+            .as_array()
+            .map(|eps| {
+                eps.iter()
+                    .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+                    .filter_map(|e| e["addresses"].as_array())
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (meta_str(o, "namespace"), svc, addrs)
+    };
+    if let Ok(mut h) = s.hosts.lock() {
+        match ev {
+            Event::Synced(items) => {
+                h.slices = items
+                    .iter()
+                    .filter(|o| o["addressType"] == "IPv4")
+                    .map(|o| (key(o), entry(o)))
+                    .filter(|(_, (_, svc, _))| !svc.is_empty())
+                    .collect();
+            }
+            Event::Changed(o) if o["addressType"] == "IPv4" => {
+                let e = entry(&o);
+                if !e.1.is_empty() {
+                    h.slices.insert(key(&o), e);
+                }
+            }
+            Event::Deleted(o) => {
+                h.slices.remove(&key(&o));
+            }
+            Event::Changed(_) => {}
+        }
+    }
+    s.write_hosts();
+}
+
+/// Deletes the pod object with grace 0 and a uid precondition (the kubelet's last step).
+async fn delete_pod(api: &Api, pod: &Value) {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}",
+        meta_str(pod, "namespace"),
+        meta_str(pod, "name")
+    );
+    let body = json!({"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                      "preconditions": {"uid": meta_str(pod, "uid")}});
+    match api
+        .call(
+            reqwest::Method::DELETE,
+            &path,
+            "application/json",
+            Some(&body),
+        )
+        .await
+    {
+        Ok((s, _)) if (200..300).contains(&s) || s == 404 || s == 409 => {}
+        Ok((s, v)) => eprintln!(
+            "node agent: DELETE {path}: {s}: {}",
+            v["message"].as_str().unwrap_or_default()
+        ),
+        Err(e) => eprintln!("node agent: {e}"),
+    }
+}
+
+/// A pod's status as the agent reports it.
+struct StatusWriter {
+    api: Api,
+    path: String,
+    spec: Value,
+    pod_ip: Ipv4Addr,
+    host_ip: Ipv4Addr,
+    start_time: String,
+    /// condition type → (status, lastTransitionTime).
+    conditions: BTreeMap<&'static str, (bool, String)>,
+    last: Value,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl StatusWriter {
+    fn condition(&mut self, t: &'static str, v: bool) -> Value {
+        let now = rfc3339(SystemTime::now(), false);
+        let e = self.conditions.entry(t).or_insert((v, now.clone()));
+        if e.0 != v {
+            *e = (v, now);
+        }
+        json!({"type": t, "status": if e.0 { "True" } else { "False" }, "lastProbeTime": null,
+               "lastTransitionTime": e.1})
+    }
+
+    /// Builds the status from the containers' states and writes it when it changed.
+    async fn write(
+        &mut self,
+        phase: Phase,
+        initialized: bool,
+        states: &[ContainerState],
+        message: Option<&str>,
+    ) {
+        let spec = self.spec.clone();
+        let statuses = |list: &Value, init: bool| -> Vec<Value> {
+            list.as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    let st = states.iter().find(|s| s.name == name && s.init == init);
+                    container_status(c, st, init, initialized)
+                })
+                .collect()
+        };
+        let init_statuses = statuses(&spec["initContainers"], true);
+        let app_statuses = statuses(&spec["containers"], false);
+        let containers_ready = phase == Phase::Running
+            && app_statuses.iter().all(|c| c["ready"] == true)
+            && init_statuses
+                .iter()
+                .zip(
+                    spec["initContainers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+                .filter(|(_, c)| c["restartPolicy"] == "Always")
+                .all(|(s, _)| s["ready"] == true);
+        let conditions = vec![
+            self.condition("PodReadyToStartContainers", true),
+            self.condition("Initialized", initialized),
+            self.condition("Ready", containers_ready),
+            self.condition("ContainersReady", containers_ready),
+            self.condition("PodScheduled", true),
+        ];
+        let mut status = json!({
+            "phase": phase.as_str(),
+            "conditions": conditions,
+            "podIP": self.pod_ip.to_string(),
+            "podIPs": [{"ip": self.pod_ip.to_string()}],
+            "hostIP": self.host_ip.to_string(),
+            "hostIPs": [{"ip": self.host_ip.to_string()}],
+            "startTime": self.start_time,
+            "containerStatuses": app_statuses,
+            "qosClass": "BestEffort",
+        });
+        if !init_statuses.is_empty() {
+            status["initContainerStatuses"] = Value::Array(init_statuses);
+        }
+        if let Some(m) = message {
+            status["message"] = json!(m);
+            status["reason"] = json!("NodeAgentError");
+        }
+        if status == self.last {
+            return;
+        }
+        // qosClass is set by the API server at creation and immutable: never patch it.
+        let mut patch = status.clone();
+        if let Some(o) = patch.as_object_mut() {
+            o.remove("qosClass");
+        }
+        match self
+            .api
+            .merge_patch(&self.path, &json!({"status": patch}))
+            .await
+        {
+            Ok(_) => self.last = status,
+            Err(e) => eprintln!("node agent: pod status: {e}"),
+        }
+    }
+}
+
+fn container_status(
+    c: &Value,
+    st: Option<&ContainerState>,
+    init: bool,
+    initialized: bool,
+) -> Value {
+    let name = c["name"].as_str().unwrap_or_default();
+    let image = c["image"].as_str().unwrap_or_default();
+    let sidecar = c["restartPolicy"] == "Always";
+    let (state, ready, started) = match st {
+        None => {
+            let reason = if init || initialized {
+                "ContainerCreating"
+            } else {
+                "PodInitializing"
+            };
+            (json!({"waiting": {"reason": reason}}), false, false)
+        }
+        Some(s) => match s.exit {
+            None => (
+                json!({"running": {"startedAt": rfc3339(s.started_at, false)}}),
+                // An app (or a sidecar) is ready once started: no readiness probes here.
+                s.started,
+                s.started,
+            ),
+            Some((code, finished)) => (
+                json!({"terminated": {
+                    "exitCode": code,
+                    "reason": if code == 0 { "Completed" } else { "Error" },
+                    "startedAt": rfc3339(s.started_at, false),
+                    "finishedAt": rfc3339(finished, false),
+                    "containerID": format!("podrun://{name}"),
+                }}),
+                // A completed run-to-completion init container counts as ready.
+                init && !sidecar && code == 0,
+                false,
+            ),
+        },
+    };
+    let mut v = json!({
+        "name": name,
+        "image": image,
+        "imageID": format!("podrun://{image}"),
+        "ready": ready,
+        "restartCount": 0,
+        "started": started,
+        "state": state,
+    });
+    if st.is_some() {
+        v["containerID"] = json!(format!("podrun://{name}"));
+    }
+    v
+}
+
+fn pod_def(pod: &Value) -> PodDef {
+    let labels = pod["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    PodDef {
+        namespace: meta_str(pod, "namespace"),
+        name: meta_str(pod, "name"),
+        uid: meta_str(pod, "uid"),
+        labels,
+        service_account: pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+        spec: pod["spec"].clone(),
+    }
+}
+
+/// The ConfigMaps the pod's volumes name, from the API server (the Node authorizer lets a node
+/// read those of pods bound to it). A missing one is left out (the runner then refuses the
+/// pod unless it is optional).
+async fn config_maps(
+    api: &Api,
+    def: &PodDef,
+) -> BTreeMap<(String, String), BTreeMap<String, String>> {
+    let mut names = Vec::new();
+    for v in def.spec["volumes"].as_array().cloned().unwrap_or_default() {
+        if let Some(n) = v["configMap"]["name"].as_str() {
+            names.push(n.to_owned());
+        }
+        for src in v["projected"]["sources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if let Some(n) = src["configMap"]["name"].as_str() {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for n in names {
+        let path = format!("/api/v1/namespaces/{}/configmaps/{n}", def.namespace);
+        if let Ok(cm) = api.get(&path).await {
+            let data = cm["data"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert((def.namespace.clone(), n), data);
+        }
+    }
+    out
+}
+
+/// One pod's life on this node: sandbox, containers, status, deletion.
+async fn run_pod(
+    s: Arc<Shared>,
+    pod: Value,
+    mut delete: watch::Receiver<Option<Duration>>,
+    pids: Arc<Mutex<Vec<(String, u32)>>>,
+) {
+    let def = pod_def(&pod);
+    let uid = def.uid.clone();
+    let host_name = format!("{}/{}", def.namespace, def.name);
+    let host = match s
+        .net
+        .lock()
+        .ok()
+        .and_then(|mut n| n.as_mut().map(|n| n.add_host(&host_name)))
+    {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            eprintln!("node agent: pod {host_name}: network: {e}");
+            return;
+        }
+        None => return,
+    };
+    if let Ok(mut h) = s.hosts.lock() {
+        h.pods.insert(uid.clone(), (host.ip, def.name.clone()));
+    }
+    s.write_hosts();
+    let mut status = StatusWriter {
+        api: s.api.clone(),
+        path: format!(
+            "/api/v1/namespaces/{}/pods/{}/status",
+            def.namespace, def.name
+        ),
+        spec: def.spec.clone(),
+        pod_ip: host.ip,
+        host_ip: s.node_host.ip,
+        start_time: rfc3339(SystemTime::now(), false),
+        conditions: BTreeMap::new(),
+        last: Value::Null,
+    };
+    status.write(Phase::Pending, false, &[], None).await;
+
+    let env = PodEnv {
+        images: s.images.clone(),
+        issuer: s.issuer.clone(),
+        hosts_file: s.hosts_file.clone(),
+        run_dir: s.run_dir.clone(),
+        config_maps: config_maps(&s.api, &def).await,
+    };
+    let opts = PodOptions {
+        tokens: Some(token_fn(s.api.clone())),
+        node_name: Some(s.config.name.clone()),
+        host_ip: Some(s.node_host.ip),
+        refresh_fraction: Some(s.config.token_refresh_fraction),
+    };
+    let restart_always = def.spec["restartPolicy"].as_str().unwrap_or("Always") == "Always";
+    let started = tokio::select! {
+        r = Pod::start_with(def.clone(), host.clone(), &env, opts) => Some(r),
+        _ = delete.wait_for(Option::is_some) => None,
+    };
+    let mut running = match started {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("node agent: pod {host_name}: {e}");
+            status
+                .write(Phase::Failed, false, &[], Some(&e.to_string()))
+                .await;
+            None
+        }
+        // Deleted while starting: dropping the start stopped what it had started.
+        None => None,
+    };
+    if let Some(p) = running.as_mut() {
+        let states = p.container_states();
+        if let Ok(mut v) = pids.lock() {
+            *v = states
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), p.pid(&c.name)?)))
+                .collect();
+        }
+    }
+    // Running: report changes until the apps complete (restartPolicy Never/OnFailure) or the
+    // pod is deleted. Container restarts are not emulated.
+    let mut finished = false;
+    while let Some(p) = running.as_mut() {
+        if delete.borrow().is_some() {
+            break;
+        }
+        let states = p.container_states();
+        if !finished && !restart_always && p.apps_exited() {
+            // As the kubelet does once a pod's regular containers completed: stop the
+            // sidecars, then report the pod's terminal phase.
+            p.set_grace(Duration::from_secs(
+                def.spec["terminationGracePeriodSeconds"]
+                    .as_u64()
+                    .unwrap_or(30),
+            ));
+            let _ = p.stop().await;
+            let states = p.container_states();
+            let ok = states
+                .iter()
+                .filter(|c| !c.init)
+                .all(|c| c.exit.is_some_and(|(code, _)| code == 0));
+            let phase = if ok { Phase::Succeeded } else { Phase::Failed };
+            status.write(phase, true, &states, None).await;
+            finished = true;
+        }
+        if !finished {
+            status.write(Phase::Running, true, &states, None).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = delete.changed() => {}
+        }
+    }
+    // Deleted: stop with the deletion's grace period, report, delete the object.
+    let _ = delete.wait_for(Option::is_some).await;
+    let grace = (*delete.borrow()).unwrap_or(Duration::ZERO);
+    if let Some(mut p) = running.take() {
+        if !finished {
+            p.set_grace(grace);
+            let _ = p.stop().await;
+            let states = p.container_states();
+            let ok = states
+                .iter()
+                .filter(|c| !c.init)
+                .all(|c| c.exit.is_some_and(|(code, _)| code == 0));
+            let phase = if restart_always || !ok {
+                Phase::Failed
+            } else {
+                Phase::Succeeded
+            };
+            status.write(phase, true, &states, None).await;
+        }
+        drop(p);
+    }
+    delete_pod(&s.api, &pod).await;
+    if let Ok(mut h) = s.hosts.lock() {
+        h.pods.remove(&uid);
+    }
+    s.write_hosts();
+    if let Ok(mut n) = s.net.lock() {
+        if let Some(n) = n.as_mut() {
+            n.remove_host(&host_name);
+        }
+    }
+    if let Ok(mut m) = s.pods.lock() {
+        m.remove(&uid);
+    }
+}
+
+fn token_fn(api: Api) -> TokenFn {
+    Arc::new(move |r: TokenRequest| {
+        let api = api.clone();
+        Box::pin(async move { api.request_token(&r).await })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_175_742) + Duration::from_micros(12);
+        assert_eq!(rfc3339(t, false), "2026-12-02T01:42:22Z");
+        assert_eq!(rfc3339(t, true), "2026-12-02T01:42:22.000012Z");
+        assert_eq!(rfc3339(UNIX_EPOCH, false), "1970-01-01T00:00:00Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap, false), "2000-02-29T00:00:00Z");
+    }
+}
