@@ -13,12 +13,9 @@ pub mod net;
 pub mod pod;
 pub mod shop;
 
-/// Minimal OpenBao admin client (`jwt.rs` expects it as `bao::Bao`).
-pub mod bao;
-
-/// The ES256 service-account token issuer shared with the integration tests.
-#[path = "../../tests/support/jwt.rs"]
-pub mod jwt;
+/// The OpenBao harness (here an admin client: `bao::Bao::connect`) and the ES256
+/// service-account token issuer, shared with the integration tests (`keyward-testkit`).
+pub use keyward_testkit::{bao, jwt};
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +44,12 @@ impl Error {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }
+    }
+}
+
+impl From<bao::BaoError> for Error {
+    fn from(e: bao::BaoError) -> Error {
+        Error::Setup(e.to_string())
     }
 }
 

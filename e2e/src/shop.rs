@@ -171,7 +171,7 @@ impl Shop {
         .map_err(|e| Error::Setup(format!("starting OpenBao: {e}")))?;
         let bao_proc = NodeProc { child: bao_child };
         let bao_fwd = Forward::start(node.clone(), SocketAddr::new(node.ip.into(), 8200)).await?;
-        let bao = Bao::new(&format!("http://{}", bao_fwd.local), "root");
+        let bao = Bao::connect(&format!("http://{}", bao_fwd.local), "root");
         let mut shop = Shop {
             bao,
             pg_port,

@@ -31,11 +31,3 @@ pub use metrics::Metrics;
 pub use policy::Policy;
 pub use server::{Limits, Proxy};
 pub use svid::TrustBundle;
-
-// The test PKI is test support, kept out of the crate's API: the unit tests include the same file
-// as the integration tests, which names this crate `keyward_proxy`.
-#[cfg(test)]
-extern crate self as keyward_proxy;
-#[cfg(test)]
-#[path = "../tests/support/testpki.rs"]
-mod testpki;

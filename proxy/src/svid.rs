@@ -294,7 +294,7 @@ pub fn is_self_issued(der: &CertificateDer<'_>) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::testpki::{Leaf, TestCa};
+    use keyward_testkit::testpki::{Leaf, TestCa};
 
     fn algs() -> WebPkiSupportedAlgorithms {
         rustls::crypto::ring::default_provider().signature_verification_algorithms
@@ -306,7 +306,7 @@ pub(crate) mod tests {
         usage: Usage,
     ) -> Result<SpiffeId, SvidError> {
         verify_chain(
-            &ca.bundle(),
+            &TrustBundle::from_pem(&ca.cert_pem).expect("CA PEM"),
             "td",
             &chain[0],
             &chain[1..],

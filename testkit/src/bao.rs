@@ -1,4 +1,7 @@
-//! A real OpenBao dev server on a free port, killed when dropped.
+//! The OpenBao harness: a real OpenBao server on a free port, killed when dropped
+//! ([`Bao::start`], [`Bao::start_persistent`]), or an admin client for a server started
+//! elsewhere ([`Bao::connect`], e.g. the pod runner's). Both speak the HTTP API with the root
+//! token: [`Bao::call`]/[`Bao::try_api`] return errors, [`Bao::api`]/[`Bao::api_status`] panic.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,31 +15,74 @@ fn new_root_token() -> String {
     format!("root-{:016x}", rand::random::<u64>())
 }
 
+/// Why a call to OpenBao's API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BaoError {
+    #[error("bad HTTP method {0}")]
+    Method(String),
+    #[error("OpenBao {method} {path}: {source}")]
+    Request {
+        method: String,
+        path: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("OpenBao {method} {path} answered {status}: {body}")]
+    Status {
+        method: String,
+        path: String,
+        status: u16,
+        body: Value,
+    },
+}
+
 pub struct Bao {
+    /// The server this harness started; `None` for [`Bao::connect`].
+    server: Option<Server>,
+    /// The address of a server started elsewhere ([`Bao::connect`]).
+    remote_addr: String,
+    /// The root token.
+    token: String,
+}
+
+/// A server process this harness runs.
+struct Server {
     child: Option<Child>,
     port: u16,
     bin: PathBuf,
     dir: tempfile::TempDir,
-    /// The root token.
-    token: String,
     /// Persistent storage (a real server that survives restarts and can be sealed), not dev mode.
     persistent: bool,
     unseal_key: Option<String>,
 }
 
 impl Bao {
+    /// An admin client for the server at `addr` (e.g. `http://127.0.0.1:8200`), with `token`.
+    /// Nothing is started or stopped; the methods that run the server (`cli`, `seal`,
+    /// `restart`, ...) panic.
+    pub fn connect(addr: &str, token: &str) -> Bao {
+        Bao {
+            server: None,
+            remote_addr: addr.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server
+            .as_ref()
+            .expect("an OpenBao server this harness started (Bao::start), not Bao::connect")
+    }
+
+    fn server_mut(&mut self) -> &mut Server {
+        self.server
+            .as_mut()
+            .expect("an OpenBao server this harness started (Bao::start), not Bao::connect")
+    }
+
     /// Starts a dev server (in-memory storage, KV v2 at secret/) and waits until it answers.
     pub fn start() -> Bao {
-        let port = super::free_port_pair();
-        let mut bao = Bao {
-            child: None,
-            port,
-            bin: super::tools::bao(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            token: new_root_token(),
-            persistent: false,
-            unseal_key: None,
-        };
+        let mut bao = Bao::new_server(false, new_root_token());
         bao.spawn_on_a_free_port();
         bao
     }
@@ -44,16 +90,7 @@ impl Bao {
     /// Starts a server with persistent (raft) storage, initialises it with one unseal key, unseals it and
     /// mounts KV v2 at secret/ (as dev mode does).
     pub async fn start_persistent() -> Bao {
-        let port = super::free_port_pair();
-        let mut bao = Bao {
-            child: None,
-            port,
-            bin: super::tools::bao(),
-            dir: tempfile::tempdir().expect("tempdir"),
-            token: String::new(),
-            persistent: true,
-            unseal_key: None,
-        };
+        let mut bao = Bao::new_server(true, String::new());
         bao.spawn_on_a_free_port();
         let init: Value = serde_json::from_str(&bao.cli(&[
             "operator",
@@ -64,7 +101,7 @@ impl Bao {
         ]))
         .expect("init JSON");
         bao.token = init["root_token"].as_str().expect("root token").to_owned();
-        bao.unseal_key = Some(
+        bao.server_mut().unseal_key = Some(
             init["unseal_keys_b64"][0]
                 .as_str()
                 .expect("unseal key")
@@ -80,13 +117,32 @@ impl Bao {
         bao
     }
 
+    fn new_server(persistent: bool, token: String) -> Bao {
+        Bao {
+            server: Some(Server {
+                child: None,
+                port: crate::free_port_pair(),
+                bin: crate::tools::bao(),
+                dir: tempfile::tempdir().expect("tempdir"),
+                persistent,
+                unseal_key: None,
+            }),
+            remote_addr: String::new(),
+            token,
+        }
+    }
+
     pub fn seal(&self) {
         self.cli(&["operator", "seal"]);
     }
 
     /// Unseals and waits until this node is the active one (raft elects itself).
     pub fn unseal(&self) {
-        let key = self.unseal_key.clone().expect("a persistent server");
+        let key = self
+            .server()
+            .unseal_key
+            .clone()
+            .expect("a persistent server");
         self.cli(&["operator", "unseal", &key]);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -110,7 +166,7 @@ impl Bao {
             match self.try_spawn() {
                 Ok(()) => return,
                 Err(log) if log.contains("address already in use") => {
-                    self.port = super::free_port_pair();
+                    self.server_mut().port = crate::free_port_pair();
                 }
                 Err(log) => panic!("OpenBao exited: {log}"),
             }
@@ -126,23 +182,25 @@ impl Bao {
 
     /// Starts the server and waits until it answers; `Err(log)` when it exited instead.
     fn try_spawn(&mut self) -> Result<(), String> {
+        let token = self.token.clone();
+        let server = self.server_mut();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("bao.log"))
+            .open(server.dir.path().join("bao.log"))
             .expect("bao log");
-        let args: Vec<String> = if self.persistent {
+        let args: Vec<String> = if server.persistent {
             // OpenBao 2.7 has no "file" storage: a single-node raft cluster persists the same way.
-            let config = self.dir.path().join("bao.hcl");
-            let data = self.dir.path().join("data");
+            let config = server.dir.path().join("bao.hcl");
+            let data = server.dir.path().join("data");
             std::fs::create_dir_all(&data).expect("data dir");
             std::fs::write(
                 &config,
                 format!(
                     "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"node1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cport}\"\n  tls_disable = true\n}}\napi_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cport}\"\n",
                     data = data.display(),
-                    port = self.port,
-                    cport = self.port + 1,
+                    port = server.port,
+                    cport = server.port + 1,
                 ),
             )
             .expect("bao config");
@@ -155,25 +213,26 @@ impl Bao {
             vec![
                 "server".into(),
                 "-dev".into(),
-                format!("-dev-root-token-id={}", self.token),
-                format!("-dev-listen-address=127.0.0.1:{}", self.port),
+                format!("-dev-root-token-id={token}"),
+                format!("-dev-listen-address=127.0.0.1:{}", server.port),
             ]
         };
-        let child = Command::new(&self.bin)
+        let child = Command::new(&server.bin)
             .args(&args)
-            .env("HOME", self.dir.path())
+            .env("HOME", server.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start OpenBao");
         let pid = child.id();
-        self.child = Some(child);
+        server.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(c) = self.child.as_mut() {
+            let server = self.server_mut();
+            if let Some(c) = server.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
+                    server.child = None;
                     return Err(format!("exit {status}: {}", self.log()));
                 }
             }
@@ -181,8 +240,9 @@ impl Bao {
             // and `bao status` exits 0 when unsealed, 2 when sealed: either means it answers.
             // A dev server is ready only once its root token and its KV mount at secret/ exist
             // (it answers `status` a moment earlier).
-            let answers = listens_on(pid, self.port) && matches!(self.status_code(), Some(0 | 2));
-            if answers && (self.persistent || self.cli_status(&["read", "sys/mounts/secret"]).0) {
+            let server = self.server();
+            let answers = listens_on(pid, server.port) && matches!(self.status_code(), Some(0 | 2));
+            if answers && (server.persistent || self.cli_status(&["read", "sys/mounts/secret"]).0) {
                 return Ok(());
             }
             assert!(
@@ -194,21 +254,33 @@ impl Bao {
         }
     }
 
+    /// The server's log (what it printed); empty for [`Bao::connect`].
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default()
+        match &self.server {
+            Some(s) => std::fs::read_to_string(s.dir.path().join("bao.log")).unwrap_or_default(),
+            None => String::new(),
+        }
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match &self.server {
+            Some(s) => format!("http://127.0.0.1:{}", s.port),
+            None => self.remote_addr.clone(),
+        }
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server().port
+    }
+
+    /// The root token.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// Kills the server (its in-memory state is lost).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.server_mut().child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -219,16 +291,17 @@ impl Bao {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
-        if self.persistent {
+        if self.server().persistent {
             self.unseal();
         }
     }
 
     fn status_code(&self) -> Option<i32> {
-        Command::new(&self.bin)
+        let server = self.server();
+        Command::new(&server.bin)
             .arg("status")
             .env("BAO_ADDR", self.addr())
-            .env("HOME", self.dir.path())
+            .env("HOME", server.dir.path())
             .stdin(Stdio::null())
             .output()
             .ok()?
@@ -237,11 +310,12 @@ impl Bao {
     }
 
     fn cli_status(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.bin)
+        let server = self.server();
+        let out = Command::new(&server.bin)
             .args(args)
             .env("BAO_ADDR", self.addr())
             .env("BAO_TOKEN", &self.token)
-            .env("HOME", self.dir.path())
+            .env("HOME", server.dir.path())
             .stdin(Stdio::null())
             .output()
             .expect("run bao");
@@ -259,26 +333,65 @@ impl Bao {
         out
     }
 
-    /// Calls the HTTP API as root.
+    /// Calls `/v1/PATH` as root: (status, JSON body or null). Fails only when there is no
+    /// answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), BaoError> {
+        let m: reqwest::Method = method
+            .parse()
+            .map_err(|_| BaoError::Method(method.to_owned()))?;
+        let client = reqwest::Client::new();
+        let url = format!("{}/v1/{}", self.addr(), path);
+        let mut req = client.request(m, &url).header("X-Vault-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|source| BaoError::Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Calls `/v1/PATH` as root and fails unless the answer is 2xx.
+    pub async fn try_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, BaoError> {
+        let (status, v) = self.call(method, path, body).await?;
+        if status >= 300 {
+            return Err(BaoError::Status {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+                body: v,
+            });
+        }
+        Ok(v)
+    }
+
+    /// Calls the HTTP API as root; panics unless the answer is 2xx.
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.api_status(method, path, body).await;
         assert!(status < 300, "{method} {path} answered {status}: {v}");
         v
     }
 
+    /// Calls the HTTP API as root: (status, JSON body or null); panics when there is no answer.
     pub async fn api_status(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let url = format!("{}/v1/{}", self.addr(), path);
-        let mut req = client
-            .request(method.parse().expect("method"), &url)
-            .header("X-Vault-Token", &self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
+        match self.call(method, path, body).await {
+            Ok(answer) => answer,
+            Err(e) => panic!("OpenBao request: {e}"),
         }
-        let resp = req.send().await.expect("OpenBao request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// Writes a KV v2 secret under secret/; returns its new version.
@@ -306,7 +419,9 @@ impl Bao {
 
 impl Drop for Bao {
     fn drop(&mut self) {
-        self.stop();
+        if self.server.is_some() {
+            self.stop();
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
+pub use crate::http::{parse, Answer};
 
 pub struct BrokerProc {
     child: Option<Child>,
@@ -15,20 +15,6 @@ pub struct BrokerProc {
     pub audit: PathBuf,
     pub token_file: PathBuf,
     pub config: PathBuf,
-}
-
-/// An HTTP answer from the socket.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
 }
 
 impl BrokerProc {
@@ -74,7 +60,7 @@ impl BrokerProc {
     fn spawn(&mut self, env: &[(&str, &str)]) {
         let out = std::fs::File::create(self.dir.path().join("stdout.log")).expect("stdout");
         let err = std::fs::File::create(self.dir.path().join("stderr.log")).expect("stderr");
-        let mut cmd = Command::new(KEYWARD);
+        let mut cmd = Command::new(crate::keyward_bin());
         cmd.args(["broker", "--config"])
             .arg(&self.config)
             .env("KEYWARD_LOG", "debug")
@@ -208,19 +194,4 @@ pub async fn raw(socket: &Path, request: &[u8]) -> Answer {
         }
     }
     parse(&buf)
-}
-
-pub fn parse(buf: &[u8]) -> Answer {
-    let text = String::from_utf8_lossy(buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    Answer {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
 }

@@ -152,12 +152,12 @@ fn cluster_with(name: &str, port: u16, tls: Option<(&TlsFiles, &str)>, tls13: bo
 impl Envoy {
     /// Starts Envoy with these listeners and clusters and waits until its admin says ready.
     pub fn start(listeners: &[String], clusters: &[String]) -> Envoy {
-        let bin = super::tools::envoy();
+        let bin = crate::tools::envoy();
         let dir = tempfile::Builder::new()
             .prefix("keyward-envoy")
             .tempdir()
             .expect("tempdir");
-        let admin_port = super::free_port();
+        let admin_port = crate::free_port();
         let config = format!(
             "admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}\n\
              static_resources:\n  listeners:\n{}  clusters:\n{}",

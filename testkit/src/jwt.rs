@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::json;
 
-use super::bao::Bao;
+use crate::bao::Bao;
 
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 

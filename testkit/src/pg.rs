@@ -38,7 +38,7 @@ fn run(mut c: Command, what: &str) -> String {
 
 impl Postgres {
     pub fn start() -> Postgres {
-        let bin = super::tools::pg_bin();
+        let bin = crate::tools::pg_bin();
         let dir = tempfile::Builder::new()
             .prefix("keyward-pg")
             .tempdir()
@@ -57,7 +57,7 @@ impl Postgres {
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
         run(init, "initdb");
-        let port = super::free_port();
+        let port = crate::free_port();
         let mut start = as_postgres(&bin, "pg_ctl");
         start
             .args(["-D"])
@@ -140,7 +140,7 @@ impl Postgres {
     }
 
     /// Configures OpenBao's database engine at database/ with role `app`.
-    pub async fn configure_vault(&self, bao: &super::bao::Bao, default_ttl: &str, max_ttl: &str) {
+    pub async fn configure_vault(&self, bao: &crate::bao::Bao, default_ttl: &str, max_ttl: &str) {
         use serde_json::json;
         bao.api(
             "POST",

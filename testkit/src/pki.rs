@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use super::bao::Bao;
+use crate::bao::Bao;
 
 pub const TD: &str = "cluster.local";
 
@@ -113,9 +113,9 @@ impl Pki {
 
 /// A real OpenBao with roles for the two shop workloads (`orders` and `frontend`, 10 m tokens)
 /// and the PKI that signs their SVIDs.
-pub async fn shop_vault() -> (super::TestVault, Pki) {
-    let vault = super::TestVault::start("shop", "orders", "10m", "1h").await;
-    super::jwt::role(
+pub async fn shop_vault() -> (crate::TestVault, Pki) {
+    let vault = crate::TestVault::start("shop", "orders", "10m", "1h").await;
+    crate::jwt::role(
         &vault.bao,
         "frontend",
         "shop",
@@ -131,7 +131,7 @@ pub async fn shop_vault() -> (super::TestVault, Pki) {
 
 /// A free loopback address for a listener.
 pub fn loopback_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
+    SocketAddr::from(([127, 0, 0, 1], crate::free_port()))
 }
 
 /// A `keyward sidecar` process, sent SIGTERM and then killed when dropped.
@@ -215,7 +215,7 @@ impl Sidecar {
             .expect("tempdir");
         let p = |n: &str| dir.path().join(n);
         std::fs::write(p("token"), &spec.token).expect("token");
-        let admin: SocketAddr = format!("127.0.0.1:{}", super::free_port())
+        let admin: SocketAddr = format!("127.0.0.1:{}", crate::free_port())
             .parse()
             .expect("addr");
         let bundle_line = match &spec.bundle {
@@ -260,14 +260,14 @@ impl Sidecar {
         let out = std::fs::File::create(p("stdout.log")).expect("stdout");
         let err = std::fs::File::create(p("stderr.log")).expect("stderr");
         let mut cmd = match user {
-            None => Command::new(env!("CARGO_BIN_EXE_keyward")),
+            None => Command::new(crate::keyward_bin()),
             Some(u) => {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
                     .expect("open the sidecar's directory");
                 // The build directory is not the user's to read: a copy of the binary is.
                 let bin = p("keyward");
-                std::fs::copy(env!("CARGO_BIN_EXE_keyward"), &bin).expect("copy keyward");
+                std::fs::copy(crate::keyward_bin(), &bin).expect("copy keyward");
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={}", u.uid))
                     .arg(format!("--regid={}", u.gid))

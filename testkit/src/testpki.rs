@@ -1,11 +1,10 @@
 //! Certificates minted in process with rcgen, for tests: a CA that signs good SVIDs and
 //! deliberately broken ones, and a `CsrSigner` that stands in for Vault PKI.
 //!
-//! Test support, not part of the product crate: one file, included by the proxy's integration
-//! tests (`proxy/tests/support`), its unit tests (`#[cfg(test)]` in `proxy/src/lib.rs`) and the
-//! workspace's integration tests (`tests/support`). It names the proxy as `keyward_proxy`, which
-//! each of them can resolve. Test keys are plain `String`/`Vec<u8>`: nothing here is a secret.
-#![allow(dead_code)]
+//! Used by the proxy's unit and integration tests and the workspace's integration tests. Test
+//! keys are plain `String`/`Vec<u8>`: nothing here is a secret. The proxy's own unit tests see
+//! a second copy of `keyward_proxy` (the one this crate depends on), so the proxy's types are
+//! only in [`TestCa::bundle`] and the `CsrSigner` impl; everything else is rcgen and rustls.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -185,9 +184,10 @@ impl TestCa {
 
     /// Signs a CSR the way the Vault PKI role of RECIPES.md does: the CSR's SANs, an empty
     /// subject, digitalSignature, serverAuth+clientAuth, the requested lifetime.
-    pub fn sign_csr(&self, csr_pem: &str, ttl: Duration) -> Result<String, IdentityError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| IdentityError::Sign(format!("CSR: {e}")))?;
+    /// Fails with the reason as text (the `CsrSigner` impl makes it an `IdentityError::Sign`).
+    pub fn sign_csr(&self, csr_pem: &str, ttl: Duration) -> Result<String, String> {
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| format!("CSR: {e}"))?;
         let now = time::OffsetDateTime::now_utc();
         csr.params.not_before = now - time::Duration::seconds(1);
         csr.params.not_after = now + ttl;
@@ -202,7 +202,7 @@ impl TestCa {
         ];
         let cert = csr
             .signed_by(&self.cert, &self.key)
-            .map_err(|e| IdentityError::Sign(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         Ok(cert.pem())
     }
 }
@@ -214,7 +214,7 @@ impl CsrSigner for TestCa {
         ttl: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<SignedCert, IdentityError>> + Send + 'a>> {
         Box::pin(async move {
-            let cert = self.sign_csr(csr_pem, ttl)?;
+            let cert = self.sign_csr(csr_pem, ttl).map_err(IdentityError::Sign)?;
             Ok(SignedCert {
                 chain_pem: cert,
                 ca_chain_pem: self.cert_pem.clone(),

@@ -6,15 +6,7 @@
 //!        secrets KEYWARD_BIN soak [SECONDS]   (100 clients reading and long-polling; fd and
 //!                                             RSS curve of the broker)
 
-#[allow(dead_code)]
-#[path = "../../../tests/support/bao.rs"]
-mod bao;
-#[allow(dead_code)]
-#[path = "../../../tests/support/jwt.rs"]
-mod jwt;
-#[allow(dead_code)]
-#[path = "../../../tests/support/tools.rs"]
-mod tools;
+use keyward_testkit::{bao, jwt, tools};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,17 +15,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 type Body = http_body_util::Empty<hyper::body::Bytes>;
-
-/// OpenBao binds PORT+1 as well.
-fn free_port_pair() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if port < 65535 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
 
 const SECRETS: usize = 10;
 

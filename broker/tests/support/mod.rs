@@ -5,6 +5,8 @@
 
 pub mod memory;
 
+pub use keyward_testkit::http::Answer;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,27 +66,6 @@ pub fn caller(uid: u32) -> Caller {
     }
 }
 
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
 /// `GET path` on a fresh in-memory connection from `uid`; the whole answer.
 pub async fn get(broker: &Broker, uid: u32, path: &str) -> Answer {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
@@ -102,19 +83,7 @@ pub async fn get(broker: &Broker, uid: u32, path: &str) -> Answer {
         .expect("the broker answers and closes")
         .expect("read");
     conn.await.expect("the connection task does not panic");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let status = head
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    Answer {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
+    keyward_testkit::http::parse(&out)
 }
 
 pub fn audit_lines(f: &Fixture) -> Vec<serde_json::Value> {

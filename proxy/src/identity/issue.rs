@@ -258,11 +258,36 @@ mod tests {
 
     use super::*;
     use crate::identity::{IdentityStore, SignedCert};
-    use crate::testpki::TestCa;
+    use keyward_testkit::testpki::TestCa;
+
+    /// The test CA as this crate's `CsrSigner` (the testkit implements the trait of the
+    /// `keyward_proxy` it depends on, another copy than the one under test here).
+    struct Ca(TestCa);
+
+    impl CsrSigner for Ca {
+        fn sign<'a>(
+            &'a self,
+            csr: &'a str,
+            ttl: Duration,
+        ) -> Pin<Box<dyn Future<Output = Result<SignedCert, IdentityError>> + Send + 'a>> {
+            let r = signed(&self.0, csr, ttl);
+            Box::pin(async move { r })
+        }
+    }
+
+    fn signed(ca: &TestCa, csr: &str, ttl: Duration) -> Result<SignedCert, IdentityError> {
+        ca.sign_csr(csr, ttl)
+            .map_err(IdentityError::Sign)
+            .map(|c| SignedCert {
+                chain_pem: c,
+                ca_chain_pem: ca.cert_pem.clone(),
+                request_id: None,
+            })
+    }
 
     #[tokio::test]
     async fn issues_and_installs() {
-        let ca = TestCa::new("td");
+        let ca = Ca(TestCa::new("td"));
         let id = SpiffeId::parse("spiffe://td/ns/a/sa/b").expect("id");
         let (svid, _) = issue(&ca, &id, Duration::from_secs(30), None)
             .await
@@ -293,11 +318,7 @@ mod tests {
             {
                 let other = SpiffeId::parse("spiffe://td/ns/x/sa/y").expect("id");
                 let csr = key_and_csr(&other).expect("csr").csr_pem;
-                let r = self.0.sign_csr(&csr, ttl).map(|c| SignedCert {
-                    chain_pem: c,
-                    ca_chain_pem: self.0.cert_pem.clone(),
-                    request_id: None,
-                });
+                let r = signed(&self.0, &csr, ttl);
                 Box::pin(async move { r })
             }
         }

@@ -1,4 +1,4 @@
-//! Support shared by the proxy's integration tests.
+//! Support shared by the proxy's integration tests: the test PKI of `keyward-testkit`.
 #![allow(dead_code)]
 
-pub mod testpki;
+pub use keyward_testkit::testpki;
