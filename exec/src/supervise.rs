@@ -437,9 +437,7 @@ impl Supervisor {
             );
             self.quick = quick;
             self.restart_due = Some(at);
-            if at > now {
-                info!(delay = ?(at - now), quick_restarts = quick, "Restart backed off");
-            }
+            info!(delay = ?(at - now), quick_restarts = quick, "Restart scheduled");
         }
     }
 

@@ -27,10 +27,84 @@ pub async fn handle(
     caller: &Caller,
     shutdown: &CancellationToken,
 ) -> Response<Full<Bytes>> {
-    match route(&req, inner, caller, shutdown).await {
+    let answer = if req.method() == Method::POST && req.uri().path() == "/v1/events" {
+        event(req, inner, caller).await
+    } else {
+        route(&req, inner, caller, shutdown).await
+    };
+    match answer {
         Ok(r) => r,
         Err(e) => e.response(),
     }
+}
+
+/// The events `POST /v1/events` records (what `keyward exec` did to its app on a new version).
+const EVENTS: [&str; 2] = ["exec.signal", "exec.restart"];
+/// Longest `detail` of an event.
+const MAX_EVENT_DETAIL: usize = 256;
+
+/// The body of `POST /v1/events`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    event: String,
+    secret: String,
+    version: u64,
+    #[serde(default)]
+    detail: String,
+}
+
+/// `POST /v1/events`: audits an action the caller reports having taken for a secret it may
+/// read (the exec wrapper's signal or restart), attributed to the caller's peer credentials.
+/// Unknown secrets and uid denials are audited like reads; nothing is served.
+async fn event(
+    req: Request<Incoming>,
+    inner: &Inner,
+    caller: &Caller,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES as usize)
+        .collect()
+        .await
+        .map_err(|_| ApiError::TooLarge)?
+        .to_bytes();
+    let ev: EventBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "event: expected JSON {{\"event\", \"secret\", \"version\", \"detail\"}} \
+             ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let Some(action) = EVENTS.into_iter().find(|a| *a == ev.event) else {
+        return Err(ApiError::BadRequest(format!(
+            "event: expected one of {}",
+            EVENTS.join(", ")
+        )));
+    };
+    if ev.detail.len() > MAX_EVENT_DETAIL
+        || !ev.detail.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "detail: at most {MAX_EVENT_DETAIL} printable ASCII characters"
+        )));
+    }
+    check_name(&ev.secret)?;
+    let entry = access::authorize(inner, caller, action, &ev.secret)?;
+    let mut rec = keyward_audit::Record::new(action, keyward_audit::Decision::Ok);
+    rec.caller = Some(caller.clone());
+    rec.secret = Some(ev.secret);
+    rec.path = Some(entry.spec.path.clone());
+    rec.version = Some(ev.version);
+    if !ev.detail.is_empty() {
+        rec.reason = Some(ev.detail);
+    }
+    access::audit(inner, &rec)?;
+    Ok(json_response(
+        StatusCode::OK,
+        br#"{"recorded":true}"#.to_vec(),
+    ))
 }
 
 async fn route(

@@ -1,0 +1,508 @@
+//! `keyward exec` against a real broker and a real OpenBao: an app that reads only environment
+//! variables gets the declared ones (and no others), its exit code and death by signal are the
+//! wrapper's, signals reach it, orphans are reaped; a new KV version signals or restarts it as
+//! declared (audited through `POST /v1/events`), a change during a restart is not lost, quick
+//! restarts back off; bad declarations and unknown secrets fail before the app starts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use support::broker::{raw, BrokerProc, KEYWARD};
+use support::{eventually, TestVault};
+
+const CANARY: &str = "canary-exec-5c1d09-do-not-log";
+const OTHER: &str = "canary-exec-undeclared-77aa";
+const LONG: Duration = Duration::from_secs(30);
+
+fn me() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+async fn setup() -> (TestVault, BrokerProc) {
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    v.bao
+        .kv_put(
+            "app",
+            json!({"user": "orders", "password": CANARY, "other": OTHER}),
+        )
+        .await;
+    v.bao.kv_put("cfg", json!({"value": "v1"})).await;
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        "kv_refresh: 1s\nsecrets:\n  - {name: app, path: secret/data/app}\n  - {name: cfg, path: secret/data/cfg}\n  - {name: locked, path: secret/data/cfg, allow_uids: [4242]}\n",
+        &[],
+    );
+    b.wait_ready().await;
+    (v, b)
+}
+
+/// A running `keyward exec`, its directory (the app's `$D`) and its log.
+struct Wrapper {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Wrapper {
+    /// Starts `keyward exec FLAGS -- /bin/sh -c SCRIPT` with a minimal environment.
+    fn start(b: &BrokerProc, flags: &[&str], script: &str) -> Wrapper {
+        let dir = tempfile::Builder::new()
+            .prefix("keyward-exec")
+            .tempdir()
+            .expect("tempdir");
+        let err = std::fs::File::create(dir.path().join("wrapper.log")).expect("log");
+        let child = Command::new(KEYWARD)
+            .arg("exec")
+            .args(flags)
+            .arg("--")
+            .args(["/bin/sh", "-c", script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("D", dir.path())
+            .env("KEYWARD_SOCKET", &b.socket)
+            .env("KEYWARD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start keyward exec");
+        Wrapper { child, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("wrapper.log")).unwrap_or_default()
+    }
+
+    fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until the file `name` has at least `n` lines; returns them.
+    async fn wait_lines(&self, name: &str, n: usize) -> Vec<String> {
+        eventually(LONG, &format!("{n} lines in {name}"), || async {
+            let l = self.lines(name);
+            (l.len() >= n).then_some(l)
+        })
+        .await
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal the wrapper");
+    }
+
+    async fn exit(&mut self) -> ExitStatus {
+        let child = &mut self.child;
+        let log = std::fs::read_to_string(self.dir.path().join("wrapper.log")).unwrap_or_default();
+        eventually(LONG, &format!("keyward exec to exit; log:\n{log}"), || {
+            let r = child.try_wait().expect("try_wait");
+            async move { r }
+        })
+        .await
+    }
+}
+
+impl Drop for Wrapper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn records(b: &BrokerProc, action: &str) -> Vec<serde_json::Value> {
+    b.audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+/// A long-running app: records each start (with `$V`), SIGHUPs and SIGTERM, then exits 0 on
+/// SIGTERM (after `$D/release` exists, when `$D/hold` exists).
+const LONG_RUNNING: &str = r#"
+trap 'echo hup >> "$D/hups"' HUP
+trap 'echo term >> "$D/terms"; kill $S 2>/dev/null; while [ -e "$D/hold" ] && [ ! -e "$D/release" ]; do sleep 0.05; done; exit 0' TERM
+echo "$V" >> "$D/starts"
+while :; do sleep 1000 & S=$!; wait $S; kill $S 2>/dev/null; done
+"#;
+
+#[tokio::test]
+async fn an_env_only_app_gets_the_declared_variables_and_its_exit_code_is_the_wrappers() {
+    let (_v, b) = setup().await;
+    let mut w = Wrapper::start(
+        &b,
+        &[
+            "--env",
+            "DB_USER=app#user",
+            "--env=DB_PASS=app#password",
+            "--env",
+            "CFG=cfg",
+        ],
+        r#"env > "$D/env"; exit 7"#,
+    );
+    let status = w.exit().await;
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "the app's exit code; log:\n{}",
+        w.log()
+    );
+
+    let env: Vec<(String, String)> = w
+        .lines("env")
+        .into_iter()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("DB_USER"), Some("orders"));
+    assert_eq!(get("DB_PASS"), Some(CANARY));
+    assert_eq!(get("CFG"), Some("v1"));
+    // Only the declared variables are added: the secret's other key is nowhere.
+    for (k, _) in &env {
+        assert!(
+            [
+                "DB_USER",
+                "DB_PASS",
+                "CFG",
+                "PATH",
+                "D",
+                "KEYWARD_SOCKET",
+                "KEYWARD_LOG",
+                "PWD",
+                "SHLVL",
+                "_"
+            ]
+            .contains(&k.as_str()),
+            "unexpected variable {k}"
+        );
+    }
+    assert!(!w.lines("env").iter().any(|l| l.contains(OTHER)));
+    // Values are never logged.
+    assert!(!w.log().contains(CANARY), "log:\n{}", w.log());
+    assert!(!b.log().contains(CANARY));
+    // One audited read per secret, attributed to the wrapper's uid.
+    let reads = records(&b, "secret.read");
+    for name in ["app", "cfg"] {
+        let r: Vec<_> = reads.iter().filter(|r| r["secret"] == name).collect();
+        assert_eq!(r.len(), 1, "{name}: {r:?}");
+        assert_eq!(r[0]["decision"], "allow");
+        assert_eq!(r[0]["caller"]["uid"], me());
+    }
+}
+
+#[tokio::test]
+async fn death_by_signal_is_128_plus_the_signal_and_a_sigterm_to_the_wrapper_reaches_the_app() {
+    let (_v, b) = setup().await;
+    let mut w = Wrapper::start(&b, &["--env", "CFG=cfg"], r#"kill -USR1 $$"#);
+    assert_eq!(w.exit().await.code(), Some(128 + 10), "log:\n{}", w.log());
+
+    let mut w = Wrapper::start(&b, &["--env", "V=cfg"], LONG_RUNNING);
+    w.wait_lines("starts", 1).await;
+    w.signal(nix::sys::signal::Signal::SIGHUP);
+    w.wait_lines("hups", 1).await;
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        w.exit().await.code(),
+        Some(0),
+        "the app's status after its TERM trap"
+    );
+    assert_eq!(w.lines("terms"), vec!["term"]);
+}
+
+#[tokio::test]
+async fn orphans_of_the_app_are_reaped_by_the_wrapper() {
+    let (_v, b) = setup().await;
+    // The subshell exits at once, so its child is orphaned and handed to the wrapper (the
+    // subreaper here, PID 1 in a container); it exits and must not stay a zombie.
+    let mut w = Wrapper::start(
+        &b,
+        &["--env", "V=cfg"],
+        r#"( sh -c 'echo $$ > "$D/orphan"' & ); while [ ! -e "$D/done" ]; do sleep 0.05; done; exit 3"#,
+    );
+    let pid = w.wait_lines("orphan", 1).await[0].clone();
+    eventually(LONG, "the orphan to be reaped (no zombie left)", || {
+        let gone = !Path::new(&format!("/proc/{pid}")).exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    std::fs::write(w.path("done"), "").expect("done");
+    assert_eq!(w.exit().await.code(), Some(3));
+    assert!(w.log().contains("Reaped an orphan"), "log:\n{}", w.log());
+}
+
+#[tokio::test]
+async fn a_new_version_signals_the_app_and_the_signal_is_audited() {
+    let (v, b) = setup().await;
+    let w = Wrapper::start(
+        &b,
+        &["--env", "V=cfg", "--on-change", "cfg=signal:HUP"],
+        LONG_RUNNING,
+    );
+    w.wait_lines("starts", 1).await;
+    let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    w.wait_lines("hups", 1).await;
+    assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
+    let ev = records(&b, "exec.signal");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["secret"], "cfg");
+    assert_eq!(ev[0]["version"], version);
+    assert_eq!(ev[0]["decision"], "ok");
+    assert_eq!(ev[0]["caller"]["uid"], me());
+    assert!(
+        ev[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_version_restarts_the_app_with_the_new_environment_and_is_audited() {
+    let (v, b) = setup().await;
+    let mut w = Wrapper::start(
+        &b,
+        &["--env", "V=cfg", "--on-change", "cfg=restart"],
+        LONG_RUNNING,
+    );
+    w.wait_lines("starts", 1).await;
+    let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    let starts = w.wait_lines("starts", 2).await;
+    assert_eq!(starts, vec!["v1", "v2"]);
+    assert_eq!(w.lines("terms"), vec!["term"], "the old app got SIGTERM");
+    let ev = records(&b, "exec.restart");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["secret"], &ev[0]["version"]),
+        (&json!("cfg"), &json!(version))
+    );
+    assert_eq!(ev[0]["caller"]["uid"], me());
+    // The wrapper keeps its job: SIGTERM still reaches the new app and ends the wrapper.
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+    assert_eq!(w.lines("terms").len(), 2);
+}
+
+#[tokio::test]
+async fn a_change_during_a_restart_is_not_lost() {
+    let (v, b) = setup().await;
+    let w = Wrapper::start(
+        &b,
+        &[
+            "--env",
+            "V=cfg",
+            "--on-change",
+            "cfg=restart",
+            "--grace-period",
+            "60s",
+            "--restart-backoff",
+            "100ms",
+        ],
+        LONG_RUNNING,
+    );
+    std::fs::write(w.path("hold"), "").expect("hold");
+    w.wait_lines("starts", 1).await;
+    v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    // The old app is stopping (held in its TERM trap) ...
+    w.wait_lines("terms", 1).await;
+    // ... when v3 arrives, and the wrapper's long-poll sees it (its read of v3 is audited).
+    let v3 = v.bao.kv_put("cfg", json!({"value": "v3"})).await;
+    eventually(LONG, "the wrapper to see v3 during the restart", || {
+        let seen = records(&b, "secret.read")
+            .iter()
+            .any(|r| r["secret"] == "cfg" && r["version"] == v3);
+        async move { seen.then_some(()) }
+    })
+    .await;
+    std::fs::write(w.path("release"), "").expect("release");
+    // The restart completes with what it read (v2), then the pending v3 restarts it again.
+    let starts = w.wait_lines("starts", 3).await;
+    assert_eq!(starts, vec!["v1", "v2", "v3"], "log:\n{}", w.log());
+    let versions: Vec<_> = records(&b, "exec.restart")
+        .iter()
+        .map(|r| r["version"].clone())
+        .collect();
+    assert_eq!(versions, vec![json!(v3 - 1), json!(v3)]);
+}
+
+#[tokio::test]
+async fn quick_restarts_back_off_in_order() {
+    let (v, b) = setup().await;
+    let w = Wrapper::start(
+        &b,
+        &[
+            "--env",
+            "V=cfg",
+            "--on-change",
+            "cfg=restart",
+            "--restart-backoff",
+            "200ms",
+            "--stable-after",
+            "10m",
+        ],
+        LONG_RUNNING,
+    );
+    w.wait_lines("starts", 1).await;
+    for (i, value) in ["v2", "v3", "v4"].iter().enumerate() {
+        v.bao.kv_put("cfg", json!({ "value": value })).await;
+        w.wait_lines("starts", i + 2).await;
+    }
+    assert_eq!(w.lines("starts"), vec!["v1", "v2", "v3", "v4"]);
+    // Each restart within the stable period counts one more quick restart (the spacing per
+    // count is policy::Backoff's, unit-tested there).
+    let counts: Vec<String> = w
+        .log()
+        .lines()
+        .filter(|l| l.contains("Restart scheduled"))
+        .filter_map(|l| l.split("quick_restarts=").nth(1))
+        .map(|s| s.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(counts, vec!["1", "2", "3"], "log:\n{}", w.log());
+}
+
+#[tokio::test]
+async fn an_unknown_secret_or_a_malformed_declaration_fails_before_the_app_starts() {
+    let (_v, b) = setup().await;
+    let app = r#"echo started > "$D/started""#;
+    for (flags, code, says) in [
+        (vec!["--env", "X=nope"], 2, "nope"),
+        (vec!["--env", "X=locked"], 2, "locked"),
+        (
+            vec!["--env", "X=app#nokey"],
+            2,
+            "secret app has no key \"nokey\"",
+        ),
+        (vec!["--env", "X=app"], 2, "secret app has 3 keys"),
+        (vec!["--env", "X"], 2, "--env \"X\": no '='"),
+        (vec!["--env", "1X=app#user"], 2, "variable name"),
+        (
+            vec!["--env", "X=cfg", "--on-change", "cfg=signal:KILL"],
+            2,
+            "unknown signal",
+        ),
+        (
+            vec!["--env", "X=cfg", "--on-change", "app=restart"],
+            2,
+            "not read by any --env",
+        ),
+        (vec!["--bogus"], 2, "unexpected argument"),
+    ] {
+        let mut w = Wrapper::start(&b, &flags, app);
+        let status = w.exit().await;
+        assert_eq!(status.code(), Some(code), "{flags:?}: log:\n{}", w.log());
+        assert!(w.log().contains(says), "{flags:?}: log:\n{}", w.log());
+        assert!(
+            !w.path("started").exists(),
+            "{flags:?}: the app must not start"
+        );
+        assert!(!w.log().contains(CANARY) && !w.log().contains(OTHER));
+    }
+    let mut w = Wrapper::start(&b, &["--env", "X=cfg"], app);
+    assert_eq!(w.exit().await.code(), Some(0));
+    assert!(w.path("started").exists());
+    // A command that does not exist: 127, like a shell.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(KEYWARD)
+        .args(["exec", "--env", "X=cfg", "--", "/nonexistent/app"])
+        .env("KEYWARD_SOCKET", &b.socket)
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/app"));
+}
+
+#[tokio::test]
+async fn the_events_endpoint_records_only_declared_events_for_readable_secrets() {
+    let (_v, b) = setup().await;
+    let post = |body: &str| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: k\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ok = raw(
+        &b.socket,
+        post(r#"{"event":"exec.restart","secret":"cfg","version":4,"detail":"restart of pid 9"}"#)
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let rec = records(&b, "exec.restart");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["caller"]["uid"], me());
+    assert_eq!(rec[0]["path"], "secret/data/cfg");
+    assert_eq!(rec[0]["reason"], "restart of pid 9");
+
+    for (body, status, code) in [
+        (
+            r#"{"event":"secret.read","secret":"cfg","version":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"cfg"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"cfg","version":1,"x":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"cfg","version":1,"detail":"a\nb"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"../x","version":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"nope","version":1}"#,
+            404,
+            "unknown_secret",
+        ),
+        (
+            r#"{"event":"exec.signal","secret":"locked","version":1}"#,
+            403,
+            "denied",
+        ),
+    ] {
+        let a = raw(&b.socket, post(body).as_bytes()).await;
+        assert_eq!(a.status, status, "{body}: {}", a.body);
+        assert_eq!(a.json()["error"], code, "{body}");
+    }
+    let big = format!(
+        r#"{{"event":"exec.signal","secret":"cfg","version":1,"detail":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    assert_eq!(raw(&b.socket, post(&big).as_bytes()).await.status, 413);
+    // Denials are audited under the event's action; nothing else was recorded as done.
+    let signals = records(&b, "exec.signal");
+    assert_eq!(
+        signals.iter().filter(|r| r["decision"] == "deny").count(),
+        2,
+        "{signals:?}"
+    );
+    assert!(signals.iter().all(|r| r["decision"] == "deny"));
+    // Other methods and paths are unchanged.
+    let put = raw(
+        &b.socket,
+        b"PUT /v1/events HTTP/1.1\r\nHost: k\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(put.status, 405);
+}
