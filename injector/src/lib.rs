@@ -2,6 +2,7 @@
 //! offline `keyward inject` that applies the same mutation to YAML manifests.
 
 pub mod annotations;
+pub mod certs;
 pub mod config;
 pub mod metrics;
 pub mod mutate;
@@ -56,6 +57,40 @@ pub mod cli {
         /// body byte (at least 1 MiB) before its body is read; 503 when that does not fit.
         #[arg(long, default_value_t = 40)]
         pub memory_budget_mib: usize,
+        /// The webhook's own certificate (tls.mode injector).
+        #[command(flatten)]
+        pub self_signed: SelfSignedArgs,
+    }
+
+    /// `keyward injector --self-signed-*`: the injector provisions its serving certificate.
+    #[derive(Debug, Default, clap::Args)]
+    pub struct SelfSignedArgs {
+        /// Provision the serving certificate in this Secret (created when missing, renewed
+        /// before expiry) and write it to --tls-cert/--tls-key (docs/injector.md, tls.mode
+        /// injector). Needs the --self-signed-* settings below.
+        #[arg(long, requires_all = ["self_signed_namespace", "self_signed_service", "self_signed_webhook"])]
+        pub self_signed_secret: Option<String>,
+        /// Namespace of that Secret and of the webhook's Service.
+        #[arg(long)]
+        pub self_signed_namespace: Option<String>,
+        /// The webhook's Service name (the certificate's DNS names).
+        #[arg(long)]
+        pub self_signed_service: Option<String>,
+        /// MutatingWebhookConfiguration whose caBundle is set to the CA.
+        #[arg(long)]
+        pub self_signed_webhook: Option<String>,
+        /// More DNS names or IP addresses for the serving certificate.
+        #[arg(long)]
+        pub self_signed_san: Vec<String>,
+        /// Kubernetes API URL (default: from KUBERNETES_SERVICE_HOST/PORT).
+        #[arg(long)]
+        pub kube_api: Option<String>,
+        /// Bearer token file for the API (default: the pod's service-account token).
+        #[arg(long)]
+        pub kube_token_file: Option<PathBuf>,
+        /// CA bundle of the API server (default: the pod's service-account ca.crt).
+        #[arg(long)]
+        pub kube_ca_file: Option<PathBuf>,
     }
 
     /// Arguments of `keyward inject`.
@@ -86,10 +121,10 @@ pub mod cli {
                 return ExitCode::FAILURE;
             }
         };
-        let tls = match TlsReloader::new(args.tls_cert.clone(), args.tls_key.clone()) {
-            Ok(t) => Arc::new(t),
+        let provisioner = match self_signed(&args) {
+            Ok(p) => p,
             Err(e) => {
-                eprintln!("keyward injector: {e} (--tls-cert/--tls-key)");
+                eprintln!("keyward injector: {e} (--self-signed-*, --kube-*)");
                 return ExitCode::FAILURE;
             }
         };
@@ -111,6 +146,17 @@ pub mod cli {
             }
         };
         runtime.block_on(async move {
+            if let Some(p) = &provisioner {
+                // The webhook cannot answer before it has a certificate the caBundle names.
+                p.ensure_until_ok().await;
+            }
+            let tls = match TlsReloader::new(args.tls_cert.clone(), args.tls_key.clone()) {
+                Ok(t) => Arc::new(t),
+                Err(e) => {
+                    eprintln!("keyward injector: {e} (--tls-cert/--tls-key)");
+                    return ExitCode::FAILURE;
+                }
+            };
             let app = Arc::new(Webhook::new(cfg, opts));
             let listener = match tokio::net::TcpListener::bind(args.listen).await {
                 Ok(l) => l,
@@ -137,6 +183,9 @@ pub mod cli {
                     }
                 }
             }
+            if let Some(p) = provisioner {
+                tasks.push(tokio::spawn(p.run(stopped(stop_rx.clone()))));
+            }
             info!(listen = %args.listen, "Injector webhook listening");
             tasks.push(tokio::spawn(server::serve(
                 listener,
@@ -154,6 +203,35 @@ pub mod cli {
             }
             ExitCode::SUCCESS
         })
+    }
+
+    /// The certificate provisioner of `--self-signed-secret`, if set.
+    fn self_signed(
+        args: &InjectorArgs,
+    ) -> Result<Option<crate::certs::Provisioner>, crate::certs::CertError> {
+        let a = &args.self_signed;
+        let (Some(secret), Some(namespace), Some(service), Some(webhook)) = (
+            &a.self_signed_secret,
+            &a.self_signed_namespace,
+            &a.self_signed_service,
+            &a.self_signed_webhook,
+        ) else {
+            return Ok(None);
+        };
+        let api = crate::certs::KubeApi::new(
+            a.kube_api.clone(),
+            a.kube_token_file.clone(),
+            a.kube_ca_file.clone(),
+        )?;
+        Ok(Some(crate::certs::Provisioner {
+            api,
+            namespace: namespace.clone(),
+            secret: secret.clone(),
+            webhook: webhook.clone(),
+            names: crate::certs::service_names(service, namespace, &a.self_signed_san),
+            cert_file: args.tls_cert.clone(),
+            key_file: args.tls_key.clone(),
+        }))
     }
 
     async fn shutdown_signal() {

@@ -47,6 +47,7 @@ fn child_injector_process() {
         max_concurrent_reviews: 64,
         request_timeout_secs: 10,
         memory_budget_mib: 40,
+        self_signed: Default::default(),
     };
     let _ = keyward_injector::cli::run_injector(args);
 }
