@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod manifest;
 pub mod net;
+pub mod node;
 pub mod pod;
 pub mod shop;
 

@@ -1,0 +1,756 @@
+//! Pods created through the real kube-apiserver (scripts/cluster.sh) run on a node: the node
+//! agent (`keyward_e2e::node`) registers a Node with the node's own client certificate, runs
+//! the pods the scheduler binds to it with the pod runner, gets their projected tokens from the
+//! TokenRequest API, writes their status back and completes their deletion. `kubectl wait`
+//! and Job completion then work as in a cluster (docs/cluster.md, "The node agent").
+//!
+//! Each test starts its own control plane (nextest runs every test in a process of its own).
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyward_e2e::node::{Node, NodeConfig};
+use keyward_test_cluster::{Cluster, ISSUER};
+use serde_json::Value;
+
+const NODE: &str = "keyward-node";
+/// Safety net for conditions on a loaded two-core machine; never slept for.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn start_cluster() -> Cluster {
+    Cluster::start().unwrap_or_else(|e| panic!("starting the test cluster: {e}"))
+}
+
+/// kubectl from an async test without starving the node agent's tasks.
+fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String, String> {
+    tokio::task::block_in_place(|| cluster.kubectl(args).map_err(|e| e.to_string()))
+}
+
+fn apply(cluster: &Cluster, manifest: &str) {
+    tokio::task::block_in_place(|| cluster.apply(manifest))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}\n{manifest}"));
+}
+
+fn get_json(cluster: &Cluster, args: &[&str]) -> Value {
+    tokio::task::block_in_place(|| cluster.get_json(args))
+        .unwrap_or_else(|e| panic!("kubectl get {args:?}: {e}"))
+}
+
+async fn start_node(cluster: &Cluster, refresh_fraction: f64) -> Node {
+    let creds = tokio::task::block_in_place(|| cluster.node_credentials(NODE))
+        .unwrap_or_else(|e| panic!("node credentials: {e}"));
+    let mut cfg = NodeConfig::new(NODE, &creds.server, &creds.ca, &creds.cert, &creds.key);
+    cfg.token_refresh_fraction = refresh_fraction;
+    cfg.images = vec![(
+        "ghcr.io/keyward/keyward".to_owned(),
+        env!("CARGO_BIN_EXE_keyward").into(),
+    )];
+    cfg.node_names = vec!["vault.vault.svc".to_owned()];
+    let node = Node::start(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("starting the node agent: {e}"));
+    kubectl(
+        cluster,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            &format!("node/{NODE}"),
+            "--timeout=60s",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("the Node is Ready: {e}"));
+    node
+}
+
+fn namespace(cluster: &Cluster, ns: &str, labels: &[(&str, &str)]) {
+    let mut l = String::new();
+    for (k, v) in labels {
+        l.push_str(&format!("\n    {k}: \"{v}\""));
+    }
+    let labels = if l.is_empty() {
+        String::new()
+    } else {
+        format!("\n  labels:{l}")
+    };
+    apply(
+        cluster,
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}{labels}\n"),
+    );
+    tokio::task::block_in_place(|| cluster.wait_for_service_account(ns, "default", WAIT))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tail("kube-controller-manager", 30)));
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// The claims of an API server token, verified (RS256) with the cluster's `sa.pub`.
+fn verified_claims(cluster: &Cluster, token: &str, audience: &str) -> Value {
+    let key = cluster.sa_public_key_pem().expect("sa.pub");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&[audience]);
+    v.set_issuer(&[ISSUER]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_rsa_pem(key.as_bytes()).expect("RSA key"),
+        &v,
+    )
+    .unwrap_or_else(|e| panic!("the projected token verifies with sa.pub for {audience}: {e}"))
+    .claims
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+const PLAIN: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: plain, namespace: kw-node, labels: {app: plain}}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+    - name: app
+      image: example.invalid/tools:1
+      command: ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo started; while :; do sleep 0.2; done"]
+      volumeMounts: [{name: vault-token, mountPath: /var/run/secrets/tokens, readOnly: true}]
+  volumes:
+    - name: vault-token
+      projected:
+        sources:
+          - serviceAccountToken: {audience: vault, expirationSeconds: 600, path: token}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: kw-node}
+spec:
+  selector: {app: plain}
+  ports: [{port: 8080}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_agent_runs_pods_and_jobs_of_the_real_api_server_with_token_request_tokens() {
+    let t0 = Instant::now();
+    let cluster = start_cluster();
+    let t_cluster = t0.elapsed();
+    // Tokens are refreshed at 1% of their lifetime here (6 s of 600 s) so the test sees a
+    // refresh; the kubelet's 80% is the default (unit test in e2e/src/pod.rs).
+    let node = start_node(&cluster, 0.01).await;
+    let t_node = t0.elapsed();
+    namespace(&cluster, "kw-node", &[]);
+
+    // The node: registered, Ready, untainted, with a Lease the agent renews.
+    let n = get_json(&cluster, &["node", NODE]);
+    assert!(n["spec"]["taints"].is_null(), "{n:#}");
+    let lease = get_json(&cluster, &["-n", "kube-node-lease", "lease", NODE]);
+    assert_eq!(lease["spec"]["holderIdentity"], NODE, "{lease:#}");
+
+    // A plain pod runs and becomes Ready; kubectl shows it Running on the node.
+    apply(&cluster, PLAIN);
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-node",
+            "wait",
+            "--for=condition=Ready",
+            "pod/plain",
+            "--timeout=90s",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "pod/plain Ready: {e}\n{}",
+            node.logs("kw-node", "plain", "app")
+        )
+    });
+    let t_ready = t0.elapsed();
+    let listed =
+        kubectl(&cluster, &["-n", "kw-node", "get", "pods", "-o", "wide"]).expect("get pods");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("plain "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        row.contains(" 1/1 ") && row.contains(" Running ") && row.contains(NODE),
+        "{listed}"
+    );
+    let pod = get_json(&cluster, &["-n", "kw-node", "pod", "plain"]);
+    let st = &pod["status"];
+    let pod_ip = st["podIP"].as_str().unwrap_or_default().to_owned();
+    assert!(pod_ip.starts_with("10.200.0."), "{st:#}");
+    assert_eq!(st["hostIP"], node.host.ip.to_string(), "{st:#}");
+    assert_eq!(st["phase"], "Running", "{st:#}");
+    for c in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            st["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|x| x["type"] == c && x["status"] == "True")),
+            "condition {c}: {st:#}"
+        );
+    }
+    let cs = &st["containerStatuses"][0];
+    assert_eq!(cs["name"], "app", "{st:#}");
+    assert_eq!(cs["ready"], true, "{st:#}");
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{st:#}");
+    assert!(node.logs("kw-node", "plain", "app").contains("started"));
+
+    // Its projected token: a TokenRequest token with the spec's audience and expiry, bound to
+    // the pod by name and uid (and to the node).
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let token_file = node
+        .volume("kw-node", "plain", "vault-token")
+        .expect("the token volume")
+        .join("token");
+    let token1 = read(&token_file);
+    let c1 = verified_claims(&cluster, &token1, "vault");
+    assert_eq!(c1["aud"], serde_json::json!(["vault"]), "{c1:#}");
+    let (iat1, exp1) = (
+        c1["iat"].as_u64().expect("iat"),
+        c1["exp"].as_u64().expect("exp"),
+    );
+    assert_eq!(exp1 - iat1, 600, "exp from expirationSeconds: {c1:#}");
+    assert_eq!(c1["sub"], "system:serviceaccount:kw-node:default", "{c1:#}");
+    let k = &c1["kubernetes.io"];
+    assert_eq!(k["namespace"], "kw-node", "{c1:#}");
+    assert_eq!(k["pod"]["name"], "plain", "{c1:#}");
+    assert_eq!(k["pod"]["uid"], uid.as_str(), "{c1:#}");
+    assert_eq!(k["node"]["name"], NODE, "{c1:#}");
+    assert_eq!(k["serviceaccount"]["name"], "default", "{c1:#}");
+    // The API server itself accepts it for that audience, as that pod's service account.
+    let review = tokio::task::block_in_place(|| cluster.token_review(&token1, &["vault"]))
+        .expect("TokenReview");
+    assert_eq!(review["authenticated"], true, "{review:#}");
+    assert_eq!(
+        review["user"]["extra"]["authentication.kubernetes.io/pod-uid"][0],
+        uid.as_str(),
+        "{review:#}"
+    );
+    // The ServiceAccount admission plugin's kube-api-access volume: a token for the API
+    // server's audience, the root CA ConfigMap and the namespace from the downward API.
+    let api_access = pod["spec"]["volumes"]
+        .as_array()
+        .and_then(|v| {
+            v.iter().find_map(|v| {
+                v["name"]
+                    .as_str()
+                    .filter(|n| n.starts_with("kube-api-access-"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no kube-api-access volume: {pod:#}"))
+        .to_owned();
+    let dir = node
+        .volume("kw-node", "plain", &api_access)
+        .expect("volume");
+    assert_eq!(read(&dir.join("namespace")), "kw-node");
+    assert_eq!(read(&dir.join("ca.crt")), cluster.ca_pem().expect("CA"));
+    let c = verified_claims(&cluster, &read(&dir.join("token")), ISSUER);
+    assert_eq!(c["kubernetes.io"]["pod"]["uid"], uid.as_str(), "{c:#}");
+
+    // Refreshed before expiry, from the expiry: not before 1% of the lifetime has passed.
+    let token2 = support::eventually(WAIT, "the projected token to be refreshed", || {
+        let t = std::fs::read_to_string(&token_file).unwrap_or_default();
+        let fresh = !t.is_empty() && t != token1;
+        async move { fresh.then_some(t) }
+    })
+    .await;
+    let c2 = verified_claims(&cluster, &token2, "vault");
+    let iat2 = c2["iat"].as_u64().expect("iat");
+    assert!(
+        iat2 >= iat1 + 6,
+        "refreshed at iat {iat2}, first issued {iat1}"
+    );
+    assert_eq!(c2["exp"].as_u64().expect("exp") - iat2, 600, "{c2:#}");
+    assert_eq!(c2["kubernetes.io"]["pod"]["uid"], uid.as_str(), "{c2:#}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now < exp1, "refreshed before the first token expired");
+
+    // Services resolve (the agent's kube-proxy stand-in): the EndpointSlice controller lists
+    // the Ready pod, and the agent writes its address under the Service's names.
+    let want = format!("{pod_ip}\tplain.kw-node.svc plain.kw-node.svc.cluster.local");
+    support::eventually(WAIT, "plain.kw-node.svc in the pods' /etc/hosts", || {
+        let hosts = node.hosts_file();
+        let ok = hosts.lines().any(|l| l == want);
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // A Job completes: its pod resolves the Service and exits 0; the Job controller sees the
+    // pod Succeeded.
+    apply(
+        &cluster,
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: resolve, namespace: kw-node}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: main
+          image: example.invalid/tools:1
+          command: ["sh", "-c", "getent hosts plain.kw-node.svc && echo resolved"]
+"#,
+    );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-node",
+            "wait",
+            "--for=condition=complete",
+            "job/resolve",
+            "--timeout=90s",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "job/resolve complete: {e}\n{:#}",
+            get_json(
+                &cluster,
+                &["-n", "kw-node", "pods", "-l", "job-name=resolve"]
+            )
+        )
+    });
+    let t_job = t0.elapsed();
+    let jp = get_json(
+        &cluster,
+        &["-n", "kw-node", "pods", "-l", "job-name=resolve"],
+    );
+    let jp = &jp["items"][0];
+    assert_eq!(jp["status"]["phase"], "Succeeded", "{jp:#}");
+    let term = &jp["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 0, "{jp:#}");
+    assert_eq!(term["reason"], "Completed", "{jp:#}");
+
+    // A pod whose container fails: Failed, with the exit code.
+    apply(
+        &cluster,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: fails, namespace: kw-node}
+spec:
+  restartPolicy: Never
+  containers:
+    - {name: main, image: "example.invalid/tools:1", command: ["sh", "-c", "exit 3"]}
+"#,
+    );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-node",
+            "wait",
+            "--for=jsonpath={.status.phase}=Failed",
+            "pod/fails",
+            "--timeout=90s",
+        ],
+    )
+    .expect("pod/fails Failed");
+    let f = get_json(&cluster, &["-n", "kw-node", "pod", "fails"]);
+    let term = &f["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 3, "{f:#}");
+    assert_eq!(term["reason"], "Error", "{f:#}");
+
+    // Deleting the pod stops its processes (SIGTERM, which the app handles) and the deletion
+    // completes: the agent deletes the object once they are gone.
+    let pids = node.pids("kw-node", "plain");
+    assert!(
+        !pids.is_empty() && pids.iter().all(|(_, p)| alive(*p)),
+        "{pids:?}"
+    );
+    let log_before = node.logs("kw-node", "plain", "app");
+    let del = Instant::now();
+    kubectl(
+        &cluster,
+        &["-n", "kw-node", "delete", "pod", "plain", "--timeout=60s"],
+    )
+    .expect("kubectl delete pod plain");
+    let deleted_in = del.elapsed();
+    for (name, pid) in &pids {
+        assert!(
+            !alive(*pid),
+            "container {name} (pid {pid}) still runs after the deletion"
+        );
+    }
+    let gone = kubectl(&cluster, &["-n", "kw-node", "get", "pod", "plain"]).expect_err("deleted");
+    assert!(gone.contains("NotFound"), "{gone}");
+    assert!(
+        deleted_in < Duration::from_secs(5),
+        "the app exits on SIGTERM: deletion took {deleted_in:?} (grace 5 s)"
+    );
+    assert!(log_before.contains("started"), "{log_before}");
+
+    node.stop(Duration::from_secs(5)).await;
+    eprintln!(
+        "timing: cluster up {t_cluster:?}, node Ready {t_node:?}, pod Ready {t_ready:?}, job complete {t_job:?}, deletion {deleted_in:?}, total {:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// §3: keyward on the cluster. The injector behind the chart's MutatingWebhookConfiguration
+// mutates a pod `kubectl apply` creates in a labelled namespace; the node agent runs the
+// injected pod as stored, with the real keyward sidecar logging in to a real OpenBao (jwt auth
+// with the API server's issuer and JWKS) using the projected TokenRequest token.
+
+/// `keyward injector` on 127.0.0.1 with a serving certificate from its own CA (as
+/// tests/cluster_webhook.rs runs it).
+struct Injector {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Injector {
+    fn start() -> Injector {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "keyward-injector-test-ca");
+        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+        let key = rcgen::KeyPair::generate().expect("serving key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("serving params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("serving cert");
+        let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&crt_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let log = dir.path().join("injector.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("injector")
+            .arg("--config")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--tls-cert")
+            .arg(&crt_path)
+            .arg("--tls-key")
+            .arg(&key_path)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            ))
+            .spawn()
+            .expect("spawn keyward injector");
+        let mut inj = Injector {
+            child,
+            addr,
+            ca_pem: ca.pem(),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            if let Ok(Some(status)) = inj.child.try_wait() {
+                panic!("keyward injector exited ({status}):\n{}", inj.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyward injector not listening:\n{}",
+                inj.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        inj
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The chart's MutatingWebhookConfiguration (helm template), clientConfig pointed at `url`.
+fn chart_webhook(cluster: &Cluster, url: &str, ca_pem: &str) -> Value {
+    use base64::Engine;
+    let helm = std::env::var_os("KEYWARD_HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
+    assert!(
+        helm.is_file(),
+        "helm not found at {}: install it with `scripts/deps.sh cluster`",
+        helm.display()
+    );
+    let out = std::process::Command::new(&helm)
+        .args(["template", "keyward"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keyward"))
+        .args([
+            "--namespace",
+            "keyward-system",
+            "--show-only",
+            "templates/webhook.yaml",
+        ])
+        .output()
+        .expect("run helm template");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    let json = cluster
+        .kubectl_stdin(
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(&rendered),
+        )
+        .expect("kubectl create --dry-run=client");
+    let mut mwc = serde_json::Deserializer::from_str(&json)
+        .into_iter::<Value>()
+        .map(|v| v.expect("kubectl printed JSON objects"))
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .unwrap_or_else(|| panic!("no MutatingWebhookConfiguration in the chart:\n{rendered}"));
+    mwc["webhooks"][0]["clientConfig"] = serde_json::json!({
+        "url": url,
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+    });
+    mwc
+}
+
+/// docs/vault-setup.md: jwt auth with the API server's JWKS URL, its CA and issuer; a role
+/// for kw-inject/orders reading the KV secret.
+async fn configure_bao(bao: &support::bao::Bao, cluster: &Cluster) {
+    tokio::task::block_in_place(|| cluster.allow_anonymous_issuer_discovery())
+        .expect("bind system:service-account-issuer-discovery to system:unauthenticated");
+    let ca = cluster.ca_pem().expect("CA");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"))
+        .build()
+        .expect("client");
+    support::eventually(WAIT, "the JWKS readable anonymously", || {
+        let req = client.get(cluster.jwks_url()).send();
+        async move { req.await.ok().filter(|r| r.status() == 200).map(drop) }
+    })
+    .await;
+    bao.api(
+        "POST",
+        "sys/auth/jwt",
+        Some(serde_json::json!({"type": "jwt"})),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/jwt/config",
+        Some(serde_json::json!({
+            "jwks_url": cluster.jwks_url(), "jwks_ca_pem": ca, "bound_issuer": ISSUER,
+        })),
+    )
+    .await;
+    bao.policy(
+        "orders",
+        r#"path "secret/data/shop/orders/*" { capabilities = ["read"] }"#,
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/jwt/role/orders",
+        Some(serde_json::json!({
+            "role_type": "jwt",
+            "bound_audiences": ["vault"],
+            "user_claim": "sub",
+            "bound_claims_type": "string",
+            "bound_claims": {"/kubernetes.io/namespace": "kw-inject",
+                             "/kubernetes.io/serviceaccount/name": "orders"},
+            "claim_mappings": {"/kubernetes.io/namespace": "namespace",
+                               "/kubernetes.io/serviceaccount/name": "service_account_name",
+                               "/kubernetes.io/pod/name": "pod_name"},
+            "token_ttl": "15m", "token_max_ttl": "1h",
+            "token_policies": ["orders"],
+        })),
+    )
+    .await;
+    bao.kv_put(
+        "shop/orders/db",
+        serde_json::json!({"password": "canary-node-5b1c", "user": "orders"}),
+    )
+    .await;
+}
+
+const ORDERS: &str = r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {name: orders, namespace: kw-inject}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders
+  namespace: kw-inject
+  annotations:
+    keyward.io/secret-db: secret/data/shop/orders/db
+spec:
+  serviceAccountName: orders
+  terminationGracePeriodSeconds: 10
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 1000
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+    - name: app
+      image: example.invalid/shop/orders:1
+      command:
+        - sh
+        - -c
+        - |
+          trap 'exit 0' TERM
+          until p=$(curl -sf --unix-socket "$KEYWARD_SOCKET" http://keyward/v1/secrets/db/password); do sleep 0.5; done
+          echo "password=$p"
+          while :; do sleep 0.2; done
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities: {drop: [ALL]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pod_runs_on_the_node_with_the_real_sidecar_and_gets_its_secret() {
+    let t0 = Instant::now();
+    let bao = support::bao::Bao::start();
+    let cluster = start_cluster();
+    let t_cluster = t0.elapsed();
+    let node = start_node(&cluster, 0.8).await;
+    // Pods reach OpenBao as vault.vault.svc:8200 (examples/injector-config.yaml): a listener
+    // on the node host forwarding to the harness's loopback port.
+    let _vault =
+        keyward_e2e::net::Expose::start(&node.host, 8200, ([127, 0, 0, 1], bao.port()).into())
+            .await
+            .unwrap_or_else(|e| panic!("exposing OpenBao to the pods: {e}"));
+    configure_bao(&bao, &cluster).await;
+    let injector = tokio::task::block_in_place(Injector::start);
+    let mwc = tokio::task::block_in_place(|| {
+        chart_webhook(
+            &cluster,
+            &format!("https://{}/mutate", injector.addr),
+            &injector.ca_pem,
+        )
+    });
+    apply(&cluster, &mwc.to_string());
+    namespace(
+        &cluster,
+        "kw-inject",
+        &[
+            ("keyward.io/inject", "enabled"),
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+        ],
+    );
+
+    // kubectl apply: the API server calls the injector, PodSecurity admits the injected pod,
+    // the scheduler binds it, the node agent runs it as stored.
+    tokio::task::block_in_place(|| cluster.apply(ORDERS))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}\ninjector log:\n{}", injector.log()));
+    let stored = get_json(&cluster, &["-n", "kw-inject", "pod", "orders"]);
+    assert_eq!(
+        stored["metadata"]["annotations"]["keyward.io/status"], "injected",
+        "{stored:#}"
+    );
+    if let Err(e) = kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-inject",
+            "wait",
+            "--for=condition=Ready",
+            "pod/orders",
+            "--timeout=90s",
+        ],
+    ) {
+        panic!(
+            "pod/orders Ready: {e}\n{:#}\nsidecar:\n{}\napp:\n{}",
+            get_json(&cluster, &["-n", "kw-inject", "pod", "orders"])["status"],
+            node.logs("kw-inject", "orders", "keyward"),
+            node.logs("kw-inject", "orders", "app")
+        );
+    }
+    let t_ready = t0.elapsed();
+    let pod = get_json(&cluster, &["-n", "kw-inject", "pod", "orders"]);
+    let sidecar = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(sidecar["name"], "keyward", "{pod:#}");
+    assert_eq!(sidecar["started"], true, "{pod:#}");
+    assert!(sidecar["state"]["running"].is_object(), "{pod:#}");
+
+    // The app reads its secret from the sidecar, which logged in with the projected
+    // TokenRequest token (audience vault, bound to this pod).
+    let line = support::eventually(WAIT, "the app to print its secret", || {
+        let log = node.logs("kw-inject", "orders", "app");
+        async move {
+            log.lines()
+                .find(|l| l.starts_with("password="))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert_eq!(line, "password=canary-node-5b1c");
+    let token_dir = node
+        .volume("kw-inject", "orders", "keyward-token")
+        .expect("the keyward-token volume");
+    let token = read(&token_dir.join("token"));
+    let claims = verified_claims(&cluster, &token, "vault");
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"],
+        "{claims:#}"
+    );
+    let sidecar_log = node.logs("kw-inject", "orders", "keyward");
+    support::assert_no_panic("keyward sidecar", &sidecar_log);
+    assert!(
+        !sidecar_log.contains("canary-node-5b1c"),
+        "the secret in the sidecar's log"
+    );
+
+    // Deletion: the app, then the sidecar, stop; the object is gone.
+    let pids = node.pids("kw-inject", "orders");
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-inject",
+            "delete",
+            "pod",
+            "orders",
+            "--timeout=60s",
+        ],
+    )
+    .expect("kubectl delete pod orders");
+    for (name, pid) in &pids {
+        assert!(
+            !alive(*pid),
+            "container {name} (pid {pid}) still runs after the deletion"
+        );
+    }
+    node.stop(Duration::from_secs(5)).await;
+    eprintln!(
+        "timing: cluster up {t_cluster:?}, injected pod Ready {t_ready:?}, total {:?}",
+        t0.elapsed()
+    );
+}
