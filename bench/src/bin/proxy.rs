@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_audit::{AuditConfig, AuditLog};
-use keyward_bench::pki::TestCa;
 use keyward_identity::{IdPattern, SpiffeId};
 use keyward_proxy::config::{InboundConfig, OutboundConfig};
 use keyward_proxy::identity::{IdentityStore, Svid};
@@ -24,6 +23,7 @@ use keyward_proxy::metrics::Metrics;
 use keyward_proxy::policy::Policy;
 use keyward_proxy::server::{Limits, Proxy};
 use keyward_proxy::svid::TrustBundle;
+use keyward_testkit::testpki::{Leaf, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
@@ -509,9 +509,9 @@ fn run(args: &[String]) -> Result<(), Error> {
     let only = flag(args, "--only").unwrap_or_else(|| "direct,keyward,envoy".into());
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let ca = TestCa::new("bench")?;
-    let client = ca.leaf(CLIENT_ID, Duration::from_secs(86400))?;
-    let server = ca.leaf(SERVER_ID, Duration::from_secs(86400))?;
+    let ca = TestCa::new("bench");
+    let client = ca.leaf(Leaf::new(CLIENT_ID).lifetime(Duration::from_secs(86400)));
+    let server = ca.leaf(Leaf::new(SERVER_ID).lifetime(Duration::from_secs(86400)));
     std::fs::write(d.join("ca.pem"), &ca.cert_pem)?;
     std::fs::write(d.join("client.pem"), &client.chain_pem)?;
     std::fs::write(d.join("client.key"), client.key_pem.as_bytes())?;

@@ -1,2 +1,0 @@
-//! Benchmark drivers: keyward side by side with its peers (see bench/README.md).
-pub mod pki;
