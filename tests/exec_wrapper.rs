@@ -50,12 +50,25 @@ struct Wrapper {
 impl Wrapper {
     /// Starts `keyward exec FLAGS -- /bin/sh -c SCRIPT` with a minimal environment.
     fn start(b: &BrokerProc, flags: &[&str], script: &str) -> Wrapper {
+        Self::start_under(&[], b, flags, script)
+    }
+
+    /// The same, run by `prefix` (for example `unshare ...`).
+    fn start_under(prefix: &[&str], b: &BrokerProc, flags: &[&str], script: &str) -> Wrapper {
         let dir = tempfile::Builder::new()
             .prefix("keyward-exec")
             .tempdir()
             .expect("tempdir");
         let err = std::fs::File::create(dir.path().join("wrapper.log")).expect("log");
-        let child = Command::new(KEYWARD)
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(KEYWARD);
+                c
+            }
+            None => Command::new(KEYWARD),
+        };
+        let child = cmd
             .arg("exec")
             .args(flags)
             .arg("--")
@@ -239,6 +252,62 @@ async fn orphans_of_the_app_are_reaped_by_the_wrapper() {
     std::fs::write(w.path("done"), "").expect("done");
     assert_eq!(w.exit().await.code(), Some(3));
     assert!(w.log().contains("Reaped an orphan"), "log:\n{}", w.log());
+}
+
+#[tokio::test]
+async fn as_pid_1_of_a_pid_namespace_the_wrapper_reaps_orphans_and_passes_sigterm_on() {
+    let (_v, b) = setup().await;
+    // The app checks from inside the namespace that its parent is PID 1 and that its orphan
+    // does not stay a zombie (a zombie keeps its /proc entry).
+    let mut w = Wrapper::start_under(
+        &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
+        &b,
+        &["--env", "V=cfg"],
+        r#"
+echo "$PPID" > "$D/ppid"
+( sh -c 'echo $$ > "$D/orphan"' & )
+while [ ! -s "$D/orphan" ]; do sleep 0.05; done
+o=$(cat "$D/orphan")
+while [ -e "/proc/$o" ]; do sleep 0.05; done
+echo reaped > "$D/reaped"
+trap 'exit 5' TERM
+while :; do sleep 1000 & wait $!; done
+"#,
+    );
+    w.wait_lines("reaped", 1).await;
+    assert_eq!(w.lines("ppid"), vec!["1"], "the wrapper is PID 1");
+    // The wrapper's pid outside the namespace: unshare's only child.
+    let unshare = w.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("children");
+    let wrapper: i32 = children.trim().parse().expect("one child");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(wrapper),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert_eq!(w.exit().await.code(), Some(5), "log:\n{}", w.log());
+}
+
+#[tokio::test]
+async fn an_app_that_ignores_sigterm_is_killed_after_the_grace_period_and_restarted() {
+    let (v, b) = setup().await;
+    let w = Wrapper::start(
+        &b,
+        &[
+            "--env",
+            "V=cfg",
+            "--on-change",
+            "cfg=restart",
+            "--grace-period",
+            "300ms",
+        ],
+        r#"trap '' TERM; echo "$V" >> "$D/starts"; while :; do sleep 0.05; done"#,
+    );
+    w.wait_lines("starts", 1).await;
+    v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    assert_eq!(w.wait_lines("starts", 2).await, vec!["v1", "v2"]);
+    assert!(w.log().contains("sending SIGKILL"), "log:\n{}", w.log());
 }
 
 #[tokio::test]
