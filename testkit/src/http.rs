@@ -40,3 +40,32 @@ pub fn parse(buf: &[u8]) -> Answer {
         body: body.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_is_split_into_status_head_and_body() {
+        let a = parse(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nX-Keyward-Index: 7\r\n\r\n{\"error\":\"forbidden\"}");
+        assert_eq!(a.status, 403);
+        assert_eq!(a.header("content-type"), Some("application/json"));
+        assert_eq!(a.header("X-KEYWARD-INDEX"), Some("7"));
+        assert_eq!(a.header("missing"), None);
+        assert_eq!(a.json()["error"], "forbidden");
+    }
+
+    #[test]
+    fn an_answer_cut_off_before_the_blank_line_is_all_head() {
+        let a = parse(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close");
+        assert_eq!(a.status, 431);
+        assert_eq!(a.body, "");
+        assert_eq!(a.header("connection"), Some("close"));
+    }
+
+    #[test]
+    #[should_panic(expected = "no HTTP status")]
+    fn bytes_without_a_status_line_are_refused() {
+        parse(b"");
+    }
+}
