@@ -285,7 +285,10 @@ impl Retention {
         match nix::sys::statvfs::statvfs(dir) {
             Ok(fs) => {
                 let total = fs.blocks().saturating_mul(fs.fragment_size());
-                let share = total / 100 * u64::from(self.volume_percent.min(100));
+                let share = u64::try_from(
+                    u128::from(total) * u128::from(self.volume_percent.min(100)) / 100,
+                )
+                .unwrap_or(u64::MAX);
                 if share == 0 {
                     DEFAULT_MAX_BUDGET
                 } else {

@@ -184,3 +184,89 @@ fn query_table_has_a_header_and_a_row_per_match() {
     assert!(lines[0].starts_with("TIME"), "{out}");
     assert!(lines[1].contains("uid=1000 pid=1"), "{out}");
 }
+
+/// Records of two pods, one wrapped in a pipeline envelope, as `query` reads an export.
+#[test]
+fn query_filters_across_pods_chains_and_envelopes() {
+    use keyward_audit::cli::Query;
+    let rec = |seq: u64, ns: &str, pod: &str, chain: &str, t: &str, container: Option<&str>| {
+        let mut v = serde_json::json!({
+            "time": t, "seq": seq, "chain": chain, "action": "secret.read", "decision": "allow",
+            "secret": "db", "prev": "00", "hash": "ff",
+            "pod": {"namespace": ns, "service_account": "sa", "pod_name": pod, "pod_uid": format!("uid-{pod}")},
+            "caller": {"pid": 0, "uid": 1000, "gid": 1000},
+        });
+        if let Some(c) = container {
+            v["caller"]["container"] = c.into();
+        }
+        v
+    };
+    let a = rec(
+        1,
+        "shop",
+        "orders-1",
+        "c1",
+        "2026-01-01T00:00:00Z",
+        Some("app"),
+    );
+    let b = rec(2, "shop", "orders-1", "c1", "2026-01-02T00:00:00Z", None);
+    let c = rec(
+        1,
+        "bank",
+        "ledger-1",
+        "c2",
+        "2026-01-03T00:00:00Z",
+        Some("worker"),
+    );
+    let input = format!(
+        "{a}\n{}\n{}\n",
+        serde_json::json!({"log": format!("{b}\n"), "kubernetes": {"pod_name": "orders-1"}}),
+        serde_json::json!({"message": c.to_string()})
+    );
+    let seqs = |filter: Filter| {
+        let mut q = Query::new(&filter, true);
+        let mut out = Vec::new();
+        q.read(input.as_bytes(), &mut out).expect("query");
+        String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                format!("{}:{}", v["chain"].as_str().expect("chain"), v["seq"])
+            })
+            .collect::<Vec<_>>()
+    };
+    let f = Filter::default;
+    assert_eq!(seqs(f()), ["c1:1", "c1:2", "c2:1"]);
+    let ns = Filter {
+        namespace: Some("bank".into()),
+        ..f()
+    };
+    assert_eq!(seqs(ns), ["c2:1"]);
+    let pod = Filter {
+        pod: Some("orders-1".into()),
+        ..f()
+    };
+    assert_eq!(seqs(pod), ["c1:1", "c1:2"]);
+    let pod_uid = Filter {
+        pod: Some("uid-ledger-1".into()),
+        ..f()
+    };
+    assert_eq!(seqs(pod_uid), ["c2:1"]);
+    let container = Filter {
+        container: Some("app".into()),
+        ..f()
+    };
+    assert_eq!(seqs(container), ["c1:1"]);
+    let chain = Filter {
+        chain: Some("c2".into()),
+        ..f()
+    };
+    assert_eq!(seqs(chain), ["c2:1"]);
+    let range = Filter {
+        since: Some("2026-01-02T00:00:00Z".into()),
+        until: Some("2026-01-03T00:00:00Z".into()),
+        ..f()
+    };
+    assert_eq!(seqs(range), ["c1:2"], "since inclusive, until exclusive");
+}
