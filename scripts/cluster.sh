@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node Kubernetes control plane on loopback, for tests: etcd, kube-apiserver,
-# kube-controller-manager and kube-scheduler, built by `scripts/deps.sh cluster`. No node agent
-# runs yet: pods are admitted and stored (and scheduled once nodes exist), never run.
+# kube-controller-manager and kube-scheduler, built by `scripts/deps.sh cluster`. No kubelet
+# runs: pods are admitted, stored and scheduled; they run once a node agent registers a Node
+# (keyward_e2e::node with Cluster::node_credentials, docs/cluster.md).
 #
 #   scripts/cluster.sh up DIR     start everything, state and logs in DIR (created; must not exist
 #                                 or be empty); prints the env lines of `env`

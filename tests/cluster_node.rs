@@ -720,11 +720,89 @@ async fn injected_pod_runs_on_the_node_with_the_real_sidecar_and_gets_its_secret
         claims["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"],
         "{claims:#}"
     );
+    // The socket volume (emptyDir, medium Memory, sizeLimit 16Mi) is a tmpfs of that size.
+    let socket_dir = node
+        .volume("kw-inject", "orders", "keyward-socket")
+        .expect("the keyward-socket volume");
+    let mounts = read(Path::new("/proc/self/mountinfo"));
+    let mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*socket_dir.to_string_lossy()))
+        .unwrap_or_else(|| panic!("{} is not a mount point:\n{mounts}", socket_dir.display()));
+    assert!(
+        mount.contains(" - tmpfs ") && mount.contains("size=16384k"),
+        "{mount}"
+    );
     let sidecar_log = node.logs("kw-inject", "orders", "keyward");
     support::assert_no_panic("keyward sidecar", &sidecar_log);
     assert!(
         !sidecar_log.contains("canary-node-5b1c"),
         "the secret in the sidecar's log"
+    );
+
+    // A Job whose pod has the sidecar completes: the app exits, the agent stops the sidecar,
+    // the pod Succeeds.
+    apply(
+        &cluster,
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: report, namespace: kw-inject}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      annotations: {keyward.io/secret-db: secret/data/shop/orders/db}
+    spec:
+      serviceAccountName: orders
+      restartPolicy: Never
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 1000
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: main
+          image: example.invalid/shop/report:1
+          command: ["sh", "-c", "curl -sf --unix-socket \"$KEYWARD_SOCKET\" http://keyward/v1/secrets/db/user"]
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+"#,
+    );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-inject",
+            "wait",
+            "--for=condition=complete",
+            "job/report",
+            "--timeout=90s",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "job/report complete: {e}\n{:#}",
+            get_json(
+                &cluster,
+                &["-n", "kw-inject", "pods", "-l", "job-name=report"]
+            )
+        )
+    });
+    let jp = get_json(
+        &cluster,
+        &["-n", "kw-inject", "pods", "-l", "job-name=report"],
+    );
+    let jp = &jp["items"][0];
+    assert_eq!(jp["status"]["phase"], "Succeeded", "{jp:#}");
+    assert_eq!(
+        jp["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0,
+        "{jp:#}"
+    );
+    let side = &jp["status"]["initContainerStatuses"][0];
+    assert_eq!(side["name"], "keyward", "{jp:#}");
+    assert!(
+        side["state"]["terminated"].is_object(),
+        "the sidecar was stopped: {jp:#}"
     );
 
     // Deletion: the app, then the sidecar, stop; the object is gone.
