@@ -73,8 +73,8 @@ build_release() {
 
   # CycloneDX SBOM of the keyward package (normal dependencies, Linux x86_64).
   local sbomdir; sbomdir=$(mktemp -d)
-  ( cd "$src" && cargo cyclonedx --format json --spec-version 1.5 --target "$TRIPLE" \
-      --override-filename keyward.cdx >/dev/null ) || die "cargo cyclonedx failed"
+  ( cd "$src" && SOURCE_DATE_EPOCH=$epoch cargo cyclonedx --quiet --format json --spec-version 1.5 \
+      --target "$TRIPLE" --no-build-deps --override-filename keyward.cdx ) || die "cargo cyclonedx failed"
   [ -f "$src/keyward.cdx.json" ] || die "cargo cyclonedx wrote no $src/keyward.cdx.json"
   mv "$src/keyward.cdx.json" "$sbomdir/raw.json"
   find "$src" -name 'keyward.cdx.json' -delete
@@ -143,10 +143,11 @@ log: {level: info}
 storage: {filesystem: {rootdirectory: $work/data}, delete: {enabled: true}}
 http: {addr: "127.0.0.1:0"}
 EOF
-  OTEL_TRACES_EXPORTER=none registry serve "$work/config.yml" > "$work/registry.log" 2>&1 &
+  OTEL_TRACES_EXPORTER=none OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none \
+    registry serve "$work/config.yml" > "$work/registry.log" 2>&1 &
   local rpid=$!
   # shellcheck disable=SC2064
-  trap "kill $rpid 2>/dev/null; wait $rpid 2>/dev/null; rm -rf '$work'" RETURN
+  trap "kill $rpid 2>/dev/null; wait $rpid 2>/dev/null; rm -rf '$work'" EXIT
   local addr="" i
   for i in $(seq 1 300); do   # the registry logs its address once it listens (deadline 30 s)
     addr=$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/registry.log" | head -1)
