@@ -27,7 +27,18 @@ impl prometheus_client::collector::Collector for AuditLastSeq {
             None,
             gauge.metric_type(),
         )?;
-        gauge.encode(metric)
+        gauge.encode(metric)?;
+        // 0 while records cannot be written (reads and connections are refused until they
+        // can; `/ready` says why).
+        let writable =
+            prometheus_client::metrics::gauge::ConstGauge::new(i64::from(self.0.writable()));
+        let metric = encoder.encode_descriptor(
+            "keyward_audit_writable",
+            "1 when audit records can be written, 0 while they cannot (what needs a record is refused)",
+            None,
+            writable.metric_type(),
+        )?;
+        writable.encode(metric)
     }
 }
 
