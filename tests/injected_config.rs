@@ -443,11 +443,11 @@ fn every_golden_injected_pod_has_a_config_the_sidecar_accepts() {
 fn kv_refresh_annotation_becomes_the_brokers_kv_refresh() {
     // full.review.json carries keyward.io/kv-refresh: 30s; minimal has none.
     assert_eq!(
-        sidecar_config(&golden("full")).kv_refresh,
+        sidecar_config(&golden("full")).kv_refresh(),
         Duration::from_secs(30)
     );
     assert_eq!(
-        sidecar_config(&golden("minimal")).kv_refresh,
+        sidecar_config(&golden("minimal")).kv_refresh(),
         Duration::from_secs(60),
         "without the annotation the broker's default applies"
     );

@@ -205,7 +205,7 @@ async fn keep_fresh(ctx: &Inner, entry: &Entry, shutdown: &CancellationToken) ->
             value.lease.as_ref(),
             near_max_ttl,
             now,
-            ctx.config.kv_refresh,
+            ctx.config.kv_refresh(),
             jitter(),
         );
         if !sleep_or(shutdown, plan.wait(now)).await {

@@ -69,11 +69,11 @@ fuzz_target!(|data: &[u8]| {
     // The sidecar must start with the config the injector wrote for it.
     let sidecar = mutate::sidecar_config(&settings, &cfg, 1000);
     let yaml = serde_yaml_ng::to_string(&sidecar).expect("sidecar config serializes");
+    // The sidecar's loader checks the whole document, identity and proxy included (broker-only
+    // without identity), before it binds anything; it reads back what the injector built.
     let config = keyward_broker::config::Config::from_yaml(&yaml, &BTreeMap::new())
-        .unwrap_or_else(|e| panic!("the broker refuses the injected config: {e}\n{yaml}"));
-    // What `keyward sidecar` checks before it binds anything (broker-only without identity).
-    keyward_proxy::config::load_sections(config.identity.as_ref(), config.proxy.as_ref())
         .unwrap_or_else(|e| panic!("the sidecar refuses the injected config: {e}\n{yaml}"));
+    assert_eq!(config.contract(), &sidecar, "{yaml}");
 
     assert!(ops.iter().all(|op| op.op == "add"));
     let patch = mutate::to_json_patch(&ops).expect("patch");

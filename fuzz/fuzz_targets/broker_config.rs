@@ -1,14 +1,15 @@
 //! The sidecar's configuration: `Config::from_yaml` never panics, and what it accepts passes
-//! its own validation and the rules the socket API relies on. The proxy's `identity` and
-//! `proxy` sections are parsed as `keyward sidecar` does.
+//! its own validation and the rules the socket API relies on. The `identity` and `proxy`
+//! sections are the contract's types (`keyward_config`), parsed and checked with the rest of the
+//! document; an accepted config survives a round trip through its serialization unchanged.
 //!
 //! Input: `YAML` or `YAML\0KEYWARD_SECRETS` (the environment's secret list).
 #![no_main]
 
 use std::collections::{BTreeMap, HashSet};
 
+use keyward_broker::config::SidecarConfig;
 use keyward_broker::config::{valid_name, valid_vault_path, Config};
-use keyward_proxy::config::{IdentityConfig, ProxyConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -47,9 +48,21 @@ fuzz_target!(|data: &[u8]| {
     assert!(mode <= 0o777 && mode & 0o600 == 0o600, "mode {mode:o}");
     assert!(!config.auth.mount().is_empty());
 
-    if let Ok(identity) = IdentityConfig::from_value(config.identity.as_ref()) {
-        let _ = identity.ttl();
-        let _ = ProxyConfig::from_value(config.proxy.as_ref(), &identity.trust_domain);
+    let proxy = config.proxy_or_default();
+    match &config.identity {
+        Some(identity) => {
+            assert!(identity.ttl() >= std::time::Duration::from_secs(10));
+            proxy
+                .validate(&identity.trust_domain)
+                .expect("an accepted proxy section validates again");
+        }
+        None => assert!(proxy.inbound.is_empty() && proxy.outbound.is_empty()),
     }
-    let _ = keyward_proxy::config::load_sections(config.identity.as_ref(), config.proxy.as_ref());
+    assert!(proxy.admin.ip().is_loopback());
+
+    // What the injector would write for it reads back as the same value.
+    let yaml = config.to_yaml().expect("an accepted config serializes");
+    let back = SidecarConfig::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("the written config does not read back: {e}\n{yaml}"));
+    assert_eq!(&back, config.contract(), "{yaml}");
 });

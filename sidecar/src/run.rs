@@ -141,16 +141,15 @@ struct Mesh {
     outbound: Vec<TcpListener>,
 }
 
-/// Parses the `identity` and `proxy` sections (no port bound yet). Without an `identity`
-/// section the sidecar runs broker-only: no certificate is issued and no proxy listener bound,
-/// while the admin endpoint still serves readiness and metrics.
+/// The `identity` and `proxy` sections as the sidecar runs them (no port bound yet): the
+/// loader already checked them with the rest of the document (`keyward_config`), and an absent
+/// `proxy` section is the defaults. Without an `identity` section the sidecar runs broker-only:
+/// no certificate is issued and no proxy listener bound, while the admin endpoint still serves
+/// readiness and metrics.
 pub fn validate(
     config: &keyward_broker::config::Config,
 ) -> Result<(Option<IdentityConfig>, ProxyConfig), SidecarError> {
-    Ok(keyward_proxy::config::load_sections(
-        config.identity.as_ref(),
-        config.proxy.as_ref(),
-    )?)
+    Ok((config.identity.clone(), config.proxy_or_default()))
 }
 
 /// Validates the configuration, reads the bundle and policy files, and binds every port.
