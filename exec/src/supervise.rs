@@ -319,7 +319,11 @@ pub(crate) async fn run(
                 *seen = (*seen).max(version);
                 sup.review().await;
             }
-            () = timer => sup.on_timer().await,
+            () = timer => {
+                if let Some(code) = sup.on_timer().await {
+                    return code;
+                }
+            }
         }
     }
 }
@@ -365,7 +369,9 @@ impl Supervisor {
         }
     }
 
-    async fn on_timer(&mut self) {
+    /// Deadlines: SIGKILL after the grace period, retries, a restart that is due. Returns the
+    /// exit code if the app turned out to have ended on its own.
+    async fn on_timer(&mut self) -> Option<u8> {
         let now = Instant::now();
         if let Some(stop) = self.stopping.as_mut() {
             if !stop.killed && now >= stop.kill_at {
@@ -380,8 +386,9 @@ impl Supervisor {
         }
         if self.restart_due.is_some_and(|t| now >= t) {
             self.restart_due = None;
-            self.begin_restart().await;
+            return self.begin_restart().await;
         }
+        None
     }
 
     fn retry_later(&mut self) {
@@ -443,17 +450,18 @@ impl Supervisor {
 
     /// Reads the new values, audits the restart, and sends the app SIGTERM; the app is started
     /// again when it has ended. If the values cannot be read or the restart cannot be
-    /// audited, the app keeps running and the restart is tried again later.
-    async fn begin_restart(&mut self) {
+    /// audited, the app keeps running and the restart is tried again later. Returns the exit
+    /// code if the app ended on its own meanwhile (it is not restarted then).
+    async fn begin_restart(&mut self) -> Option<u8> {
         if self.shutting_down || self.stopping.is_some() {
-            return;
+            return None;
         }
         let secrets = match read_all(&self.spec, &self.client).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "Restart postponed: cannot read the secrets");
                 self.postpone_restart();
-                return;
+                return None;
             }
         };
         let versions: BTreeMap<String, u64> = secrets
@@ -465,7 +473,7 @@ impl Supervisor {
             Err(e) => {
                 warn!(error = %e, "Restart postponed: the new values do not fit the declarations");
                 self.postpone_restart();
-                return;
+                return None;
             }
         };
         drop(secrets);
@@ -475,7 +483,7 @@ impl Supervisor {
         }
         let causes = pending_restarts(&self.spec.on_change, &self.applied, &versions);
         if causes.is_empty() {
-            return;
+            return None;
         }
         let detail = format!("restart of pid {}", self.child);
         for (name, version) in &causes {
@@ -488,8 +496,17 @@ impl Supervisor {
             if let Err(e) = self.client.record(&event).await {
                 warn!(secret = %name, error = %e, "Restart postponed: the event could not be audited");
                 self.postpone_restart();
-                return;
+                return None;
             }
+        }
+        // The app may have ended while the values were read: then it is not restarted, its
+        // status is the wrapper's (its SIGCHLD is still queued; reap now to tell).
+        for (pid, ended) in reap() {
+            if pid == self.child {
+                info!(status = ?ended, "App ended");
+                return Some(exit_code(ended));
+            }
+            debug!(pid = pid.as_raw(), "Reaped an orphan");
         }
         info!(pid = self.child.as_raw(), causes = ?causes, "Restarting the app for new versions");
         send(self.child, Signal::SIGTERM);
@@ -499,6 +516,7 @@ impl Supervisor {
             env: vars,
             versions,
         });
+        None
     }
 
     fn postpone_restart(&mut self) {
