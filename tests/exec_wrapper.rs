@@ -491,6 +491,29 @@ async fn an_unknown_secret_or_a_malformed_declaration_fails_before_the_app_start
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/app"));
 }
 
+#[test]
+fn an_unreachable_socket_fails_before_the_app_starts_naming_the_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("missing.sock");
+    let out = Command::new(KEYWARD)
+        .args(["exec", "--env", "X=cfg", "--start-timeout", "300ms", "--"])
+        .args(["/bin/sh", "-c", "touch started"])
+        .env("KEYWARD_SOCKET", &socket)
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot connect to the broker socket {}",
+            socket.display()
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("started").exists());
+}
+
 #[tokio::test]
 async fn the_events_endpoint_records_only_declared_events_for_readable_secrets() {
     let (_v, b) = setup().await;
