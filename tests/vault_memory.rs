@@ -97,8 +97,10 @@ async fn secret_and_token_plaintext_in_sidecar_memory_stays_within_the_documente
     let fetched = |n: usize| {
         let b = &b;
         async move {
+            // Counted in the log: a re-read returning the same version is routine, summarised
+            // in the audit log per interval rather than recorded each time.
             eventually(WAIT, &format!("{n} KV fetches"), || async {
-                (b.audit_count("vault.fetch", "ok") >= n).then_some(())
+                (b.log().matches("Fetched secret").count() >= n).then_some(())
             })
             .await
         }
@@ -159,7 +161,7 @@ async fn secret_and_token_plaintext_in_sidecar_memory_stays_within_the_documente
         (b.audit_count("vault.renew", "ok") >= 1).then_some(())
     })
     .await;
-    let after_renewal = b.audit_count("vault.fetch", "ok");
+    let after_renewal = b.log().matches("Fetched secret").count();
     fetched(after_renewal + 1).await;
     check("after a token renewal and a KV re-read");
     assert_eq!(

@@ -202,8 +202,8 @@ struct ChainState {
     pod: String,
     prev_chain: Option<ChainLink>,
     findings: Vec<Finding>,
-    /// The last seq read from each input, to see records out of order.
-    last_in_source: HashMap<usize, u64>,
+    /// The last seq read from each input and its line, to see records out of order.
+    last_in_source: HashMap<usize, (u64, u64)>,
 }
 
 /// Collects records from many inputs and verifies each chain.
@@ -294,18 +294,19 @@ impl ChainVerifier {
         }
         let at = At { source, line };
         if !self.any_order {
-            if let Some(&last) = chain.last_in_source.get(&source) {
+            if let Some(&(last, last_line)) = chain.last_in_source.get(&source) {
                 if head.seq < last {
                     chain.findings.push(Finding {
                         seq: head.seq,
                         what: format!(
-                            "read after seq {last} in {} line {line} (records reordered)",
+                            "at {} line {line} comes after seq {last} at line {last_line} \
+                             (records reordered)",
                             self.sources.get(source).map_or("?", String::as_str)
                         ),
                     });
                 }
             }
-            chain.last_in_source.insert(source, head.seq);
+            chain.last_in_source.insert(source, (head.seq, line));
         }
         chain.entries.push(Entry {
             seq: head.seq,
@@ -381,7 +382,11 @@ impl ChainVerifier {
                 } else if !self.window {
                     findings.push(Finding {
                         seq: 1,
-                        what: missing(1, first.seq - 1, "before the first record read"),
+                        what: missing(
+                            1,
+                            first.seq - 1,
+                            &format!("before the first record read, at {}", self.place(first.at)),
+                        ),
                     });
                 }
             }
@@ -390,7 +395,15 @@ impl ChainVerifier {
                 if b.seq > a.seq + 1 {
                     findings.push(Finding {
                         seq: a.seq + 1,
-                        what: missing(a.seq + 1, b.seq - 1, "removed or not collected"),
+                        what: missing(
+                            a.seq + 1,
+                            b.seq - 1,
+                            &format!(
+                                "removed or not collected: between {} and {}",
+                                self.place(a.at),
+                                self.place(b.at)
+                            ),
+                        ),
                     });
                 } else if b.prev != a.hash {
                     findings.push(Finding {
@@ -437,7 +450,11 @@ impl ChainVerifier {
                         what: missing(
                             last_seq + 1,
                             *want,
-                            &format!("cut off at the end: {want} records were written"),
+                            &format!(
+                                "cut off at the end: the chain ends at record {last_seq}, and \
+                                 {want} were written: the last {} were cut off",
+                                want - last_seq
+                            ),
                         ),
                     });
                 }
