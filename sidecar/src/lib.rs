@@ -6,5 +6,6 @@
 
 pub mod cli;
 mod run;
+pub mod sizing;
 
 pub use run::{prepare, run, validate, Prepared, SidecarError, VaultSigner};

@@ -51,6 +51,8 @@ pub enum SidecarError {
     NoPodIdentity,
     #[error("SPIFFE ID from the token's claims: {0}")]
     Id(#[from] keyward_identity::IdError),
+    #[error(transparent)]
+    Sizing(#[from] crate::sizing::LimitError),
 }
 
 /// Signs CSRs through Vault PKI with the broker's token: `POST PKI_MOUNT/sign/ROLE`.
@@ -214,10 +216,20 @@ pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared
 
 /// Runs the sidecar until `shutdown`; returns after the drain and the broker's shutdown.
 pub async fn run(
-    config: keyward_broker::config::Config,
+    mut config: keyward_broker::config::Config,
     shutdown: CancellationToken,
 ) -> Result<(), SidecarError> {
-    let prepared = prepare(&config).await?;
+    let mut prepared = prepare(&config).await?;
+    // Connection limits that fit the memory limit (docs/operations.md#sizing).
+    let listeners = prepared
+        .mesh
+        .as_ref()
+        .map_or(0, |m| m.inbound.len() + m.outbound.len());
+    crate::sizing::apply(
+        &mut config.socket.max_connections,
+        &mut prepared.proxy.max_connections,
+        listeners,
+    )?;
     let broker = Broker::new(config)?;
     run_prepared(prepared, broker, shutdown).await
 }
@@ -239,6 +251,7 @@ async fn run_prepared(
     let mut registry = Registry::default();
     broker.register_metrics(&mut registry);
     metrics.register(&mut registry);
+    crate::sizing::register(&mut registry);
     let registry = Arc::new(registry);
 
     // Broker-only pods have no listeners to wait for.
