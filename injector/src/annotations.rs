@@ -96,20 +96,9 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// One secret the broker fetches: `keyward.io/secret-NAME: PATH[#KEY]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretSpec {
-    /// The name applications ask the broker for.
-    pub name: String,
-    /// Full Vault API path, e.g. `secret/data/db` or `database/creds/app`.
-    pub path: String,
-    /// One key of the secret's data, or the whole data when absent.
-    pub key: Option<String>,
-    /// Whether the sidecar must have it before the app starts (default true).
-    pub required: bool,
-    /// Only these uids may read it (`keyward.io/secret-NAME-uids`).
-    pub allow_uids: Option<Vec<u32>>,
-}
+/// One secret the broker fetches: `keyward.io/secret-NAME: PATH[#KEY]`, as the sidecar config
+/// declares it (the contract's own type).
+pub use keyward_config::SecretSpec;
 
 /// One inbound mTLS port: `keyward.io/inbound: "TLS_PORT:APP_PORT"`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use keyward_config::{
     AuditSettings, AuthConfig, IdentityConfig, InboundConfig, OutboundConfig, ProxyConfig,
-    SecretSpec, SidecarConfig, SocketConfig, VaultConfig,
+    SidecarConfig, SocketConfig, VaultConfig,
 };
 use serde_json::{json, Value};
 
@@ -67,17 +67,7 @@ pub fn sidecar_config(
             token_file: PathBuf::from(format!("{TOKEN_DIR}/token")),
             ..AuthConfig::default()
         },
-        secrets: settings
-            .secrets
-            .iter()
-            .map(|s| SecretSpec {
-                name: s.name.clone(),
-                path: s.path.clone(),
-                key: s.key.clone(),
-                required: s.required,
-                allow_uids: s.allow_uids.clone(),
-            })
-            .collect(),
+        secrets: settings.secrets.clone(),
         socket: SocketConfig {
             path: PathBuf::from(SOCKET_PATH),
             group: Some(fs_group),
