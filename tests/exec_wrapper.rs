@@ -515,6 +515,49 @@ fn an_unreachable_socket_fails_before_the_app_starts_naming_the_socket() {
 }
 
 #[tokio::test]
+async fn before_the_app_starts_sighup_is_ignored_and_sigterm_ends_the_wrapper_with_143() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("wrapper.log");
+    let mut child = Command::new(KEYWARD)
+        .args(["exec", "--env", "X=cfg", "--start-timeout", "10m", "--"])
+        .args(["/bin/sh", "-c", "touch started"])
+        .env("KEYWARD_SOCKET", dir.path().join("not-yet.sock"))
+        .env("KEYWARD_LOG", "debug")
+        .current_dir(dir.path())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start keyward exec");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let has = |text: &'static str| {
+        let l = read();
+        async move { l.contains(text).then_some(()) }
+    };
+    // Its handlers are in place once it is waiting for the socket.
+    eventually(LONG, "the wrapper to wait for the socket", || {
+        has("Secrets not available yet")
+    })
+    .await;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    eventually(LONG, "the SIGHUP to be ignored", || {
+        has("Signal before the app started; ignored")
+    })
+    .await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still waiting"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = eventually(LONG, "the wrapper to exit", || {
+        let r = child.try_wait().expect("try_wait");
+        async move { r }
+    })
+    .await;
+    assert_eq!(status.code(), Some(143), "log:\n{}", read());
+    assert!(!dir.path().join("started").exists());
+}
+
+#[tokio::test]
 async fn the_events_endpoint_records_only_declared_events_for_readable_secrets() {
     let (_v, b) = setup().await;
     let post = |body: &str| {

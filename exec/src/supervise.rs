@@ -35,6 +35,11 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// The forwarded signals after which the wrapper no longer restarts the app.
+fn terminates(sig: Signal) -> bool {
+    matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT)
+}
+
 /// How long one long-poll asks the broker to wait (the broker caps it at `socket.max_wait`).
 const WATCH_WAIT: Duration = Duration::from_secs(300);
 
@@ -225,11 +230,22 @@ pub(crate) async fn run(
         }
     }
 
-    let read = tokio::select! {
-        r = read_all_at_start(&spec, &client, settings.start_timeout) => r,
-        Some(sig) = sig_rx.recv() => {
-            eprintln!("keyward exec: {} before the app started", sig.as_str());
-            return exit_code(Ended::Signaled(sig as i32));
+    // A termination signal before the app runs ends the wrapper as it would have ended the
+    // app; the others have no one to go to.
+    let read = {
+        let reading = read_all_at_start(&spec, &client, settings.start_timeout);
+        tokio::pin!(reading);
+        loop {
+            tokio::select! {
+                r = &mut reading => break r,
+                Some(sig) = sig_rx.recv() => {
+                    if terminates(sig) {
+                        eprintln!("keyward exec: {} before the app started", sig.as_str());
+                        return exit_code(Ended::Signaled(sig as i32));
+                    }
+                    debug!(signal = sig.as_str(), "Signal before the app started; ignored");
+                }
+            }
         }
     };
     let secrets = match read {
@@ -361,7 +377,7 @@ impl Supervisor {
     fn forward(&mut self, sig: Signal) {
         debug!(signal = sig.as_str(), "Forwarding a signal to the app");
         send(self.child, sig);
-        if matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+        if terminates(sig) {
             // The app is being stopped from outside: no more restarts, exit when it ends.
             self.shutting_down = true;
             self.restart_due = None;
