@@ -223,7 +223,7 @@ fn sidecar_in_a_64mi_cgroup_refuses_connections_beyond_its_derived_limit_instead
         Some(LIMIT as i64),
         "{m}"
     );
-    let derived = keyward_sidecar::sizing::derive(Some(LIMIT), 20000, 1024, 0);
+    let derived = keyward_sidecar::sizing::derive(Some(LIMIT), 20000, 1024, 0, 1);
     assert_eq!(
         gauge(&m, "keyward_max_connections{listener=\"socket\"} "),
         Some(derived.socket_max_connections as i64),

@@ -225,10 +225,12 @@ pub async fn run(
         .mesh
         .as_ref()
         .map_or(0, |m| m.inbound.len() + m.outbound.len());
+    let secrets = config.secrets.len();
     crate::sizing::apply(
         &mut config.socket.max_connections,
         &mut prepared.proxy.max_connections,
         listeners,
+        secrets,
     )?;
     let broker = Broker::new(config)?;
     run_prepared(prepared, broker, shutdown).await

@@ -8,14 +8,15 @@
 //! No limit (`max`, or above 2^60): the configured values stand. Otherwise (docs/operations.md):
 //!
 //! ```text
-//! reserve  = 24 MiB + L / 8          runtime, caches, secrets, allocator slack
+//! reserve  = 24 MiB + 40 KiB × secrets + L / 8     runtime, cached secrets, allocator slack
 //! budget   = L - reserve             (at least 4 MiB)
 //! socket   = min(socket.max_connections, budget_socket / 24 KiB)
 //! proxy    = min(proxy.max_connections, budget_proxy / 96 KiB / listeners)   per listener
 //! ```
 //!
 //! where a broker-only sidecar gives the whole budget to the socket, and a mesh sidecar half
-//! to the socket and half to the proxy listeners. 24 KiB per socket connection: measured 12 KiB
+//! to the socket and half to the proxy listeners. 40 KiB per secret: measured 28-30 KiB per
+//! cached small KV secret (tests/sizing_memory.rs). 24 KiB per socket connection: measured 12 KiB
 //! idle and 16.5 KiB with a request or a long poll in flight (docs/operations.md), plus the
 //! kernel's socket memory charged to the same cgroup. 96 KiB per proxied connection: two TCP
 //! sockets, rustls record buffers each way and the copy buffers. Both never go below
@@ -29,6 +30,8 @@ pub const SOCKET_CONN_BYTES: u64 = 24 * 1024;
 pub const PROXY_CONN_BYTES: u64 = 96 * 1024;
 /// Fixed part of the reserve.
 pub const RESERVE_BASE: u64 = 24 * 1024 * 1024;
+/// Reserve per configured secret (its cache entry, refresh task and buffers).
+pub const SECRET_BYTES: u64 = 40 * 1024;
 /// Least budget (a tiny limit still serves a few connections; the kernel decides the rest).
 pub const MIN_BUDGET: u64 = 4 * 1024 * 1024;
 /// Least connections a derived limit allows.
@@ -48,12 +51,13 @@ pub struct Sizing {
 }
 
 /// The limits for a memory limit of `limit` bytes (`None`: unlimited), the configured values,
-/// and the number of proxy listeners (0: broker-only).
+/// the number of proxy listeners (0: broker-only) and of configured secrets.
 pub fn derive(
     limit: Option<u64>,
     socket_configured: usize,
     proxy_configured: usize,
     proxy_listeners: usize,
+    secrets: usize,
 ) -> Sizing {
     let Some(limit) = limit.filter(|l| *l < UNLIMITED) else {
         return Sizing {
@@ -62,7 +66,9 @@ pub fn derive(
             proxy_max_connections: proxy_configured,
         };
     };
-    let reserve = RESERVE_BASE + limit / 8;
+    let reserve = RESERVE_BASE
+        .saturating_add(SECRET_BYTES.saturating_mul(secrets as u64))
+        .saturating_add(limit / 8);
     let budget = limit.saturating_sub(reserve).max(MIN_BUDGET);
     let (socket_budget, proxy_budget) = if proxy_listeners == 0 {
         (budget, 0)
@@ -189,6 +195,7 @@ pub fn apply(
     socket_max_connections: &mut usize,
     proxy_max_connections: &mut usize,
     proxy_listeners: usize,
+    secrets: usize,
 ) -> Result<Sizing, LimitError> {
     let limit = memory_limit()?;
     let s = derive(
@@ -196,6 +203,7 @@ pub fn apply(
         *socket_max_connections,
         *proxy_max_connections,
         proxy_listeners,
+        secrets,
     );
     if let Some(bytes) = s.memory_limit {
         if s.socket_max_connections < *socket_max_connections
@@ -265,7 +273,7 @@ mod tests {
     #[test]
     fn no_limit_keeps_the_configured_values() {
         for l in [None, Some(u64::MAX), Some(9_223_372_036_854_771_712)] {
-            let s = derive(l, 10_000, 4096, 2);
+            let s = derive(l, 10_000, 4096, 2, 0);
             assert_eq!(s.socket_max_connections, 10_000);
             assert_eq!(s.proxy_max_connections, 4096);
             assert_eq!(s.memory_limit, None);
@@ -274,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_injected_128mi_limit_caps_10000_socket_connections_below_the_oom_point() {
-        let s = derive(Some(128 * MI), 10_000, 10_000, 0);
+        let s = derive(Some(128 * MI), 10_000, 10_000, 0, 0);
         // reserve 40 MiB, budget 88 MiB / 24 KiB.
         assert_eq!(s.socket_max_connections, 3754);
         // At the measured 16.5 KiB per busy connection plus ~16 MiB at rest, that many
@@ -282,14 +290,25 @@ mod tests {
         let need = 16 * MI + s.socket_max_connections as u64 * 16_896;
         assert!(need < 128 * MI - 24 * MI, "{need}");
         // A mesh sidecar shares the budget with its listeners.
-        let m = derive(Some(128 * MI), 10_000, 10_000, 2);
+        let m = derive(Some(128 * MI), 10_000, 10_000, 2, 0);
         assert_eq!(m.socket_max_connections, 1877);
         assert_eq!(m.proxy_max_connections, 234);
     }
 
     #[test]
+    fn each_secret_takes_its_share_of_the_budget() {
+        let none = derive(Some(128 * MI), 10_000, 10_000, 0, 0);
+        let many = derive(Some(128 * MI), 10_000, 10_000, 0, 400);
+        // 400 × 40 KiB = 15.6 MiB less budget: 666 fewer connections of 24 KiB.
+        assert_eq!(
+            none.socket_max_connections - many.socket_max_connections,
+            666
+        );
+    }
+
+    #[test]
     fn configured_values_below_the_derived_ones_stand() {
-        let s = derive(Some(1024 * MI), 500, 100, 1);
+        let s = derive(Some(1024 * MI), 500, 100, 1, 0);
         assert_eq!(
             (s.socket_max_connections, s.proxy_max_connections),
             (500, 100)
@@ -298,7 +317,7 @@ mod tests {
 
     #[test]
     fn tiny_limits_still_serve_a_few_connections() {
-        let s = derive(Some(8 * MI), 1024, 1024, 4);
+        let s = derive(Some(8 * MI), 1024, 1024, 4, 100);
         assert!(s.socket_max_connections >= MIN_CONNECTIONS);
         assert!(s.proxy_max_connections >= MIN_CONNECTIONS);
     }
@@ -307,7 +326,7 @@ mod tests {
     fn derived_limits_grow_with_the_memory_limit() {
         let mut last = 0;
         for mib in [32, 64, 128, 256, 512, 1024] {
-            let s = derive(Some(mib * MI), usize::MAX, usize::MAX, 0);
+            let s = derive(Some(mib * MI), usize::MAX, usize::MAX, 0, 10);
             assert!(s.socket_max_connections > last, "{mib} MiB");
             last = s.socket_max_connections;
         }
