@@ -233,7 +233,20 @@ async fn unwritable_audit_log_refuses_to_serve() {
         "secrets:\n  - {name: app, path: secret/data/app}\naudit: {file: /dev/full}\n",
         &[],
     );
-    b.wait_ready().await;
+    // Logged in and fetched, but not ready: /ready names the audit log that cannot be written.
+    eventually(
+        Duration::from_secs(30),
+        "/ready naming the audit log",
+        || async {
+            if !b.socket.exists() {
+                return None;
+            }
+            let r = b.get("/v1/health/ready").await;
+            (r.status == 503 && r.body.contains("audit log /dev/full cannot be written"))
+                .then_some(())
+        },
+    )
+    .await;
     for path in ["/v1/secrets/app", "/v1/secrets/app/password"] {
         let a = b.get(path).await;
         assert_eq!(a.status, 503, "{path}: {}", a.body);
