@@ -150,6 +150,10 @@ async fn node_agent_runs_pods_and_jobs_of_the_real_api_server_with_token_request
     assert!(n["spec"]["taints"].is_null(), "{n:#}");
     let lease = get_json(&cluster, &["-n", "kube-node-lease", "lease", NODE]);
     assert_eq!(lease["spec"]["holderIdentity"], NODE, "{lease:#}");
+    let first_renewal = lease["spec"]["renewTime"]
+        .as_str()
+        .expect("renewTime")
+        .to_owned();
 
     // A plain pod runs and becomes Ready; kubectl shows it Running on the node.
     apply(&cluster, PLAIN);
@@ -333,6 +337,60 @@ spec:
     assert_eq!(term["exitCode"], 0, "{jp:#}");
     assert_eq!(term["reason"], "Completed", "{jp:#}");
 
+    // restartPolicy OnFailure, a run-to-completion init container that fills an emptyDir the
+    // app then reads: the init container completes first, the Job completes.
+    apply(
+        &cluster,
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: staged, namespace: kw-node}
+spec:
+  template:
+    spec:
+      restartPolicy: OnFailure
+      initContainers:
+        - name: fetch
+          image: example.invalid/tools:1
+          command: ["sh", "-c", "echo from-init > /srv/data/input"]
+          volumeMounts: [{name: data, mountPath: /srv/data}]
+      containers:
+        - name: main
+          image: example.invalid/tools:1
+          command: ["sh", "-c", "grep -qx from-init /srv/data/input"]
+          volumeMounts: [{name: data, mountPath: /srv/data}]
+      volumes:
+        - {name: data, emptyDir: {}}
+"#,
+    );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-node",
+            "wait",
+            "--for=condition=complete",
+            "job/staged",
+            "--timeout=90s",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "job/staged complete: {e}\n{:#}",
+            get_json(
+                &cluster,
+                &["-n", "kw-node", "pods", "-l", "job-name=staged"]
+            )
+        )
+    });
+    let sp = get_json(
+        &cluster,
+        &["-n", "kw-node", "pods", "-l", "job-name=staged"],
+    );
+    let init = &sp["items"][0]["status"]["initContainerStatuses"][0];
+    assert_eq!(init["name"], "fetch", "{sp:#}");
+    assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{sp:#}");
+    assert_eq!(init["ready"], true, "{sp:#}");
+
     // A pod whose container fails: Failed, with the exit code.
     apply(
         &cluster,
@@ -390,6 +448,18 @@ spec:
         "the app exits on SIGTERM: deletion took {deleted_in:?} (grace 5 s)"
     );
     assert!(log_before.contains("started"), "{log_before}");
+
+    // The agent renews its Lease (every 10 s) while it runs.
+    support::eventually(WAIT, "the node's Lease renewed", || {
+        let lease = get_json(&cluster, &["-n", "kube-node-lease", "lease", NODE]);
+        let renewed = lease["spec"]["renewTime"]
+            .as_str()
+            .is_some_and(|t| t > first_renewal.as_str());
+        async move { renewed.then_some(()) }
+    })
+    .await;
+    let n = get_json(&cluster, &["node", NODE]);
+    assert!(n["spec"]["taints"].is_null(), "{n:#}");
 
     node.stop(Duration::from_secs(5)).await;
     eprintln!(

@@ -392,6 +392,8 @@ struct Shared {
     node_host: Host,
     net: Mutex<Option<Network>>,
     pods: Mutex<BTreeMap<String, PodHandle>>,
+    /// Uids of pods this agent ran and finished: never started again (a late watch event).
+    done: Mutex<std::collections::BTreeSet<String>>,
     hosts: Mutex<HostsTable>,
     hosts_file: PathBuf,
     run_dir: PathBuf,
@@ -446,6 +448,7 @@ impl Node {
             node_host: node_host.clone(),
             net: Mutex::new(Some(net)),
             pods: Mutex::new(BTreeMap::new()),
+            done: Mutex::new(std::collections::BTreeSet::new()),
             hosts: Mutex::new(HostsTable {
                 node_ip: Some(node_host.ip),
                 node_names: config.node_names.clone(),
@@ -804,7 +807,8 @@ fn pod_changed(s: &Arc<Shared>, pod: Value) {
                 tokio::spawn(async move { delete_pod(&api, &pod).await });
                 return;
             }
-            if phase == "Succeeded" || phase == "Failed" {
+            let finished_here = s.done.lock().is_ok_and(|d| d.contains(&uid));
+            if phase == "Succeeded" || phase == "Failed" || finished_here {
                 return;
             }
             let (tx, rx) = watch::channel(None);
@@ -830,26 +834,30 @@ fn pod_changed(s: &Arc<Shared>, pod: Value) {
     }
 }
 
+/// An EndpointSlice's Service (namespace, name) and the addresses of its ready endpoints (an
+/// unknown readiness counts as ready, as the API documents for consumers).
+fn slice_entry(o: &Value) -> (String, String, Vec<String>) {
+    let svc = o["metadata"]["labels"]["kubernetes.io/service-name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let addrs: Vec<String> = o["endpoints"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+                .filter_map(|e| e["addresses"].as_array())
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (meta_str(o, "namespace"), svc, addrs)
+}
+
 fn on_slice_event(s: &Arc<Shared>, ev: Event) {
     let key = |o: &Value| format!("{}/{}", meta_str(o, "namespace"), meta_str(o, "name"));
-    let entry = |o: &Value| {
-        let svc = o["metadata"]["labels"]["kubernetes.io/service-name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let addrs: Vec<String> = o["endpoints"]
-            .as_array()
-            .map(|eps| {
-                eps.iter()
-                    .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
-                    .filter_map(|e| e["addresses"].as_array())
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (meta_str(o, "namespace"), svc, addrs)
-    };
+    let entry = slice_entry;
     if let Ok(mut h) = s.hosts.lock() {
         match ev {
             Event::Synced(items) => {
@@ -1286,6 +1294,9 @@ async fn run_pod(
             n.remove_host(&host_name);
         }
     }
+    if let Ok(mut d) = s.done.lock() {
+        d.insert(uid.clone());
+    }
     if let Ok(mut m) = s.pods.lock() {
         m.remove(&uid);
     }
@@ -1300,8 +1311,52 @@ fn token_fn(api: Api) -> TokenFn {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{rfc3339, slice_entry, HostsTable};
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn services_resolve_to_their_ready_endpoints_only() {
+        let slice = serde_json::json!({
+            "metadata": {"name": "orders-x1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "orders"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.200.0.3"], "conditions": {"ready": true}},
+                {"addresses": ["10.200.0.4"], "conditions": {"ready": false}},
+                {"addresses": ["10.200.0.5"], "conditions": {}},
+            ],
+        });
+        let e = slice_entry(&slice);
+        assert_eq!(
+            e,
+            (
+                "shop".to_owned(),
+                "orders".to_owned(),
+                vec!["10.200.0.3".to_owned(), "10.200.0.5".to_owned()]
+            )
+        );
+        let mut t = HostsTable {
+            node_ip: Some([10, 200, 0, 2].into()),
+            node_names: vec!["vault.vault.svc".to_owned()],
+            ..HostsTable::default()
+        };
+        t.slices.insert("shop/orders-x1".to_owned(), e);
+        t.pods.insert(
+            "uid-1".to_owned(),
+            ([10, 200, 0, 3].into(), "orders-abc".to_owned()),
+        );
+        let hosts = t.render();
+        assert!(
+            hosts.contains("10.200.0.2\tnode vault.vault.svc\n"),
+            "{hosts}"
+        );
+        assert!(hosts.contains("10.200.0.3\torders-abc\n"), "{hosts}");
+        assert!(
+            hosts.contains("10.200.0.3\torders.shop.svc orders.shop.svc.cluster.local\n"),
+            "{hosts}"
+        );
+        assert!(!hosts.contains("10.200.0.4"), "{hosts}");
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {
