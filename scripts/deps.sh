@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every outside tool keyward's demo, tests and benchmarks use, at pinned versions, into
 # a cache outside the repository, and writes $KEYWARD_CACHE/env.sh with their paths.
-# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|cluster|deny|release]
+# Idempotent: a second run only checks. Usage: scripts/deps.sh [all|core|k8s|envoy|browser|cluster|deny|release]
 # `cluster` (not part of `all`) builds the test cluster's control plane from Go modules:
 # see install_cluster and docs/cluster.md.
 # `deny` (not part of `all`; scripts/deny.sh calls it) builds cargo-deny: see docs/supply-chain.md.
@@ -23,6 +23,8 @@ CARGO_AUDITABLE_VERSION=0.7.7 # crates.io
 CARGO_CYCLONEDX_VERSION=0.5.9 # crates.io; needs Rust >= 1.85
 COSIGN_VERSION=v2.6.5         # github.com/sigstore/cosign/v2 (Go module, built with the machine's Go)
 REGISTRY_VERSION=v3.1.2       # github.com/distribution/distribution/v3 (Go module): the loopback registry cosign signs in
+CHROMIUM_DEB_VERSION=156.0.8078.114-1~deb12u1  # Debian bookworm-security: headless browser for the audit report test
+JQ_DEB_VERSION=1.6-2.1+deb12u3                 # Debian bookworm-security: the audit benchmark's peer
 
 KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 mkdir -p "$KEYWARD_CACHE"
@@ -61,6 +63,23 @@ install_core() {
   for tool in curl ip openssl strace; do
     command -v "$tool" >/dev/null || { log "installing $tool"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl iproute2 openssl strace >/dev/null; break; }
   done
+}
+
+# The audit report's browser test (audit/tests/report.rs: headless Chromium) and the audit
+# benchmark's peer (bench/src/bin/audit.rs: jq), pinned from Debian, installed when missing or at
+# another version.
+install_browser() {
+  local pkgs=() v
+  v=$(dpkg-query -W -f '${Version}' chromium 2>/dev/null || true); [ "$v" = "$CHROMIUM_DEB_VERSION" ] || pkgs+=("chromium=$CHROMIUM_DEB_VERSION" "chromium-common=$CHROMIUM_DEB_VERSION")
+  v=$(dpkg-query -W -f '${Version}' jq 2>/dev/null || true); [ "$v" = "$JQ_DEB_VERSION" ] || pkgs+=("jq=$JQ_DEB_VERSION" "libjq1=$JQ_DEB_VERSION")
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]} from Debian"
+    local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades "${pkgs[@]}" >/dev/null \
+      || { log "apt-get install ${pkgs[*]} failed"; exit 1; }
+  fi
+  KEYWARD_CHROMIUM=$(command -v chromium); KEYWARD_JQ=$(command -v jq)
 }
 
 install_envoy() {
@@ -208,16 +227,17 @@ case "$what" in
   core) install_core ;;
   envoy) install_envoy ;;
   k8s) install_k8s ;;
-  all) install_core; install_envoy; install_k8s ;;
+  browser) install_browser ;;
+  all) install_core; install_envoy; install_k8s; install_browser ;;
   cluster) install_cluster ;;
   deny) install_deny ;;
   release) install_release ;;
-  *) echo "usage: $0 [all|core|k8s|envoy|cluster|deny|release]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|core|k8s|envoy|browser|cluster|deny|release]" >&2; exit 2 ;;
 esac
 
 env_file="$KEYWARD_CACHE/env.sh"
 touch "$env_file"
-for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY KEYWARD_SKOPEO KEYWARD_UMOCI KEYWARD_RELEASE_BIN; do
+for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY KEYWARD_SKOPEO KEYWARD_UMOCI KEYWARD_RELEASE_BIN KEYWARD_CHROMIUM KEYWARD_JQ; do
   if [ -n "${!var:-}" ]; then
     grep -v "^export $var=" "$env_file" > "$env_file.tmp" || true
     echo "export $var=${!var}" >> "$env_file.tmp"
