@@ -244,3 +244,90 @@ fn injector_provisions_one_stable_certificate_with_the_charts_rbac() {
     );
     assert_eq!(can(&["patch", "mutatingwebhookconfiguration/other"]), "no");
 }
+
+fn helm_on(cluster: &Cluster, scratch: &Path, args: &[&str]) -> std::process::Output {
+    let helm = std::env::var_os("KEYWARD_HELM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
+    Command::new(helm)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HELM_CACHE_HOME", scratch.join("cache"))
+        .env("HELM_CONFIG_HOME", scratch.join("config"))
+        .env("HELM_DATA_HOME", scratch.join("data"))
+        .args(args)
+        .output()
+        .expect("run helm")
+}
+
+#[test]
+fn chart_installs_and_upgrades_on_a_real_api_server_and_its_guards_use_the_servers_capabilities() {
+    let cluster = Cluster::start().unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let chart = repo().join("charts/keyward");
+    let chart = chart.to_str().expect("utf-8 path");
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // Server-side validation of every object the default values render, then a real install.
+    let install = ["install", "kw", chart, "-n", NS, "--create-namespace"];
+    let dry = helm_on(
+        &cluster,
+        scratch.path(),
+        &[&install[..], &["--dry-run=server"]].concat(),
+    );
+    assert!(dry.status.success(), "dry-run=server:\n{}", text(&dry));
+    let out = helm_on(&cluster, scratch.path(), &install);
+    assert!(out.status.success(), "helm install:\n{}", text(&out));
+    let dep = cluster
+        .get_json(&["-n", NS, "deployment", NAME])
+        .expect("deployment");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let pdb = cluster
+        .get_json(&["-n", NS, "poddisruptionbudget", NAME])
+        .expect("pdb");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    cluster
+        .get_json(&["-n", NS, "role", NAME])
+        .expect("role installed");
+    // An upgrade with the same values changes no object's generation (nothing random).
+    let generation = dep["metadata"]["generation"].clone();
+    let out = helm_on(
+        &cluster,
+        scratch.path(),
+        &["upgrade", "kw", chart, "-n", NS],
+    );
+    assert!(out.status.success(), "helm upgrade:\n{}", text(&out));
+    let dep = cluster
+        .get_json(&["-n", NS, "deployment", NAME])
+        .expect("deployment");
+    assert_eq!(
+        dep["metadata"]["generation"], generation,
+        "upgrade changed the Deployment"
+    );
+    // This API server has no Prometheus Operator: the monitoring objects are refused by name.
+    let out = helm_on(
+        &cluster,
+        scratch.path(),
+        &[
+            "upgrade",
+            "kw",
+            chart,
+            "-n",
+            NS,
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+        ],
+    );
+    assert!(!out.status.success(), "PodMonitor without its CRD accepted");
+    assert!(text(&out).contains("PodMonitor CRD"), "{}", text(&out));
+}
