@@ -15,6 +15,7 @@
 //! Versioning: issue 15 adds a `version` field to [`SidecarConfig`]; none exists yet.
 
 mod error;
+mod files;
 mod rules;
 mod sidecar;
 mod validate;
@@ -23,12 +24,16 @@ mod validate;
 mod tests;
 
 pub use error::ConfigError;
+pub use files::{
+    file_mode, template_env, template_ident, template_secrets, valid_file_name, FileSpec,
+    DEFAULT_FILE_MODE, MAX_TEMPLATE_LEN,
+};
 pub use rules::{
     pattern_in_domain, split_host_port, valid_secret_key, valid_secret_name, valid_vault_path,
     MAX_SECRET_KEY_LEN, MAX_SECRET_NAME_LEN, MAX_VAULT_PATH_LEN, VAULT_PATH_RULE,
 };
 pub use sidecar::{
-    AuditSettings, AuthConfig, AuthMethod, ExposedAppPort, IdentityConfig, InboundConfig,
-    OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig, SocketConfig, VaultConfig,
-    DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
+    AuditSettings, AuthConfig, AuthMethod, ContainerSocket, ExposedAppPort, IdentityConfig,
+    InboundConfig, OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig, SocketConfig,
+    VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
 };

@@ -62,6 +62,10 @@ pub struct SidecarConfig {
     /// The mTLS proxy and the admin endpoint. `None`: the defaults ([`ProxyConfig::default`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConfig>,
+    /// Files rendered from secrets into containers' in-memory volumes (written only when
+    /// there are some).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::FileSpec>,
 }
 
 /// Default of [`SidecarConfig::kv_refresh`].
@@ -86,6 +90,7 @@ impl SidecarConfig {
             revoke_on_shutdown: true,
             identity: None,
             proxy: None,
+            files: Vec::new(),
         }
     }
 
@@ -287,12 +292,28 @@ pub struct SocketConfig {
         skip_serializing_if = "is_default_max_wait"
     )]
     pub max_wait: Duration,
-    /// Most connections served at once (default 1024).
+    /// Most connections served at once (default 1024), over all of the sidecar's sockets.
     #[serde(
         default = "default_socket_max_connections",
         skip_serializing_if = "is_default_socket_max_connections"
     )]
     pub max_connections: usize,
+    /// One socket per app container (the injector writes one for each container it selects,
+    /// mounted into that container alone): the broker listens on each, and every audit record
+    /// of a request names the container whose socket it came in on. Empty (older injected
+    /// pods, hand-written configs): only `path`, and records name no container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerSocket>,
+}
+
+/// The socket of one app container (`socket.containers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSocket {
+    /// The container's name, as the pod spec has it (a DNS label): what audit records name.
+    pub name: String,
+    /// Where the sidecar creates this container's socket.
+    pub path: PathBuf,
 }
 
 impl Default for SocketConfig {
@@ -304,6 +325,7 @@ impl Default for SocketConfig {
             read_timeout: default_read_timeout(),
             max_wait: default_max_wait(),
             max_connections: default_socket_max_connections(),
+            containers: Vec::new(),
         }
     }
 }

@@ -60,6 +60,10 @@ fn everything() -> SidecarConfig {
             read_timeout: Duration::from_millis(1500),
             max_wait: Duration::from_secs(9),
             max_connections: 3,
+            containers: vec![ContainerSocket {
+                name: "app".into(),
+                path: "/tmp/c/app/s.sock".into(),
+            }],
         },
         audit: AuditSettings {
             file: "/tmp/audit.log".into(),
@@ -99,6 +103,31 @@ fn everything() -> SidecarConfig {
             drain_grace: Duration::from_secs(1),
             worker_threads: Some(4),
         }),
+        files: vec![
+            FileSpec {
+                name: "dsn".into(),
+                container: "app".into(),
+                dir: "/keyward/files/app".into(),
+                path: "dsn.conf".into(),
+                mode: "0400".into(),
+                secret: None,
+                key: None,
+                template: Some(
+                    "postgres://u:{{ secrets.db.data.password }}@db/{{ secrets.api.version }}"
+                        .into(),
+                ),
+            },
+            FileSpec {
+                name: "pw".into(),
+                container: "app".into(),
+                dir: "/keyward/files/app".into(),
+                path: "password".into(),
+                mode: "0440".into(),
+                secret: Some("db".into()),
+                key: Some("password".into()),
+                template: None,
+            },
+        ],
     }
 }
 
@@ -421,4 +450,84 @@ fn shape_errors_name_the_setting() {
         assert_eq!(err.setting(), at, "{doc}: {err}");
         assert!(err.to_string().contains(needle), "{doc}: {err}");
     }
+}
+
+fn with_file(f: impl FnOnce(&mut FileSpec)) -> Result<(), ConfigError> {
+    let mut c = everything();
+    f(&mut c.files[0]);
+    c.validate()
+}
+
+#[test]
+fn a_file_path_that_leaves_its_directory_is_refused_naming_the_setting() {
+    for bad in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "a/b",
+        "..",
+        ".",
+        "",
+        "a\0b",
+        "a\u{0}b",
+    ] {
+        let e = with_file(|f| f.path = bad.into()).expect_err(bad);
+        assert_eq!(e.setting(), Some("files[0].path"), "{bad:?}: {e}");
+    }
+    with_file(|f| f.path = "db.dsn_1-x".into()).expect("a plain name");
+}
+
+#[test]
+fn a_template_that_does_not_parse_or_names_an_undeclared_secret_is_refused() {
+    for (bad, says) in [
+        ("{{ secrets.db.data.password ", "does not parse"),
+        ("{% if %}", "does not parse"),
+        (
+            "{{ secrets.nope.data.x }}",
+            "secrets.nope is not a declared secret",
+        ),
+        ("{{ secrets['db'].data.x }}", "computed name"),
+        ("{{ env.HOME }}", "its only variable is secrets"),
+    ] {
+        let e = with_file(|f| f.template = Some(bad.into())).expect_err(bad);
+        assert_eq!(e.setting(), Some("files[0].template"), "{bad:?}: {e}");
+        assert!(e.to_string().contains(says), "{bad:?}: {e}");
+    }
+    let e = with_file(|f| {
+        f.template = None;
+        f.secret = Some("nope".into());
+    })
+    .expect_err("unknown secret");
+    assert_eq!(e.setting(), Some("files[0].secret"), "{e}");
+    let e = with_file(|f| f.secret = Some("db".into())).expect_err("both");
+    assert_eq!(e.setting(), Some("files[0]"), "{e}");
+}
+
+#[test]
+fn file_modes_have_owner_read_and_no_write_bit() {
+    for bad in ["0640", "0200", "0000", "1440", "x", "0442"] {
+        let e = with_file(|f| f.mode = bad.into()).expect_err(bad);
+        assert_eq!(e.setting(), Some("files[0].mode"), "{bad:?}: {e}");
+    }
+    for good in ["0400", "0440", "0444", "0o440", "0550"] {
+        with_file(|f| f.mode = good.into()).expect(good);
+    }
+}
+
+#[test]
+fn a_file_names_the_secrets_its_template_uses_with_underscores_for_dashes() {
+    let mut c = everything();
+    c.secrets[1].name = "api-key".into();
+    c.files[0].template =
+        Some("{{ secrets.api_key.version }}{% if secrets.db.lease_expires %}x{% endif %}".into());
+    c.validate().expect("valid");
+    assert_eq!(c.files[0].secrets(&c.secrets), vec!["db", "api-key"]);
+    assert_eq!(c.files[1].secrets(&c.secrets), vec!["db"]);
+}
+
+#[test]
+fn a_config_without_files_does_not_write_the_section() {
+    let yaml = SidecarConfig::new("http://127.0.0.1:8200")
+        .to_yaml()
+        .expect("yaml");
+    assert!(!yaml.contains("files"), "{yaml}");
 }

@@ -26,6 +26,7 @@ impl SidecarConfig {
     /// `identity`, then `proxy`. The error names the first setting at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_broker()?;
+        self.validate_files()?;
         if let Some(identity) = &self.identity {
             identity.validate()?;
         }
@@ -111,6 +112,51 @@ impl SidecarConfig {
         }
         if self.kv_refresh() < MIN_KV_REFRESH {
             return Err(invalid("kv_refresh", "must be at least 1s"));
+        }
+        self.validate_container_sockets()
+    }
+
+    /// `socket.containers`: container names are DNS labels (as the pod spec's), each named
+    /// once; paths are absolute, each used once, and none is `socket.path`.
+    fn validate_container_sockets(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut paths = HashSet::from([self.socket.path.as_path()]);
+        for (i, c) in self.socket.containers.iter().enumerate() {
+            let at = format!("socket.containers[{i}]");
+            let label = !c.name.is_empty()
+                && c.name.len() <= 63
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !c.name.starts_with('-')
+                && !c.name.ends_with('-');
+            if !label {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("expected a container name (a DNS label), got {:?}", c.name),
+                ));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("duplicate container {:?}", c.name),
+                ));
+            }
+            if !c.path.is_absolute() {
+                return Err(invalid(
+                    format!("{at}.path"),
+                    format!("expected an absolute path, got {:?}", c.path),
+                ));
+            }
+            if !paths.insert(c.path.as_path()) {
+                return Err(invalid(
+                    format!("{at}.path"),
+                    format!(
+                        "{:?} is already socket.path or another container's socket",
+                        c.path
+                    ),
+                ));
+            }
         }
         Ok(())
     }
