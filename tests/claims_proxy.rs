@@ -207,7 +207,7 @@ async fn a_peer_certificate_not_yet_valid_is_refused_and_audited_as_not_yet_vali
     let h = time::Duration::hours;
 
     // The CA is trusted and the ID allowed: a leaf of it valid now gets through.
-    let (chain, key) = ca.leaf(FRONTEND, -h(1), h(1));
+    let (chain, key) = ca.leaf(FRONTEND, -h(1), h(4));
     let tls = raw_mtls(inbound, Some((&chain, &key)))
         .await
         .expect("handshake");
