@@ -24,10 +24,18 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 SOURCE_URL=${KEYWARD_SOURCE_URL:-https://github.com/keyward/keyward}
 TRIPLE=x86_64-unknown-linux-gnu
 log() { printf '[release] %s\n' "$*" >&2; }
+# The same build whoever calls: drop what cargo, rustup or a test runner put into the
+# environment (CARGO, CARGO_PKG_*, RUSTC*, RUSTUP_TOOLCHAIN, a toolchain's bin in PATH), which
+# would otherwise make cargo rebuild everything between a shell and a test.
+for v in $(compgen -e | grep -E '^(CARGO|RUSTC|RUSTDOC|RUSTFLAGS|RUSTUP_TOOLCHAIN|CARGO_ENCODED_RUSTFLAGS)' \
+           | grep -v -x -E 'CARGO_HOME|CARGO_TERM_COLOR'); do unset "$v"; done
+PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v '/toolchains/[^/]*/bin$' | paste -sd: -)
 die() { log "error: $*"; exit 1; }
 
 tools() {
-  "$repo/scripts/deps.sh" release >&2
+  mkdir -p "$KEYWARD_CACHE/release"
+  # deps.sh rewrites env.sh: one at a time (tests run release.sh in parallel).
+  flock "$KEYWARD_CACHE/release/.deps-lock" "$repo/scripts/deps.sh" release >&2
   # shellcheck disable=SC1091
   source "$KEYWARD_CACHE/env.sh"
   export PATH="$KEYWARD_RELEASE_BIN:$PATH"
@@ -45,6 +53,7 @@ build_release() {
   mkdir -p "$out"
   rm -rf "$out/image" "$out/keyward" "$out/keyward.cdx.json" "$out/digest"
   log "building keyward $version at $rev (SOURCE_DATE_EPOCH=$epoch) in $src, target $target"
+  env | grep -E '^(CARGO|RUST|PATH=)' | sort > "$KEYWARD_CACHE/release/last-build-env.txt" || true
   # Reproducibility: paths of the checkout, cargo's home and the target dir are remapped, no
   # incremental state, symbols stripped (no debug info), the commit time as SOURCE_DATE_EPOCH.
   # Statically linked (glibc, +crt-static): the image has no libc. An explicit --target keeps
@@ -99,6 +108,7 @@ clone_at() {
      && [ -z "$(git -C "$dir" status --porcelain --untracked-files=all)" ]; then
     return 0
   fi
+  log "fresh clone of $want in $dir"
   rm -rf "$dir"
   git clone -q --no-checkout "$repo" "$dir"
   git -C "$dir" -c advice.detachedHead=false checkout -q "$want"
@@ -174,7 +184,17 @@ EOF
 }
 
 mode=build rev=HEAD out=""
-[ "${1:-}" = sign ] && { shift; sign "$@"; exit 0; }
+if [ "${1:-}" = sign ]; then
+  shift
+  # cosign looks for Sigstore's TUF root online even with a key and no transparency log: sign
+  # in a network namespace of our own where only loopback (the registry) exists.
+  if [ -z "${KEYWARD_RELEASE_NETNS:-}" ]; then
+    userns=(); [ "$(id -u)" = 0 ] || userns=(--map-root-user)
+    exec unshare --net "${userns[@]}" env KEYWARD_RELEASE_NETNS=1 "$0" sign "$@"
+  fi
+  ip link set lo up || die "cannot bring up loopback in the signing network namespace"
+  sign "$@"; exit 0
+fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --rev) rev=$2; shift 2 ;;

@@ -29,6 +29,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo deny (advisories, licenses, duplicates, sources: docs/supply-chain.md)"
 scripts/deny.sh
 
+step "release image: rebuild the commit the chart pins (docs/release.md; a release build, cached)"
+scripts/release.sh --pinned --out "$KEYWARD_CACHE/release/out-pinned"
+
 step "tests"
 NEXTEST_VERSION=0.9.151
 if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then

@@ -1,0 +1,1 @@
+MEYCIQCOrc1cbtZXgBPdxvyE5Bj8GphDIrLJYZYECVsbtID0tAIhAP+idehma+InVIOGeqGQt2P3u6ICfWYlFthkucSjdgbl
