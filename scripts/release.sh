@@ -211,7 +211,7 @@ cd "$repo"
 # One release build at a time per cache (tests build in parallel; the clone and target are shared).
 mkdir -p "$KEYWARD_CACHE/release"
 exec 9>"$KEYWARD_CACHE/release/.lock"
-flock 9
+[ "$mode" = repro ] || flock 9
 case "$mode" in
   build|pin|pinned)
     if [ "$mode" = pinned ]; then
