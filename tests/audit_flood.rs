@@ -145,5 +145,15 @@ async fn a_flood_on_a_1mib_volume_keeps_serving_and_the_chain_verifies() {
         reads > 0 && reads < served,
         "{reads} of {served} reads in the window"
     );
+    // The metric names the chain it counts in, as `verify --expect CHAIN=SEQ` takes it.
+    let text = std::fs::read_to_string(&audit).expect("active segment");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a record")).expect("record");
+    let (_, metrics) = s.admin_get("/metrics").await.expect("metrics");
+    let chain = last["chain"].as_str().expect("chain");
+    assert!(
+        metrics.contains(&format!("keyward_audit_last_seq{{chain=\"{chain}\"}}")),
+        "{metrics}"
+    );
     support::assert_no_panic("the sidecar", &log);
 }

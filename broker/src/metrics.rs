@@ -21,13 +21,15 @@ impl prometheus_client::collector::Collector for AuditLastSeq {
         let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
             i64::try_from(self.0.last_seq()).unwrap_or(i64::MAX),
         );
-        let metric = encoder.encode_descriptor(
+        let mut metric = encoder.encode_descriptor(
             "keyward_audit_last_seq",
-            "Sequence number of the last record in the audit log (0 when empty)",
+            "Sequence number of the last record of the running audit chain (0 before its first)",
             None,
             gauge.metric_type(),
         )?;
-        gauge.encode(metric)?;
+        // The chain it counts in: `keyward audit verify --expect CHAIN=SEQ` takes both.
+        let chain = [("chain", self.0.chain_id().to_owned())];
+        gauge.encode(metric.encode_family(&chain)?)?;
         // 0 while records cannot be written (reads and connections are refused until they
         // can; `/ready` says why).
         let writable =
