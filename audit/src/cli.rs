@@ -53,6 +53,21 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write one self-contained HTML page (no network access): per-secret access over time,
+    /// denials, top callers per container, chains with gaps or hash breaks.
+    Report {
+        /// Audit logs or pipeline exports (none or `-`: stdin).
+        files: Vec<PathBuf>,
+        /// Where to write the page (default: stdout).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// As for verify: chains may begin after seq 1.
+        #[arg(long)]
+        window: bool,
+        /// As for verify: records out of order within one input are not findings.
+        #[arg(long)]
+        any_order: bool,
+    },
 }
 
 /// Runs `keyward audit`.
@@ -134,11 +149,17 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 }
             }
         }
+        AuditCommand::Report {
+            files,
+            out,
+            window,
+            any_order,
+        } => crate::report::run(&files, out.as_deref(), window, any_order),
     }
 }
 
 /// Each input in turn: stdin for none or `-`, each file with its closed segments before it.
-fn read_inputs(
+pub(crate) fn read_inputs(
     files: &[PathBuf],
     mut each: impl FnMut(String, &mut dyn BufRead) -> std::io::Result<()>,
 ) -> Result<(), String> {

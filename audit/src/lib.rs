@@ -22,6 +22,7 @@
 mod canon;
 pub mod cli;
 mod envelope;
+pub mod report;
 mod sink;
 mod verify;
 

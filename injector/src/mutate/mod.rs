@@ -24,8 +24,9 @@ mod checks;
 mod sidecar;
 
 pub use sidecar::{
-    sidecar_config, AUDIT_PATH, CA_DIR, CA_VOLUME, MESH_INBOUND, MESH_LABEL, SIDECAR_NAME,
-    SOCKET_DIR, SOCKET_ENV, SOCKET_PATH, SOCKET_VOLUME, TOKEN_DIR, TOKEN_VOLUME,
+    container_socket, sidecar_config, AUDIT_PATH, CA_DIR, CA_VOLUME, CONTAINER_SOCKETS_DIR,
+    MESH_INBOUND, MESH_LABEL, SIDECAR_NAME, SOCKET_DIR, SOCKET_ENV, SOCKET_PATH, SOCKET_VOLUME,
+    TOKEN_DIR, TOKEN_VOLUME,
 };
 
 /// One JSON Patch operation (only `add` is ever produced).
@@ -139,18 +140,23 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
     };
 
     let mut ops = Vec::new();
+    // Each selected container gets its own socket (the broker names it in every record).
+    let mut sockets = Vec::new();
     // Existing containers first, at their original indices; the sidecar is inserted afterwards.
     for (i, c) in spec.containers.iter().enumerate() {
         if selected(&c.name, false) {
             app_container_ops(&mut ops, &format!("/spec/containers/{i}"), c);
+            sockets.push(container_socket(&c.name));
         }
     }
     for (i, c) in init.iter().enumerate() {
         if selected(&c.name, true) {
             app_container_ops(&mut ops, &format!("/spec/initContainers/{i}"), c);
+            sockets.push(container_socket(&c.name));
         }
     }
-    let config = sidecar_config(&settings, cfg, fs_group);
+    let mut config = sidecar_config(&settings, cfg, fs_group);
+    config.socket.containers = sockets;
     let sidecar = sidecar::container(&settings, cfg, &config);
     match cfg.mode {
         SidecarMode::Native => match &spec.init_containers {
@@ -233,7 +239,7 @@ fn app_container_ops(ops: &mut Vec<PatchOp>, base: &str, c: &Container) {
         ops,
         &format!("{base}/volumeMounts"),
         c.volume_mounts.is_some(),
-        vec![sidecar::app_mount()],
+        vec![sidecar::app_mount(&c.name)],
     );
 }
 

@@ -24,8 +24,12 @@ pub const SOCKET_VOLUME: &str = "keyward-socket";
 pub const CA_VOLUME: &str = "keyward-vault-ca";
 /// Where the socket volume is mounted.
 pub const SOCKET_DIR: &str = "/run/keyward";
-/// The broker socket.
+/// The broker socket, as every container sees it: the sidecar's own (its probe's), and in each
+/// app container its own socket (see [`container_socket`]).
 pub const SOCKET_PATH: &str = "/run/keyward/broker.sock";
+/// Directory of the socket volume holding one subdirectory per app container; each app
+/// container mounts only its own (`subPath`) at [`SOCKET_DIR`].
+pub const CONTAINER_SOCKETS_DIR: &str = "c";
 /// The audit log, in the socket volume.
 pub const AUDIT_PATH: &str = "/run/keyward/audit.log";
 /// Where the token volume is mounted (sidecar only).
@@ -153,15 +157,33 @@ pub(super) fn volumes(cfg: &InjectorConfig) -> Vec<Value> {
     volumes
 }
 
+/// The sidecar's side of app container `name`'s socket (`socket.containers`):
+/// `/run/keyward/c/NAME/broker.sock`, which the container sees as [`SOCKET_PATH`].
+pub fn container_socket(name: &str) -> keyward_config::ContainerSocket {
+    keyward_config::ContainerSocket {
+        name: name.to_owned(),
+        path: PathBuf::from(format!(
+            "{SOCKET_DIR}/{CONTAINER_SOCKETS_DIR}/{name}/broker.sock"
+        )),
+    }
+}
+
 /// What an app container selected by `keyward.io/containers` gets: the socket's env var (unless
-/// it sets it itself) and the socket volume, read-only.
+/// it sets it itself) and its own directory of the socket volume, read-only.
 pub(super) fn app_env() -> Value {
     json!({"name": SOCKET_ENV, "value": SOCKET_PATH})
 }
 
-/// The read-only mount of the socket volume into an app container.
-pub(super) fn app_mount() -> Value {
-    json!({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR, "readOnly": true})
+/// The read-only mount of container `name`'s own directory of the socket volume (`subPath`) at
+/// [`SOCKET_DIR`]: it sees its own socket at [`SOCKET_PATH`], and neither the other containers'
+/// sockets nor the audit log, so the broker knows from the socket which container called.
+pub(super) fn app_mount(name: &str) -> Value {
+    json!({
+        "name": SOCKET_VOLUME,
+        "mountPath": SOCKET_DIR,
+        "subPath": format!("{CONTAINER_SOCKETS_DIR}/{name}"),
+        "readOnly": true,
+    })
 }
 
 /// The sidecar container, running with `config` as its `KEYWARD_CONFIG`.
