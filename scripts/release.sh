@@ -157,7 +157,7 @@ EOF
     registry serve "$work/config.yml" > "$work/registry.log" 2>&1 &
   local rpid=$!
   # shellcheck disable=SC2064
-  trap "kill $rpid 2>/dev/null; wait $rpid 2>/dev/null; rm -rf '$work'" EXIT
+  trap "kill $rpid 2>/dev/null || true; wait $rpid 2>/dev/null || true; rm -rf '$work'" EXIT
   local addr="" i
   for i in $(seq 1 300); do   # the registry logs its address once it listens (deadline 30 s)
     addr=$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/registry.log" | head -1)

@@ -315,7 +315,7 @@ fn skopeo_and_umoci_read_the_image_and_its_config_is_what_the_docs_say() {
     );
 
     // The root filesystem runs keyward as 65532:65532 (chroot, no container runtime).
-    let version = ok(Command::new("chroot")
+    let version = ok(Command::new(tool("chroot"))
         .args(["--userspec=65532:65532", "--groups=65532"])
         .arg(&rootfs)
         .args([DOC_ENTRYPOINT, "--version"])
@@ -328,7 +328,7 @@ fn skopeo_and_umoci_read_the_image_and_its_config_is_what_the_docs_say() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .expect("chmod");
-    let denied = run(Command::new("chroot")
+    let denied = run(Command::new(tool("chroot"))
         .args(["--userspec=65532:65532", "--groups=65532"])
         .arg(&rootfs)
         .args([DOC_ENTRYPOINT, "inject", "-f", "/root-only.yaml"])
