@@ -486,6 +486,12 @@ struct Injector {
 
 impl Injector {
     fn start() -> Injector {
+        Self::start_with(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"),
+        )
+    }
+
+    fn start_with(config: &Path) -> Injector {
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
@@ -512,7 +518,7 @@ impl Injector {
         let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
             .arg("injector")
             .arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"))
+            .arg(config)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--tls-cert")
@@ -638,11 +644,7 @@ async fn configure_bao(bao: &support::bao::Bao, cluster: &Cluster) {
         })),
     )
     .await;
-    bao.policy(
-        "orders",
-        r#"path "secret/data/shop/orders/*" { capabilities = ["read"] }"#,
-    )
-    .await;
+    orders_secret(bao).await;
     bao.api(
         "POST",
         "auth/jwt/role/orders",
@@ -659,6 +661,15 @@ async fn configure_bao(bao: &support::bao::Bao, cluster: &Cluster) {
             "token_ttl": "15m", "token_max_ttl": "1h",
             "token_policies": ["orders"],
         })),
+    )
+    .await;
+}
+
+/// The orders policy and its KV secret.
+async fn orders_secret(bao: &support::bao::Bao) {
+    bao.policy(
+        "orders",
+        r#"path "secret/data/shop/orders/*" { capabilities = ["read"] }"#,
     )
     .await;
     bao.kv_put(
@@ -901,4 +912,155 @@ spec:
         "timing: cluster up {t_cluster:?}, injected pod Ready {t_ready:?}, total {:?}",
         t0.elapsed()
     );
+}
+
+/// The other way docs/vault-setup.md describes: kubernetes auth, OpenBao asking this API server
+/// to review the projected token (TokenReview). The injector is configured for it
+/// (`auth.method: kubernetes`); the agent-run sidecar logs in with the TokenRequest token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pod_logs_in_by_kubernetes_auth_with_its_projected_token() {
+    let bao = support::bao::Bao::start();
+    let cluster = start_cluster();
+    let node = start_node(&cluster, 0.8).await;
+    let _vault =
+        keyward_e2e::net::Expose::start(&node.host, 8200, ([127, 0, 0, 1], bao.port()).into())
+            .await
+            .unwrap_or_else(|e| panic!("exposing OpenBao to the pods: {e}"));
+    let reviewer = tokio::task::block_in_place(|| cluster.token_reviewer("vault", "vault"))
+        .expect("the TokenReview service account");
+    bao.api(
+        "POST",
+        "sys/auth/kubernetes",
+        Some(serde_json::json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/kubernetes/config",
+        Some(serde_json::json!({
+            "kubernetes_host": cluster.server,
+            "kubernetes_ca_cert": cluster.ca_pem().expect("CA"),
+            "token_reviewer_jwt": reviewer,
+        })),
+    )
+    .await;
+    orders_secret(&bao).await;
+    bao.api(
+        "POST",
+        "auth/kubernetes/role/orders",
+        Some(serde_json::json!({
+            "bound_service_account_names": ["orders"],
+            "bound_service_account_namespaces": ["kw-inject"],
+            "audience": "vault",
+            "token_policies": ["orders"],
+            "token_ttl": "15m", "token_max_ttl": "1h",
+        })),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let example =
+        read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"));
+    assert!(
+        example.contains("  method: jwt\n  mount: jwt\n"),
+        "{example}"
+    );
+    let config = dir.path().join("injector-config.yaml");
+    std::fs::write(
+        &config,
+        example.replace(
+            "  method: jwt\n  mount: jwt\n",
+            "  method: kubernetes\n  mount: kubernetes\n",
+        ),
+    )
+    .expect("write the injector config");
+    let injector = tokio::task::block_in_place(|| Injector::start_with(&config));
+    let mwc = tokio::task::block_in_place(|| {
+        chart_webhook(
+            &cluster,
+            &format!("https://{}/mutate", injector.addr),
+            &injector.ca_pem,
+        )
+    });
+    apply(&cluster, &mwc.to_string());
+    namespace(
+        &cluster,
+        "kw-inject",
+        &[
+            ("keyward.io/inject", "enabled"),
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+        ],
+    );
+    tokio::task::block_in_place(|| cluster.apply(ORDERS))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}\ninjector log:\n{}", injector.log()));
+    if let Err(e) = kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-inject",
+            "wait",
+            "--for=condition=Ready",
+            "pod/orders",
+            "--timeout=90s",
+        ],
+    ) {
+        panic!(
+            "pod/orders Ready: {e}\n{:#}\nsidecar:\n{}",
+            get_json(&cluster, &["-n", "kw-inject", "pod", "orders"])["status"],
+            node.logs("kw-inject", "orders", "keyward"),
+        );
+    }
+    let line = support::eventually(WAIT, "the app to print its secret", || {
+        let log = node.logs("kw-inject", "orders", "app");
+        async move {
+            log.lines()
+                .find(|l| l.starts_with("password="))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    assert_eq!(line, "password=canary-node-5b1c");
+    // OpenBao's token came from the kubernetes method, for this service account's uid.
+    let sa_uid = get_json(&cluster, &["-n", "kw-inject", "serviceaccount", "orders"])["metadata"]
+        ["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    let (status, accessors) = bao.api_status("LIST", "auth/token/accessors", None).await;
+    assert_eq!(status, 200, "{accessors}");
+    let mut found = Vec::new();
+    for a in accessors["data"]["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let v = bao
+            .api(
+                "POST",
+                "auth/token/lookup-accessor",
+                Some(serde_json::json!({"accessor": a})),
+            )
+            .await;
+        found.push(v["data"]["meta"].clone());
+    }
+    assert!(
+        found
+            .iter()
+            .any(|m| m["service_account_uid"] == sa_uid.as_str()
+                && m["service_account_namespace"] == "kw-inject"
+                && m["role"] == "orders"),
+        "no kubernetes-auth token for kw-inject/orders ({sa_uid}): {found:#?}"
+    );
+    kubectl(
+        &cluster,
+        &[
+            "-n",
+            "kw-inject",
+            "delete",
+            "pod",
+            "orders",
+            "--timeout=60s",
+        ],
+    )
+    .expect("kubectl delete pod orders");
+    node.stop(Duration::from_secs(5)).await;
 }
