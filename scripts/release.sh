@@ -141,9 +141,9 @@ sign() {
       *) die "sign: unknown argument $1" ;;
     esac
   done
-  [ -n "$layout" ] && [ -n "$key" ] && [ -n "$pub" ] || die "sign needs --layout, --key and --pub"
+  if [ -z "$layout" ] || [ -z "$key" ] || [ -z "$pub" ]; then die "sign needs --layout, --key and --pub"; fi
   [ -n "$out" ] || out="$layout.signed"
-  command -v cosign >/dev/null && command -v registry >/dev/null || tools
+  if ! command -v cosign >/dev/null || ! command -v registry >/dev/null; then tools; fi
   local version; version=$(python3 -c 'import json,sys; print([m["annotations"]["org.opencontainers.image.ref.name"] for m in json.load(open(sys.argv[1]))["manifests"] if "annotations" in m][0])' "$layout/index.json")
   local digest; digest=$(python3 -c 'import json,sys; print([m["digest"] for m in json.load(open(sys.argv[1]))["manifests"] if "annotations" in m][0])' "$layout/index.json")
   local work; work=$(mktemp -d)
@@ -158,13 +158,15 @@ EOF
   local rpid=$!
   # shellcheck disable=SC2064
   trap "kill $rpid 2>/dev/null || true; wait $rpid 2>/dev/null || true; rm -rf '$work'" EXIT
-  local addr="" i
-  for i in $(seq 1 300); do   # the registry logs its address once it listens (deadline 30 s)
-    addr=$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/registry.log" | head -1)
-    [ -n "$addr" ] && break
-    kill -0 $rpid 2>/dev/null || { cat "$work/registry.log" >&2; die "the registry exited"; }
-    sleep 0.1
+  # The registry logs its address once it listens: read its log as it grows (deadline 30 s).
+  local addr="" line fd tpid
+  exec {fd}< <(exec timeout 30 tail -n +1 -F "$work/registry.log" 2>/dev/null)
+  tpid=$!
+  while IFS= read -r -u "$fd" line; do
+    if [[ $line =~ listening\ on\ (127\.0\.0\.1:[0-9]+) ]]; then addr=${BASH_REMATCH[1]}; break; fi
   done
+  kill "$tpid" 2>/dev/null || true
+  exec {fd}<&-
   [ -n "$addr" ] || { cat "$work/registry.log" >&2; die "the registry did not report its address"; }
   local ref="$addr/keyward"
   skopeo copy --quiet --preserve-digests --dest-tls-verify=false "oci:$layout:$version" "docker://$ref:$version" \
