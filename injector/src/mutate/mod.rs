@@ -167,23 +167,26 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
     }
     let volumes = sidecar::volumes(cfg);
     append_all(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
+    // A pod without fsGroup gets none: it would change the group of every volume of the pod (a
+    // StatefulSet's data included). The socket's group reaches the containers as a
+    // supplementary group instead, which changes no file.
+    let gid = cfg.security.fs_group;
     match &spec.security_context {
         None => ops.push(PatchOp::add(
             "/spec/securityContext",
-            json!({"fsGroup": cfg.security.fs_group, "fsGroupChangePolicy": "OnRootMismatch"}),
+            json!({"supplementalGroups": [gid]}),
         )),
-        Some(sc) if sc.fs_group.is_none() => {
-            ops.push(PatchOp::add(
-                "/spec/securityContext/fsGroup",
-                json!(cfg.security.fs_group),
-            ));
-            if sc.fs_group_change_policy.is_none() {
-                ops.push(PatchOp::add(
-                    "/spec/securityContext/fsGroupChangePolicy",
-                    json!("OnRootMismatch"),
-                ));
-            }
-        }
+        Some(sc) if sc.fs_group.is_none() => match &sc.supplemental_groups {
+            None => ops.push(PatchOp::add(
+                "/spec/securityContext/supplementalGroups",
+                json!([gid]),
+            )),
+            Some(groups) if groups.contains(&gid) => {}
+            Some(_) => ops.push(PatchOp::add(
+                "/spec/securityContext/supplementalGroups/-",
+                json!(gid),
+            )),
+        },
         Some(_) => {}
     }
     if !settings.inbound.is_empty() {
@@ -304,6 +307,67 @@ mod tests {
             kv_refresh_in_config(Some("90s"), None).as_deref(),
             Some("1m 30s")
         );
+    }
+
+    /// The patch for a pod with this securityContext (`None`: none), as JSON text.
+    fn patch_for(security_context: Option<Value>) -> Vec<Value> {
+        let mut spec = json!({"containers": [{"name": "app", "image": "app:1"}]});
+        if let Some(sc) = security_context {
+            spec["securityContext"] = sc;
+        }
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
+            "spec": spec,
+        }))
+        .expect("pod");
+        let spec = pod.spec.expect("spec");
+        let view = PodView {
+            namespace: Some("shop"),
+            metadata: &pod.metadata,
+            spec: &spec,
+        };
+        let Ok(Outcome::Patch(ops)) = mutate(view, &InjectorConfig::default()) else {
+            panic!("not injected");
+        };
+        serde_json::from_str(&serde_json::to_string(&ops).expect("json")).expect("ops")
+    }
+
+    /// fsGroup changes the group (and the setgid bit) of every volume of the pod, a
+    /// StatefulSet's data included: the injector never adds it. The socket's group (65532)
+    /// becomes a supplementary group of the pod's containers instead.
+    #[test]
+    fn a_pod_without_fs_group_gets_a_supplementary_group_and_no_fs_group() {
+        for (sc, op, path, value) in [
+            (None, "add", "/spec/securityContext", json!({"supplementalGroups": [65532]})),
+            (
+                Some(json!({"runAsUser": 1000})),
+                "add",
+                "/spec/securityContext/supplementalGroups",
+                json!([65532]),
+            ),
+            (
+                Some(json!({"supplementalGroups": [7]})),
+                "add",
+                "/spec/securityContext/supplementalGroups/-",
+                json!(65532),
+            ),
+        ] {
+            let ops = patch_for(sc.clone());
+            let text = Value::Array(ops.clone()).to_string();
+            assert!(!text.contains("fsGroup"), "{sc:?}: {text}");
+            assert!(
+                ops.iter()
+                    .any(|o| o["op"] == op && o["path"] == path && o["value"] == value),
+                "{sc:?}: no {op} {path} {value} in {text}"
+            );
+            assert!(text.contains("group: 65532\\n"), "{sc:?}: socket group: {text}");
+        }
+        // Already a member: nothing to add. A pod's own fsGroup is kept and used.
+        let ops = Value::Array(patch_for(Some(json!({"supplementalGroups": [65532]})))).to_string();
+        assert!(!ops.contains("supplementalGroups") && !ops.contains("fsGroup"), "{ops}");
+        let ops = Value::Array(patch_for(Some(json!({"fsGroup": 3000})))).to_string();
+        assert!(!ops.contains("supplementalGroups") && !ops.contains("/fsGroup"), "{ops}");
+        assert!(ops.contains("group: 3000\\n"), "{ops}");
     }
 
     fn pod_with_fs_group(fs_group: i64) -> (ObjectMeta, PodSpec) {

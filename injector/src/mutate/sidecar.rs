@@ -135,7 +135,9 @@ pub(super) fn volumes(cfg: &InjectorConfig) -> Vec<Value> {
         json!({
             "name": TOKEN_VOLUME,
             "projected": {
-                "defaultMode": 0o440,
+                // Readable by the sidecar's uid whatever the pod's fsGroup: without one the
+                // kubelet writes the token as root. Only the sidecar container mounts it.
+                "defaultMode": 0o444,
                 "sources": [{"serviceAccountToken": {
                     "audience": cfg.token.audience,
                     "expirationSeconds": cfg.token.expiration_seconds,
