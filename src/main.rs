@@ -30,6 +30,9 @@ enum Command {
     /// Run an app with secrets from the broker socket in its environment, as its parent
     /// (signals forwarded, children reaped, its exit code), reloading or restarting it on change.
     Exec(keyward_exec::ExecArgs),
+    /// Copy this binary to a path (the injected init container that gives app containers
+    /// `keyward exec`).
+    Install(keyward_injector::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +46,6 @@ fn main() -> ExitCode {
         Command::Sidecar(args) => keyward_sidecar::cli::run_sidecar(args),
         Command::Injector(args) => keyward_injector::cli::run_injector(args),
         Command::Exec(args) => keyward_exec::run(args),
+        Command::Install(args) => keyward_injector::install::run(args),
     }
 }

@@ -158,6 +158,49 @@ pub struct PodSettings {
     /// Uids that may read the pod's SVID private key from the broker
     /// (`keyward.io/identity-uids`); nobody when absent.
     pub identity_uids: Option<Vec<u32>>,
+    /// Containers run under `keyward exec`, by name (`keyward.io/env-CONTAINER`,
+    /// `keyward.io/on-change-CONTAINER`).
+    pub exec: BTreeMap<String, ExecSettings>,
+    /// Rendered files, ordered by name (`keyward.io/file-NAME…`).
+    pub files: Vec<FileSettings>,
+}
+
+/// What `keyward exec` does in one container: its `--env` and `--on-change` declarations, in
+/// the order the annotations give them, checked with the wrapper's own parser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// `NAME=SECRET[#KEY]` (`keyward.io/env-CONTAINER`).
+    pub env: Vec<String>,
+    /// `SECRET=ACTION` (`keyward.io/on-change-CONTAINER`).
+    pub on_change: Vec<String>,
+}
+
+impl ExecSettings {
+    /// The wrapper's arguments before `--`, as separate exec-form elements.
+    pub fn flags(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .map(|e| format!("--env={e}"))
+            .chain(self.on_change.iter().map(|o| format!("--on-change={o}")))
+            .collect()
+    }
+}
+
+/// One rendered file: `keyward.io/file-NAME: CONTAINER/FILE` with `-secret` or `-template`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSettings {
+    /// The annotation's NAME.
+    pub name: String,
+    /// The container whose volume holds the file.
+    pub container: String,
+    /// The file's name in that volume.
+    pub path: String,
+    /// Octal mode (`keyward.io/file-NAME-mode`, default 0440).
+    pub mode: String,
+    /// `keyward.io/file-NAME-secret: SECRET[#KEY]`.
+    pub secret: Option<(String, Option<String>)>,
+    /// `keyward.io/file-NAME-template`.
+    pub template: Option<String>,
 }
 
 /// What the annotations say about injecting at all.
@@ -235,6 +278,14 @@ struct SecretParts {
 }
 
 #[derive(Default)]
+struct FileParts {
+    value: Option<(String, String)>,
+    secret: Option<(String, String)>,
+    template: Option<(String, String)>,
+    mode: Option<(String, String)>,
+}
+
+#[derive(Default)]
 struct OutboundParts {
     value: Option<(String, String)>,
     id: Option<(String, String)>,
@@ -249,6 +300,8 @@ pub fn parse_settings(
     let mut outbound: BTreeMap<String, OutboundParts> = BTreeMap::new();
     let mut inbound_value: Option<(String, String)> = None;
     let mut inbound_allow: BTreeMap<u16, (String, String)> = BTreeMap::new();
+    let mut files: BTreeMap<String, FileParts> = BTreeMap::new();
+    let mut exec_keys: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
 
     for (key, value) in annotations {
         let Some(suffix) = key.strip_prefix(PREFIX) else {
@@ -277,7 +330,37 @@ pub fn parse_settings(
             "cpu-limit" => settings.resources.cpu_limit = Some(parse_quantity(key, value)?),
             "memory-limit" => settings.resources.memory_limit = Some(parse_quantity(key, value)?),
             _ => {
-                if let Some(rest) = suffix.strip_prefix("secret-") {
+                if let Some(container) = suffix.strip_prefix("env-") {
+                    check_name(key, container, "container")?;
+                    settings.exec.entry(container.to_owned()).or_default().env =
+                        parse_words(key, value, "NAME=SECRET[#KEY]")?;
+                    exec_keys.entry(container.to_owned()).or_default().0 = Some(key.clone());
+                } else if let Some(container) = suffix.strip_prefix("on-change-") {
+                    check_name(key, container, "container")?;
+                    settings
+                        .exec
+                        .entry(container.to_owned())
+                        .or_default()
+                        .on_change = parse_words(key, value, "SECRET=ACTION")?;
+                    exec_keys.entry(container.to_owned()).or_default().1 = Some(key.clone());
+                } else if let Some(rest) = suffix.strip_prefix("file-") {
+                    let (name, slot) = if let Some(n) = rest.strip_suffix("-secret") {
+                        (n, 1)
+                    } else if let Some(n) = rest.strip_suffix("-template") {
+                        (n, 2)
+                    } else if let Some(n) = rest.strip_suffix("-mode") {
+                        (n, 3)
+                    } else {
+                        (rest, 0)
+                    };
+                    let parts = files.entry(name.to_owned()).or_default();
+                    *match slot {
+                        1 => &mut parts.secret,
+                        2 => &mut parts.template,
+                        3 => &mut parts.mode,
+                        _ => &mut parts.value,
+                    } = Some(entry);
+                } else if let Some(rest) = suffix.strip_prefix("secret-") {
                     if let Some(name) = rest.strip_suffix("-uids") {
                         secrets.entry(name.to_owned()).or_default().uids = Some(entry);
                     } else if let Some(name) = rest.strip_suffix("-optional") {
@@ -304,7 +387,9 @@ pub fn parse_settings(
                         key,
                         format!(
                             "unknown keyward.io annotation; known: {}, secret-NAME, secret-NAME-uids, \
-                             secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id",
+                             secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id, \
+                             env-CONTAINER, on-change-CONTAINER, file-NAME, file-NAME-secret, \
+                             file-NAME-template, file-NAME-mode",
                             FIXED_KEYS.join(", ")
                         ),
                     ));
@@ -320,6 +405,14 @@ pub fn parse_settings(
         settings.outbound.push(build_outbound(&name, parts)?);
     }
     settings.inbound = build_inbound(inbound_value, inbound_allow)?;
+    for (container, exec) in &settings.exec {
+        check_exec(container, exec, &exec_keys, &settings.secrets)?;
+    }
+    for (name, parts) in files {
+        settings
+            .files
+            .push(build_file(&name, parts, &settings.secrets)?);
+    }
     check_ports(&settings)?;
     if settings.identity_uids.is_some()
         && settings.inbound.is_empty()
@@ -382,6 +475,151 @@ fn build_secret(name: &str, parts: SecretParts) -> Result<SecretSpec, Annotation
         spec.allow_uids = Some(parse_uids(&k, &v)?);
     }
     Ok(spec)
+}
+
+/// Whitespace-separated declarations (`keyward.io/env-CONTAINER`, `keyward.io/on-change-CONTAINER`).
+/// Not commas: a secret key may contain a comma, but never a space.
+fn parse_words(key: &str, value: &str, what: &str) -> Result<Vec<String>, AnnotationError> {
+    let words: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+    if words.is_empty() {
+        return Err(AnnotationError::new(
+            key,
+            format!("expected {what} declarations separated by spaces or newlines, got '{value}'"),
+        ));
+    }
+    Ok(words)
+}
+
+/// The `keyward exec` declarations of one container, checked with the wrapper's own parser
+/// (what it accepts at start, the injector accepts here), and every secret declared. The error
+/// names the annotation at fault: an `--on-change` problem is the on-change annotation's.
+fn check_exec(
+    container: &str,
+    exec: &ExecSettings,
+    keys: &BTreeMap<String, (Option<String>, Option<String>)>,
+    secrets: &[SecretSpec],
+) -> Result<(), AnnotationError> {
+    let (env_key, change_key) = keys.get(container).cloned().unwrap_or_default();
+    let env_key = env_key.unwrap_or_else(|| format!("{PREFIX}env-{container}"));
+    let change_key = change_key.unwrap_or_else(|| format!("{PREFIX}on-change-{container}"));
+    if exec.env.is_empty() {
+        return Err(AnnotationError::new(
+            &change_key,
+            format!("there is no keyward.io/env-{container} annotation for it to apply to"),
+        ));
+    }
+    let spec = keyward_exec::spec::build(&exec.env, &[])
+        .map_err(|e| AnnotationError::new(&env_key, e.0))?;
+    for s in spec.secrets() {
+        if !secrets.iter().any(|d| d.name == s) {
+            return Err(AnnotationError::new(
+                &env_key,
+                format!("secret '{s}' is not declared: add a keyward.io/secret-{s} annotation"),
+            ));
+        }
+    }
+    keyward_exec::spec::build(&exec.env, &exec.on_change)
+        .map_err(|e| AnnotationError::new(&change_key, e.0))?;
+    Ok(())
+}
+
+fn build_file(
+    name: &str,
+    parts: FileParts,
+    secrets: &[SecretSpec],
+) -> Result<FileSettings, AnnotationError> {
+    let Some((key, value)) = parts.value else {
+        let (key, _) = parts
+            .secret
+            .or(parts.template)
+            .or(parts.mode)
+            .unwrap_or_else(|| (format!("{PREFIX}file-{name}"), String::new()));
+        return Err(AnnotationError::new(
+            &key,
+            format!("there is no keyward.io/file-{name} annotation for it to apply to"),
+        ));
+    };
+    check_name(&key, name, "file")?;
+    let (container, path) = value.split_once('/').unwrap_or(("", ""));
+    if !is_dns_label(container) || !keyward_config::valid_file_name(path) {
+        return Err(AnnotationError::new(
+            &key,
+            format!(
+                "expected CONTAINER/FILE with FILE a plain file name in the container's directory \
+                 (1-255 bytes of letters, digits, '.', '_', '-', not . or .., no '/'), got '{}'",
+                value.escape_debug()
+            ),
+        ));
+    }
+    let mut file = FileSettings {
+        name: name.to_owned(),
+        container: container.to_owned(),
+        path: path.to_owned(),
+        mode: keyward_config::DEFAULT_FILE_MODE.to_owned(),
+        secret: None,
+        template: None,
+    };
+    if let Some((k, v)) = parts.mode {
+        if keyward_config::file_mode(&v).is_none() {
+            return Err(AnnotationError::new(
+                &k,
+                format!("expected an octal mode with owner read and no write bit such as 0440 or 0400, got '{v}'"),
+            ));
+        }
+        file.mode = v;
+    }
+    match (parts.secret, parts.template) {
+        (Some((k, v)), None) => {
+            let (secret, item) = match v.split_once('#') {
+                Some((s, i)) => (s, Some(i)),
+                None => (v.as_str(), None),
+            };
+            if item.is_some_and(|i| !valid_key(i)) {
+                return Err(AnnotationError::new(
+                    &k,
+                    format!("expected SECRET[#KEY] with KEY printable ASCII without space or '#', got '{v}'"),
+                ));
+            }
+            if !secrets.iter().any(|s| s.name == secret) {
+                return Err(AnnotationError::new(
+                    &k,
+                    format!("secret '{secret}' is not declared: add a keyward.io/secret-{secret} annotation"),
+                ));
+            }
+            file.secret = Some((secret.to_owned(), item.map(str::to_owned)));
+        }
+        (None, Some((k, t))) => {
+            let used = keyward_config::template_secrets(&t).map_err(|e| AnnotationError::new(&k, e))?;
+            for ident in used {
+                if !secrets
+                    .iter()
+                    .any(|s| keyward_config::template_ident(&s.name) == ident)
+                {
+                    return Err(AnnotationError::new(
+                        &k,
+                        format!(
+                            "secrets.{ident} is not a declared secret (declare it with keyward.io/secret-{}; write '-' as '_' in templates)",
+                            ident.replace('_', "-")
+                        ),
+                    ));
+                }
+            }
+            file.template = Some(t);
+        }
+        (Some((k, _)), Some(_)) => {
+            return Err(AnnotationError::new(
+                &k,
+                format!("a file has either keyward.io/file-{name}-secret or keyward.io/file-{name}-template, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(AnnotationError::new(
+                &key,
+                format!("say what goes in the file: keyward.io/file-{name}-secret: SECRET[#KEY] or keyward.io/file-{name}-template"),
+            ))
+        }
+    }
+    Ok(file)
 }
 
 /// A comma-separated list of numeric uids (`keyward.io/secret-NAME-uids`,

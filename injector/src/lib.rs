@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod certs;
 pub mod config;
+pub mod install;
 pub mod metrics;
 pub mod mutate;
 pub mod offline;

@@ -138,7 +138,7 @@ fn invalid_annotations_are_denied_with_the_annotation_named() {
     rejects(json!({"keyward.io/cpu-request": "lots"}), "annotation keyward.io/cpu-request: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got 'lots'");
     rejects(json!({"keyward.io/memory-limit": "-1Mi"}), "annotation keyward.io/memory-limit: expected a Kubernetes quantity such as 10m, 0.5, 64Mi, got '-1Mi'");
     rejects(json!({"keyward.io/memory-request": "128Mi", "keyward.io/memory-limit": "64Mi"}), "annotation keyward.io/memory-request: request 128Mi is above the limit 64Mi (keyward.io/memory-limit)");
-    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, kv-refresh, identity-uids, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id");
+    rejects(json!({"keyward.io/secrets-db": "secret/data/db"}), "annotation keyward.io/secrets-db: unknown keyward.io annotation; known: inject, status, role, inbound, log-level, kv-refresh, identity-uids, containers, cpu-request, memory-request, cpu-limit, memory-limit, secret-NAME, secret-NAME-uids, secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id, env-CONTAINER, on-change-CONTAINER, file-NAME, file-NAME-secret, file-NAME-template, file-NAME-mode");
     rejects(json!({"keyward.io/containers": "app,worker"}), "annotation keyward.io/containers: the pod has no container named 'worker' (containers: app)");
     rejects(json!({"keyward.io/containers": ""}), "annotation keyward.io/containers: expected a comma-separated list of container names such as app,worker, got ''");
 }

@@ -21,7 +21,13 @@ use crate::annotations::{self, AnnotationError, Decision, SkipReason};
 use crate::config::{InjectorConfig, SidecarMode};
 
 mod checks;
+mod delivery;
 mod sidecar;
+
+pub use delivery::{
+    file_specs, BIN_DIR, BIN_VOLUME, EXEC_PATH, FILES_DIR, FILES_VOLUME_PREFIX, INSTALL_NAME,
+    SIDECAR_FILES_DIR,
+};
 
 pub use sidecar::{
     container_socket, sidecar_config, AUDIT_PATH, CA_DIR, CA_VOLUME, CONTAINER_SOCKETS_DIR,
@@ -138,6 +144,7 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
             None => !is_init || native,
         }
     };
+    delivery::checks(spec, &settings, |n| selected(n, false))?;
 
     let mut ops = Vec::new();
     // Each selected container gets its own socket (the broker names it in every record).
@@ -157,7 +164,9 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
     }
     let mut config = sidecar_config(&settings, cfg, fs_group);
     config.socket.containers = sockets;
-    let sidecar = sidecar::container(&settings, cfg, &config);
+    delivery::container_ops(&mut ops, spec, &settings, |n| selected(n, false));
+    let mut sidecar = sidecar::container(&settings, cfg, &config);
+    delivery::sidecar_mounts(&mut sidecar, spec, &settings);
     match cfg.mode {
         SidecarMode::Native => match &spec.init_containers {
             None => ops.push(PatchOp::add("/spec/initContainers", json!([sidecar]))),
@@ -165,7 +174,17 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
         },
         SidecarMode::Legacy => ops.push(PatchOp::add("/spec/containers/0", sidecar)),
     }
-    let volumes = sidecar::volumes(cfg);
+    // The binary's copy: right after the native sidecar, or first in legacy mode (where the
+    // sidecar is a regular container).
+    if let Some(install) = delivery::install_container(&settings, cfg) {
+        ops.push(match (cfg.mode, &spec.init_containers) {
+            (SidecarMode::Native, _) => PatchOp::add("/spec/initContainers/1", install),
+            (SidecarMode::Legacy, None) => PatchOp::add("/spec/initContainers", json!([install])),
+            (SidecarMode::Legacy, Some(_)) => PatchOp::add("/spec/initContainers/0", install),
+        });
+    }
+    let mut volumes = sidecar::volumes(cfg);
+    volumes.extend(delivery::volumes(spec, &settings));
     append_all(&mut ops, "/spec/volumes", spec.volumes.is_some(), volumes);
     // A pod without fsGroup gets none: it would change the group of every volume of the pod (a
     // StatefulSet's data included). The socket's group reaches the containers as a

@@ -125,6 +125,7 @@ pub fn sidecar_config(
                 .collect(),
             ..ProxyConfig::default()
         }),
+        files: super::delivery::file_specs(settings),
     }
 }
 
