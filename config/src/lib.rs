@@ -33,7 +33,7 @@ pub use rules::{
     MAX_SECRET_KEY_LEN, MAX_SECRET_NAME_LEN, MAX_VAULT_PATH_LEN, VAULT_PATH_RULE,
 };
 pub use sidecar::{
-    AuditSettings, AuthConfig, AuthMethod, ContainerSocket, ExposedAppPort, IdentityConfig,
-    InboundConfig, OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig, SocketConfig,
-    VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
+    AuditSettings, AuthConfig, AuthMethod, CheckpointSettings, ContainerSocket, ExposedAppPort,
+    IdentityConfig, InboundConfig, OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig,
+    SocketConfig, VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
 };

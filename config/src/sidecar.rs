@@ -353,6 +353,10 @@ pub struct AuditSettings {
     /// fsync after every record (default false).
     #[serde(default, skip_serializing_if = "is_false")]
     pub fsync: bool,
+    /// Checkpoints of the chain's head written to Vault (`None`, the default: none; written
+    /// only when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSettings>,
 }
 
 impl Default for AuditSettings {
@@ -362,8 +366,99 @@ impl Default for AuditSettings {
             stdout: false,
             hmac_key_file: None,
             fsync: false,
+            checkpoint: None,
         }
     }
+}
+
+/// Checkpoints of the audit chain in Vault: `{chain, seq, head, time, pod}` written to the KV v2
+/// path `MOUNT/data/PREFIX/NAMESPACE/POD_NAME` every `every_records` records or `every`,
+/// whichever comes first, and at shutdown; the path's version history keeps each one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// Write checkpoints (default true once the section is present).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The KV v2 mount (default `keyward-audit`).
+    #[serde(default = "default_checkpoint_mount")]
+    pub mount: String,
+    /// The path under the mount before `NAMESPACE/POD_NAME` (default `checkpoints`).
+    #[serde(default = "default_checkpoint_prefix")]
+    pub prefix: String,
+    /// A checkpoint at least every this many records (default 1000).
+    #[serde(default = "default_checkpoint_records")]
+    pub every_records: u64,
+    /// A checkpoint at least this often while records are written (default 1m).
+    #[serde(default = "default_checkpoint_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mount: default_checkpoint_mount(),
+            prefix: default_checkpoint_prefix(),
+            every_records: default_checkpoint_records(),
+            every: default_checkpoint_every(),
+        }
+    }
+}
+
+impl CheckpointSettings {
+    /// Checks the mount and prefix are Vault path segments and the schedule is positive.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let path_ok = |p: &str| {
+            !p.is_empty()
+                && p.split('/').all(|s| {
+                    !s.is_empty()
+                        && s != "."
+                        && s != ".."
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                })
+        };
+        for (name, value) in [("mount", &self.mount), ("prefix", &self.prefix)] {
+            if !path_ok(value) {
+                return Err(ConfigError::invalid(
+                    format!("audit.checkpoint.{name}"),
+                    format!(
+                        "expected path segments of [A-Za-z0-9_.-] joined by '/', got {value:?}"
+                    ),
+                ));
+            }
+        }
+        if self.every_records == 0 {
+            return Err(ConfigError::invalid(
+                "audit.checkpoint.every_records",
+                "must be at least 1",
+            ));
+        }
+        if self.every < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "audit.checkpoint.every",
+                format!("must be at least 1s, got {:?}", self.every),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_checkpoint_mount() -> String {
+    "keyward-audit".into()
+}
+
+fn default_checkpoint_prefix() -> String {
+    "checkpoints".into()
+}
+
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Workload identity: where the pod's SPIFFE certificate comes from.

@@ -70,6 +70,7 @@ fn everything() -> SidecarConfig {
             stdout: true,
             hmac_key_file: Some("/tmp/hmac".into()),
             fsync: true,
+            checkpoint: Some(CheckpointSettings::default()),
         },
         kv_refresh: Some(Duration::from_secs(90)),
         revoke_on_shutdown: false,
@@ -530,4 +531,40 @@ fn a_config_without_files_does_not_write_the_section() {
         .to_yaml()
         .expect("yaml");
     assert!(!yaml.contains("files"), "{yaml}");
+}
+
+#[test]
+fn audit_checkpoints_are_off_and_unwritten_by_default_and_checked_when_present() {
+    let c = SidecarConfig::new("https://vault:8200");
+    assert_eq!(c.audit.checkpoint, None);
+    assert!(!c.to_yaml().expect("yaml").contains("checkpoint"));
+    let on = SidecarConfig::from_yaml(
+        "vault: {addr: \"https://vault:8200\"}\naudit: {checkpoint: {every_records: 5}}\n",
+    )
+    .expect("parse");
+    let cp = on.audit.checkpoint.clone().expect("section present");
+    assert!(cp.enabled);
+    assert_eq!(
+        (
+            cp.mount.as_str(),
+            cp.prefix.as_str(),
+            cp.every_records,
+            cp.every
+        ),
+        ("keyward-audit", "checkpoints", 5, Duration::from_secs(60))
+    );
+    on.validate().expect("valid");
+    for (doc, setting) in [
+        ("{every_records: 0}", "audit.checkpoint.every_records"),
+        ("{every: 10ms}", "audit.checkpoint.every"),
+        ("{mount: \"../sys\"}", "audit.checkpoint.mount"),
+        ("{prefix: \"a//b\"}", "audit.checkpoint.prefix"),
+    ] {
+        let bad = SidecarConfig::from_yaml(&format!(
+            "vault: {{addr: \"https://vault:8200\"}}\naudit: {{checkpoint: {doc}}}\n"
+        ))
+        .expect("parse");
+        let e = bad.validate().expect_err(doc).to_string();
+        assert!(e.contains(setting), "{doc}: {e}");
+    }
 }

@@ -66,6 +66,9 @@ impl SidecarConfig {
         if self.auth.mount().is_empty() || self.auth.mount().contains("..") {
             return Err(invalid("auth.mount", "not a mount path"));
         }
+        if let Some(c) = &self.audit.checkpoint {
+            c.validate()?;
+        }
         let mut names = HashSet::new();
         for (i, s) in self.secrets.iter().enumerate() {
             let at = format!("secrets[{i}]");
