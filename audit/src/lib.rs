@@ -456,6 +456,13 @@ impl AuditLog {
         &self.chain
     }
 
+    /// The `seq` and hash of the last record of this chain (`(0, GENESIS)` before the first),
+    /// from memory, not from the file: what a Vault checkpoint anchors.
+    pub fn head(&self) -> Result<(u64, String), AuditError> {
+        let s = self.state.lock().map_err(|_| AuditError::Poisoned)?;
+        Ok((s.seq, s.prev.clone()))
+    }
+
     /// The bytes the local log's segments may hold together.
     pub fn budget(&self) -> u64 {
         self.budget
