@@ -585,6 +585,41 @@ mod tests {
         assert!(why.contains("canonical form"), "{why}");
     }
 
+    /// What `fuzz/fuzz_targets/audit_verify.rs` claims, exhaustively on a small log: any byte of
+    /// any line changed is found, even where the value parses back the same (`\u001f` written
+    /// `\u001F`): the local log must be exactly the canonical text.
+    #[test]
+    fn every_changed_byte_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        let log = log_at(&path);
+        let mut r = Record::new("secret.read", Decision::Allow);
+        r.reason = Some("ctl \u{1f} é /".into());
+        log.record(&r).expect("write");
+        write(&log, 0, 2);
+        drop(log);
+        let lines = read_lines(&path);
+        assert!(lines[0].contains("\\u001f"), "{}", lines[0]);
+        for i in 0..lines.len() {
+            for at in 0..lines[i].len() {
+                for mask in [0x01u8, 0x20, 0x80] {
+                    let mut bytes = lines[i].clone().into_bytes();
+                    bytes[at] ^= mask;
+                    let mut l = lines.clone();
+                    l[i] = String::from_utf8_lossy(&bytes).into_owned();
+                    if l[i] == lines[i] {
+                        continue;
+                    }
+                    assert!(
+                        check(&l).is_err(),
+                        "line {i} byte {at} ^ {mask:#x} not found: {}",
+                        l[i]
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_deletion_is_found() {
         let lines = sample(5);
