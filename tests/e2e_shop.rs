@@ -227,6 +227,14 @@ async fn scenario(shop: &mut Shop) -> anyhow::Result<()> {
                 .all(|r| r["caller"]["uid"] == 1000 && r["decision"] == "allow"),
         "db reads audited as uid 1000, allowed: {db_reads:?}"
     );
+    // Each container has its own PID namespace, so the sidecar sees pid 0: the record names the
+    // container (from the socket the read came in on) and holds no pid or process name.
+    ensure!(
+        db_reads.iter().all(|r| r["caller"]["container"] == "app"
+            && r["caller"].get("pid").is_none()
+            && r["caller"].get("comm").is_none()),
+        "db reads name the app container, without a pid: {db_reads:?}"
+    );
     ensure!(
         recs.iter()
             .any(|r| r["action"] == "vault.revoke" && r["decision"] == "ok"),

@@ -84,14 +84,56 @@ pub struct PodIdentity {
     pub pod_uid: String,
 }
 
-/// The local process that made a request, from `SO_PEERCRED` and `/proc/PID/comm`.
+/// The local process that made a request: uid and gid from `SO_PEERCRED`, the container from
+/// the socket it connected to (each injected app container has its own), and, only when the
+/// kernel shows it (same PID namespace), the pid and `/proc/PID/comm`.
+///
+/// `uid`, `gid` and `container` are what identify a caller. `pid` and `comm` are best effort and
+/// caller-controlled (a process names itself; a pid is only meaningful in the sidecar's PID
+/// namespace, and 0 from any other): they are written only when the pid is visible, together
+/// with `process_info` saying so ([`Caller::PROCESS_INFO`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
+    #[serde(default, skip_serializing_if = "is_zero_pid")]
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub comm: String,
+    /// The app container whose socket the request came in on; empty on the pod's shared socket
+    /// (`socket.path`: the sidecar's own, or a config that lists no containers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// [`Caller::PROCESS_INFO`] when `pid` and `comm` are written, else empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub process_info: String,
+}
+
+fn is_zero_pid(pid: &i32) -> bool {
+    *pid == 0
+}
+
+impl Caller {
+    /// What `process_info` says of `pid` and `comm`.
+    pub const PROCESS_INFO: &'static str = "best-effort, caller-controlled";
+
+    /// A caller as the socket sees it: `pid` 0 (not visible from the sidecar's PID namespace)
+    /// drops `comm` and writes neither.
+    pub fn from_peer(pid: i32, uid: u32, gid: u32, comm: String, container: &str) -> Self {
+        let visible = pid > 0;
+        Self {
+            pid: if visible { pid } else { 0 },
+            uid,
+            gid,
+            comm: if visible { comm } else { String::new() },
+            container: container.to_owned(),
+            process_info: if visible {
+                Self::PROCESS_INFO.to_owned()
+            } else {
+                String::new()
+            },
+        }
+    }
 }
 
 /// The remote end of a proxied connection.
@@ -789,13 +831,28 @@ mod tests {
     fn read(secret: &str) -> Record {
         let mut r = Record::new("secret.read", Decision::Allow);
         r.secret = Some(secret.into());
-        r.caller = Some(Caller {
-            pid: 7,
-            uid: 1000,
-            gid: 1000,
-            comm: "app".into(),
-        });
+        r.caller = Some(Caller::from_peer(7, 1000, 1000, "app".into(), "web"));
         r
+    }
+
+    #[test]
+    fn a_caller_whose_pid_is_not_visible_is_recorded_by_container_and_uid_only() {
+        let hidden = Caller::from_peer(0, 1000, 1000, "forged".into(), "web");
+        let json = serde_json::to_value(&hidden).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"uid": 1000, "gid": 1000, "container": "web"})
+        );
+        let seen = Caller::from_peer(42, 1000, 1000, "app".into(), "");
+        let json = serde_json::to_value(&seen).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"pid": 42, "uid": 1000, "gid": 1000, "comm": "app",
+                "process_info": Caller::PROCESS_INFO})
+        );
+        let old: Caller =
+            serde_json::from_str(r#"{"pid":0,"uid":1,"gid":1}"#).expect("older records read");
+        assert_eq!(old, Caller::from_peer(0, 1, 1, String::new(), ""));
     }
 
     #[test]

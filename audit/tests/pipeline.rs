@@ -42,6 +42,7 @@ fn read(secret: &str, comm: &str) -> Record {
         uid: 1000,
         gid: 1000,
         comm: comm.into(),
+        ..Caller::default()
     });
     r.reason = Some("café / naïve \u{1}".into());
     r

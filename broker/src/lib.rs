@@ -290,11 +290,14 @@ impl Broker {
     /// then stops serving, revokes leases and the token (unless configured not to) and
     /// removes the socket.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let listener = api::bind(&self.inner.config.socket)?;
+        let listeners = api::bind_all(&self.inner.config.socket)?;
         let tasks = self.spawn_loops(&shutdown);
-        api::serve(listener, self.inner.clone(), shutdown.clone()).await;
+        api::serve_all(listeners, self.inner.clone(), shutdown.clone()).await;
         self.stop_loops(tasks).await;
-        let _ = std::fs::remove_file(&self.inner.config.socket.path);
+        let socket = &self.inner.config.socket;
+        for path in std::iter::once(&socket.path).chain(socket.containers.iter().map(|c| &c.path)) {
+            let _ = std::fs::remove_file(path);
+        }
         tracing::info!("Broker stopped");
         Ok(())
     }

@@ -40,12 +40,7 @@ fn fixture() -> Fixture {
 }
 
 fn caller(uid: u32) -> Caller {
-    Caller {
-        pid: 4242,
-        uid,
-        gid: uid,
-        comm: "app".into(),
-    }
+    Caller::from_peer(4242, uid, uid, "app".into(), "")
 }
 
 /// Writes `request` on a fresh in-memory connection from `uid` and reads the whole answer.

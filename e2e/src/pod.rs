@@ -136,6 +136,9 @@ struct Mount {
     volume: String,
     path: String,
     read_only: bool,
+    /// `subPath`: a directory of the volume mounted instead of its root, created (with the
+    /// root's mode) when missing, as the kubelet does.
+    sub_path: String,
 }
 
 #[derive(Clone, Debug)]
@@ -656,9 +659,22 @@ impl Pod {
                 volume: m["name"].as_str().unwrap_or_default().to_owned(),
                 path: m["mountPath"].as_str().unwrap_or_default().to_owned(),
                 read_only: m["readOnly"].as_bool().unwrap_or(false),
+                sub_path: m["subPath"].as_str().unwrap_or_default().to_owned(),
             })
             .collect::<Vec<_>>();
         for m in &mounts {
+            if Path::new(&m.sub_path)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(perr(
+                    &self.def,
+                    format!(
+                        "container {name}: subPath {:?} must be a relative path without '..'",
+                        m.sub_path
+                    ),
+                ));
+            }
             if !self.volumes.contains_key(&m.volume) {
                 return Err(perr(
                     &self.def,
@@ -778,6 +794,13 @@ impl Pod {
                     m.path.replace('\'', ""),
                     PRIVATE_DIRS.join(", ")
                 );
+            }
+            let mut src = src.clone();
+            for part in Path::new(&m.sub_path).components() {
+                let root = sh_quote(&self.volumes[&m.volume].to_string_lossy());
+                src.push(part);
+                let d = sh_quote(&src.to_string_lossy());
+                s += &format!("[ -d {d} ] || {{ mkdir {d} && chmod --reference={root} {d}; }}\n");
             }
             s += &format!("mount --bind {} {q}\n", sh_quote(&src.to_string_lossy()));
             if m.read_only {

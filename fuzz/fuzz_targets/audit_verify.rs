@@ -55,6 +55,8 @@ fn record(b: &mut Bytes<'_>) -> Record {
             uid: b.u32(),
             gid: b.u32(),
             comm: b.string(),
+            container: b.string(),
+            process_info: b.string(),
         });
     }
     if flags & 0x20 != 0 {

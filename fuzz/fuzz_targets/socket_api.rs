@@ -289,12 +289,7 @@ fn exchange(server: &Server, uid: u32, data: &[u8]) -> Vec<u8> {
     server.rt.block_on(async {
         let (client, io) = tokio::io::duplex(64 * 1024);
         let broker = server.broker.clone();
-        let caller = Caller {
-            pid: 4242,
-            uid,
-            gid: uid,
-            comm: "fuzz".into(),
-        };
+        let caller = Caller::from_peer(4242, uid, uid, "fuzz".into(), "app");
         let conn = tokio::spawn(async move {
             let _ = broker
                 .serve_connection(io, caller, CancellationToken::new())

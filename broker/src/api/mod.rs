@@ -32,19 +32,42 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body accepted (the API takes none); 413 beyond it.
 pub const MAX_BODY_BYTES: u64 = 1024;
 
-/// Creates the socket with the configured mode and group. The file is created under a
-/// restrictive umask, so it is never reachable with wider permissions than configured.
-pub fn bind(cfg: &SocketConfig) -> Result<UnixListener, StartError> {
+/// A bound socket and the app container it belongs to (empty: the shared `socket.path`).
+pub struct Listener {
+    listener: UnixListener,
+    container: String,
+}
+
+/// Binds `socket.path` and one socket per entry of `socket.containers`, each with the
+/// configured mode and group. A request's audit record names the container whose socket it
+/// came in on.
+pub fn bind_all(cfg: &SocketConfig) -> Result<Vec<Listener>, StartError> {
+    let mut all = vec![Listener {
+        listener: bind(cfg, &cfg.path)?,
+        container: String::new(),
+    }];
+    for c in &cfg.containers {
+        all.push(Listener {
+            listener: bind(cfg, &c.path)?,
+            container: c.name.clone(),
+        });
+    }
+    Ok(all)
+}
+
+/// Creates the socket at `path` with the configured mode and group. The file is created under
+/// a restrictive umask, so it is never reachable with wider permissions than configured.
+pub fn bind(cfg: &SocketConfig, path: &std::path::Path) -> Result<UnixListener, StartError> {
     let err = |source| StartError::Socket {
-        path: cfg.path.display().to_string(),
+        path: path.display().to_string(),
         source,
     };
-    if let Some(parent) = cfg.path.parent() {
+    if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
-    match std::fs::symlink_metadata(&cfg.path) {
+    match std::fs::symlink_metadata(path) {
         Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            std::fs::remove_file(&cfg.path).map_err(err)?;
+            std::fs::remove_file(path).map_err(err)?;
         }
         Ok(_) => {
             return Err(err(std::io::Error::new(
@@ -55,14 +78,14 @@ pub fn bind(cfg: &SocketConfig) -> Result<UnixListener, StartError> {
         Err(_) => {}
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(&cfg.path);
+    let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(err)?;
     if let Some(gid) = cfg.group {
-        nix::unistd::chown(&cfg.path, None, Some(nix::unistd::Gid::from_raw(gid)))
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(|e| err(std::io::Error::from(e)))?;
     }
-    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode_bits()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode_bits()))
         .map_err(err)?;
     Ok(listener)
 }
@@ -78,12 +101,47 @@ fn too_many_connections() -> Vec<u8> {
     .into_bytes()
 }
 
-/// Serves until `shutdown`; then stops accepting and lets open requests finish.
-pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: CancellationToken) {
+/// Serves every listener until `shutdown`; then stops accepting and lets open requests finish.
+/// `socket.max_connections` bounds the connections over all of them.
+pub async fn serve_all(listeners: Vec<Listener>, inner: Arc<Inner>, shutdown: CancellationToken) {
     let limit = Arc::new(tokio::sync::Semaphore::new(
         inner.config.socket.max_connections,
     ));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let mut accepting = tokio::task::JoinSet::new();
+    for l in listeners {
+        accepting.spawn(serve(
+            l,
+            inner.clone(),
+            limit.clone(),
+            graceful.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while accepting.join_next().await.is_some() {}
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        return;
+    };
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            warn!("Socket connections still open after 5s; closing");
+        }
+    }
+}
+
+/// Accepts on one listener until `shutdown`.
+async fn serve(
+    l: Listener,
+    inner: Arc<Inner>,
+    limit: Arc<tokio::sync::Semaphore>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    shutdown: CancellationToken,
+) {
+    let Listener {
+        listener,
+        container,
+    } = l;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -111,12 +169,7 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
         let caller = match stream.peer_cred() {
             Ok(c) => {
                 let pid = c.pid().unwrap_or(0);
-                Caller {
-                    pid,
-                    uid: c.uid(),
-                    gid: c.gid(),
-                    comm: process_name(pid),
-                }
+                Caller::from_peer(pid, c.uid(), c.gid(), process_name(pid), &container)
             }
             Err(e) => {
                 warn!(error = %e, "SO_PEERCRED failed; refusing connection");
@@ -130,12 +183,6 @@ pub async fn serve(listener: UnixListener, inner: Arc<Inner>, shutdown: Cancella
             }
             drop(permit);
         });
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(5)) => {
-            warn!("Socket connections still open after 5s; closing");
-        }
     }
 }
 

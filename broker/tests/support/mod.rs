@@ -58,12 +58,7 @@ pub fn fixture(secrets: &[&str], sources: &[(&str, Arc<dyn SecretSource>)]) -> F
 }
 
 pub fn caller(uid: u32) -> Caller {
-    Caller {
-        pid: 4242,
-        uid,
-        gid: uid,
-        comm: "app".into(),
-    }
+    Caller::from_peer(4242, uid, uid, "app".into(), "")
 }
 
 /// `GET path` on a fresh in-memory connection from `uid`; the whole answer.
