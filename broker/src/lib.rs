@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod cache;
+mod checkpoint;
 pub mod claims;
 pub mod cli;
 pub mod config;
@@ -314,6 +315,7 @@ impl Broker {
     fn spawn_loops(&self, shutdown: &CancellationToken) -> tokio_util::task::TaskTracker {
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(refresh::auth_loop(self.inner.clone(), shutdown.clone()));
+        tasks.spawn(checkpoint::run(self.inner.clone(), shutdown.clone()));
         for entry in self.inner.entries.values() {
             tasks.spawn(refresh::secret_loop(
                 self.inner.clone(),
@@ -329,6 +331,7 @@ impl Broker {
     async fn stop_loops(&self, tasks: tokio_util::task::TaskTracker) {
         tasks.wait().await;
         self.inner.audit.flush_summaries();
+        checkpoint::at_shutdown(&self.inner).await;
         if self.inner.config.revoke_on_shutdown {
             refresh::revoke_all(&self.inner).await;
         }

@@ -70,6 +70,10 @@ pub struct BrokerMetrics {
     pub lease_renewals: Family<ResultLabel, Counter>,
     pub requests: Family<RequestLabel, Counter>,
     pub audit_failures: Counter,
+    /// Checkpoints of the audit chain that could not be written to Vault.
+    pub checkpoint_failures: Counter,
+    /// `seq` of the last checkpoint written to Vault (0: none yet).
+    pub checkpoint_last_seq: Gauge,
 }
 
 impl BrokerMetrics {
@@ -113,6 +117,16 @@ impl BrokerMetrics {
             "keyward_audit_write_failures",
             "Audit records that could not be written (the access was refused)",
             self.audit_failures.clone(),
+        );
+        r.register(
+            "keyward_audit_checkpoint_failures",
+            "Audit checkpoints that could not be written to Vault (retried; serving goes on)",
+            self.checkpoint_failures.clone(),
+        );
+        r.register(
+            "keyward_audit_checkpoint_last_seq",
+            "Sequence number of the last audit record anchored by a checkpoint in Vault",
+            self.checkpoint_last_seq.clone(),
         );
     }
 

@@ -373,6 +373,8 @@ pub async fn revoke_all(ctx: &Inner) {
         }
         entry.clear_leases();
     }
+    // The last checkpoint (the lease revocations above included) while the token still works.
+    crate::checkpoint::at_shutdown(ctx).await;
     if let Some(token) = ctx.vault.token() {
         let result = ctx.vault.revoke_self().await;
         let mut rec = Record::new(
