@@ -4,6 +4,7 @@
 mod access;
 mod api;
 mod cache;
+mod deliver;
 mod checkpoint;
 pub mod claims;
 pub mod cli;
@@ -315,6 +316,14 @@ impl Broker {
     fn spawn_loops(&self, shutdown: &CancellationToken) -> tokio_util::task::TaskTracker {
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(refresh::auth_loop(self.inner.clone(), shutdown.clone()));
+        // Rendered files follow the secrets' version channels (deliver::file_loop).
+        for file in &self.inner.config.files {
+            tasks.spawn(deliver::file_loop(
+                self.inner.clone(),
+                file.clone(),
+                shutdown.clone(),
+            ));
+        }
         tasks.spawn(checkpoint::run(self.inner.clone(), shutdown.clone()));
         for entry in self.inner.entries.values() {
             tasks.spawn(refresh::secret_loop(

@@ -1,0 +1,154 @@
+//! Delivery beyond the socket: files rendered from secrets into containers' in-memory volumes
+//! (the config's `files` section; docs/delivery.md "Files").
+//!
+//! One task per file ([`file_loop`]) waits on the version channels of the secrets the file
+//! reads (the same ones long-polls wait on), renders ([`render`], pure) when a version moved,
+//! writes atomically ([`write`]) and records a `file.render` audit record naming the file, the
+//! container, and each secret with the version used. A render that fails leaves the previous
+//! file in place and is recorded as an error.
+
+pub mod render;
+pub mod write;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keyward_audit::{Decision, Record};
+use keyward_config::FileSpec;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cache::Entry;
+use crate::Inner;
+use render::SecretView;
+
+/// Renders `spec` whenever a secret it reads gets a new version, until `shutdown`.
+pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: CancellationToken) {
+    let entries: Vec<Arc<Entry>> = spec
+        .secrets(&inner.config.secrets)
+        .iter()
+        .filter_map(|n| inner.entries.get(n).cloned())
+        .collect();
+    let mut receivers: Vec<_> = entries.iter().map(|e| e.subscribe()).collect();
+    let mut rendered: Option<Vec<u64>> = None;
+    loop {
+        for r in receivers.iter_mut() {
+            r.borrow_and_update();
+        }
+        if let Some(views) = views(&inner, &entries) {
+            let versions: Vec<u64> = entries
+                .iter()
+                .map(|e| views.get(&e.spec.name).map_or(0, |v| v.version))
+                .collect();
+            if rendered.as_ref() != Some(&versions) {
+                render_once(&inner, &spec, &views);
+                // A failed render is not retried until a version moves: the same values would
+                // fail the same way.
+                rendered = Some(versions);
+            }
+        }
+        let changed = futures_changed(&mut receivers);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ok = changed => if !ok { return },
+        }
+    }
+}
+
+/// Waits until any receiver sees a new value; `false` once a sender is gone (shutdown).
+async fn futures_changed(receivers: &mut [tokio::sync::watch::Receiver<u64>]) -> bool {
+    if receivers.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let mut waits: Vec<_> = receivers
+        .iter_mut()
+        .map(|r| Box::pin(r.changed()))
+        .collect();
+    std::future::poll_fn(move |cx| {
+        for w in waits.iter_mut() {
+            if let std::task::Poll::Ready(result) = w.as_mut().poll(cx) {
+                return std::task::Poll::Ready(result.is_ok());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The current values of `entries`, opened; `None` while one has none yet or has expired.
+fn views(inner: &Inner, entries: &[Arc<Entry>]) -> Option<BTreeMap<String, SecretView>> {
+    let now = SystemTime::now();
+    let mut out = BTreeMap::new();
+    for e in entries {
+        let cached = e.value().filter(|c| !c.expired(now))?;
+        let mut data = serde_json::Map::new();
+        for (k, sealed) in &cached.fields {
+            let plain = inner.sealer.open(sealed).ok()?;
+            data.insert(k.clone(), serde_json::from_slice(&plain).ok()?);
+        }
+        let lease_expires = cached.lease.as_ref().and_then(|l| {
+            time::OffsetDateTime::from(l.expires_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+        out.insert(
+            e.spec.name.clone(),
+            SecretView {
+                data,
+                version: cached.version,
+                lease_expires,
+            },
+        );
+    }
+    Some(out)
+}
+
+fn render_once(inner: &Inner, spec: &FileSpec, views: &BTreeMap<String, SecretView>) {
+    let used = views
+        .iter()
+        .map(|(n, v)| format!("{n} v{}", v.version))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outcome = render::render(spec, views)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            write::write_atomic(
+                &spec.dir,
+                &spec.path,
+                &bytes,
+                spec.mode_bits(),
+                inner.config.socket.group,
+            )
+            .map_err(|e| format!("file {}: cannot write {}: {e}", spec.name, spec.path))
+        });
+    let mut rec = Record::new(
+        "file.render",
+        if outcome.is_ok() {
+            Decision::Ok
+        } else {
+            Decision::Error
+        },
+    );
+    rec.secret = Some(views.keys().cloned().collect::<Vec<_>>().join(","));
+    rec.path = Some(spec.dir.join(&spec.path).display().to_string());
+    if views.len() == 1 {
+        rec.version = views.values().next().map(|v| v.version);
+    }
+    let what = format!(
+        "file {} for container {}: {used}",
+        spec.name, spec.container
+    );
+    match &outcome {
+        Ok(_) => {
+            rec.reason = Some(what);
+            info!(file = %spec.name, container = %spec.container, secrets = %used, "Rendered file");
+        }
+        Err(e) => {
+            rec.reason = Some(format!("{what}: {e}"));
+            warn!(file = %spec.name, container = %spec.container, error = %e, "Cannot render file; the previous one stays");
+        }
+    }
+    let _ = inner.audit.record(&rec);
+}
