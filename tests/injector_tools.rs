@@ -414,9 +414,18 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
             "--memory-budget-mib=40"
         };
         assert!(args.contains(budget), "{name}: {budget} in {args}");
+        // The chart's default image: the release digest values.yaml pins (release/image.json).
+        let pinned: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/release/image.json"))
+                .expect("release/image.json"),
+        )
+        .expect("release/image.json is JSON");
         assert_eq!(
             sidecar["image"],
-            "ghcr.io/keyward/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            format!(
+                "ghcr.io/keyward/keyward@{}",
+                pinned["digest"].as_str().expect("digest")
+            )
         );
     }
 }
