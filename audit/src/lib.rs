@@ -20,6 +20,7 @@
 //! goes out as one record with a `summary` member.
 
 mod canon;
+pub mod checkpoints;
 pub mod cli;
 mod envelope;
 pub mod report;

@@ -33,6 +33,7 @@ fn verify(file: &Path, min_records: Option<u64>) -> ExitCode {
             expect: Vec::new(),
             window: false,
             any_order: false,
+            checkpoints: Default::default(),
         },
     })
 }

@@ -223,6 +223,7 @@ fn verify_cli(files: &[&Path], expect: &[String]) -> ExitCode {
             expect: expect.to_vec(),
             window: false,
             any_order: false,
+            checkpoints: Default::default(),
         },
     })
 }
