@@ -271,6 +271,12 @@ fn injector_rbac_is_limited_to_its_secret_and_its_webhook() {
         json!([{"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
                 "resourceNames": ["kw-keyward-injector"], "verbs": ["get", "patch"]}])
     );
+    // The NetworkPolicy lets it reach the API server, and nothing else.
+    let np = find(&d, "NetworkPolicy").expect("networkpolicy");
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}])
+    );
     let spec = pod_spec(&d);
     assert_eq!(spec["automountServiceAccountToken"], false);
     assert!(spec["volumes"].to_string().contains("serviceAccountToken"));
@@ -285,6 +291,8 @@ fn injector_rbac_is_limited_to_its_secret_and_its_webhook() {
         assert!(!pod_spec(&d)["volumes"]
             .to_string()
             .contains("serviceAccountToken"));
+        let np = find(&d, "NetworkPolicy").expect("networkpolicy");
+        assert_eq!(np["spec"]["egress"], json!([]), "{mode}: no egress at all");
     }
 }
 
