@@ -79,7 +79,7 @@ fn admit(cfg: &InjectorConfig, annotations: &BTreeMap<String, String>) -> Admiss
         "spec": {
             "serviceAccountName": "orders",
             "containers": [
-                {"name": "app", "image": "app:1", "ports": [{"containerPort": 8080}]},
+                {"name": "app", "image": "app:1", "command": ["/app", "serve"], "args": ["-v"], "ports": [{"containerPort": 8080}]},
                 {"name": "worker", "image": "worker:1"},
             ],
         },
@@ -211,10 +211,101 @@ fn quantity() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Secret names the delivery annotations refer to: declared often, sometimes not.
+fn secret_ref() -> impl Strategy<Value = &'static str> {
+    prop_oneof![12 => Just("db"), 6 => Just("api-key"), 1 => Just("nope")]
+}
+
+/// `keyward.io/env-CONTAINER` and `keyward.io/on-change-CONTAINER` (`keyward exec`).
+fn exec_annotations() -> impl Strategy<Value = Vec<(String, String)>> {
+    let var = prop_oneof![30 => "[A-Z_][A-Z0-9_]{0,8}", 1 => "[0-9a-z=#-]{1,4}"];
+    let decl = (var, secret_ref(), prop::option::of(key())).prop_map(|(v, s, k)| match k {
+        Some(k) => format!("{v}={s}#{k}"),
+        None => format!("{v}={s}"),
+    });
+    let action = prop_oneof![
+        3 => Just("none"),
+        3 => Just("restart"),
+        3 => Just("signal:HUP"),
+        3 => Just("SIGUSR1"),
+        1 => Just("signal:KILL")
+    ];
+    let change = (secret_ref(), action).prop_map(|(s, a)| {
+        if a == "SIGUSR1" {
+            format!("{s}=signal:{a}")
+        } else {
+            format!("{s}={a}")
+        }
+    });
+    (
+        prop_oneof![16 => Just("app"), 1 => Just("worker"), 1 => Just("nope")],
+        prop::collection::vec(decl, 1..4),
+        prop::collection::vec(change, 0..2),
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(c, env, changes, newlines)| {
+            let sep = if newlines { "\n" } else { " " };
+            let mut m = Vec::new();
+            if !env.is_empty() || changes.is_empty() {
+                m.push((format!("keyward.io/env-{c}"), env.join(sep)));
+            }
+            if !changes.is_empty() {
+                m.push((format!("keyward.io/on-change-{c}"), changes.join(sep)));
+            }
+            m
+        })
+}
+
+/// `keyward.io/file-NAME` with `-secret` or `-template` and `-mode`.
+fn file_annotations() -> impl Strategy<Value = Vec<(String, String)>> {
+    let content = prop_oneof![
+        4 => (secret_ref(), prop::option::of(key())).prop_map(|(s, k)| ("secret", match k {
+            Some(k) => format!("{s}#{k}"),
+            None => s.to_owned(),
+        })),
+        4 => prop_oneof![
+            6 => Just("postgres://u:{{ secrets.db.data.password }}@db/x?v={{ secrets.db.version }}"),
+            3 => Just("{{ secrets.api_key.data.token }} {{ secrets.api_key.lease_expires }}"),
+            3 => Just("{% for k, v in secrets.db.data|items %}{{ k }}={{ v }}\n{% endfor %}"),
+            1 => Just("{{ secrets.nope.data.x }}"),
+            1 => Just("{{ secrets['db'] }}"),
+            1 => Just("{{ broken "),
+        ]
+        .prop_map(|t| ("template", t.to_owned())),
+    ];
+    (
+        label(),
+        prop_oneof![12 => Just("app"), 12 => Just("worker"), 1 => Just("nope")],
+        prop_oneof![
+            40 => "[a-z][a-z0-9._-]{0,12}",
+            1 => Just("../x".to_owned()),
+            1 => Just("x/y".to_owned()),
+            1 => Just("..".to_owned()),
+        ],
+        content,
+        prop::option::of(prop_oneof![
+            4 => Just("0440"),
+            4 => Just("0400"),
+            4 => Just("0444"),
+            1 => Just("0640")
+        ]),
+    )
+        .prop_map(|(name, c, path, (kind, value), mode)| {
+            let mut m = vec![
+                (format!("keyward.io/file-{name}"), format!("{c}/{path}")),
+                (format!("keyward.io/file-{name}-{kind}"), value),
+            ];
+            if let Some(mode) = mode {
+                m.push((format!("keyward.io/file-{name}-mode"), mode.to_owned()));
+            }
+            m
+        })
+}
+
 /// One pod's `keyward.io/*` annotations, drawn from every production of the grammar.
 fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
     let secret = (
-        label(),
+        prop_oneof![8 => label(), 2 => Just("db".to_owned()), 2 => Just("api-key".to_owned())],
         vault_path(),
         prop::option::of(key()),
         prop::option::of(uids()),
@@ -296,16 +387,36 @@ fn annotations() -> impl Strategy<Value = BTreeMap<String, String>> {
         prop::option::of(inbound),
         prop::collection::vec(outbound, 0..3),
         prop::collection::vec(fixed, 0..3),
+        prop::option::weighted(0.25, exec_annotations()),
+        prop::option::weighted(0.25, prop::collection::vec(file_annotations(), 1..3)),
+        prop::option::weighted(
+            0.5,
+            Just(vec![
+                (
+                    "keyward.io/secret-db".to_owned(),
+                    "secret/data/db".to_owned(),
+                ),
+                (
+                    "keyward.io/secret-api-key".to_owned(),
+                    "secret/data/api#token".to_owned(),
+                ),
+            ]),
+        ),
     )
-        .prop_map(|(secrets, inbound, outbound, fixed)| {
-            secrets
-                .into_iter()
-                .chain(inbound)
-                .chain(outbound)
-                .chain(fixed)
-                .flatten()
-                .collect()
-        })
+        .prop_map(
+            |(secrets, inbound, outbound, fixed, exec, files, delivered)| {
+                secrets
+                    .into_iter()
+                    .chain(delivered)
+                    .chain(inbound)
+                    .chain(outbound)
+                    .chain(fixed)
+                    .chain(exec)
+                    .chain(files.into_iter().flatten())
+                    .flatten()
+                    .collect()
+            },
+        )
 }
 
 /// Injector configs a cluster may run with: the defaults, and one with every optional
@@ -320,6 +431,107 @@ fn injector_configs() -> Vec<(&'static str, InjectorConfig)> {
     vec![("defaults", InjectorConfig::default()), ("custom", custom)]
 }
 
+/// `keyward exec`'s own command line, to parse what the injector wrote with the wrapper's
+/// parser.
+#[derive(clap::Parser)]
+struct ExecCommandLine {
+    #[command(flatten)]
+    exec: keyward_exec::ExecArgs,
+}
+
+/// What the injector did for `keyward exec` and rendered files in an admitted pod, checked:
+/// each wrapped container's command parses with the wrapper's own parser (clap, then its
+/// declaration checks) and ends with the original command; the binary's volume and its
+/// installer are there; each file's container mounts its own files volume read-only, which the
+/// sidecar mounts where the config says it writes. Returns (wrapped containers, files).
+fn delivery_holds(pod: &Value, config: &Config) -> Result<(usize, usize), String> {
+    use clap::Parser as _;
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .ok_or("no containers")?;
+    let volumes = pod["spec"]["volumes"].as_array().ok_or("no volumes")?;
+    let mounts = |c: &Value| c["volumeMounts"].as_array().cloned().unwrap_or_default();
+    let mut wrapped = 0;
+    for c in containers {
+        let cmd: Vec<&str> = c["command"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if cmd.first() != Some(&"/keyward/bin/keyward") {
+            continue;
+        }
+        wrapped += 1;
+        let line = ExecCommandLine::try_parse_from(
+            std::iter::once("keyward-exec").chain(cmd[2..].iter().copied()),
+        )
+        .map_err(|e| format!("the wrapper's parser refuses {cmd:?}: {e}"))?;
+        keyward_exec::spec::build(&line.exec.env, &line.exec.on_change)
+            .map_err(|e| format!("the wrapper refuses {cmd:?}: {}", e.0))?;
+        if line.exec.command != ["/app", "serve"] || cmd[1] != "exec" {
+            return Err(format!("the original command is not kept: {cmd:?}"));
+        }
+        for s in keyward_exec::spec::build(&line.exec.env, &line.exec.on_change)
+            .map_err(|e| e.0)?
+            .secrets()
+        {
+            if config.secret(s).is_none() {
+                return Err(format!("{s} is read by the wrapper but not declared"));
+            }
+        }
+        if !mounts(c).iter().any(|m| {
+            m["name"] == "keyward-bin" && m["mountPath"] == "/keyward/bin" && m["readOnly"] == true
+        }) {
+            return Err(format!(
+                "the wrapped container has no read-only binary mount: {c}"
+            ));
+        }
+    }
+    if wrapped > 0 {
+        let installer = pod["spec"]["initContainers"]
+            .as_array()
+            .and_then(|i| i.iter().find(|c| c["name"] == "keyward-install"))
+            .ok_or("no keyward-install init container")?;
+        if installer.get("restartPolicy").is_some()
+            || !volumes.iter().any(|v| v["name"] == "keyward-bin")
+        {
+            return Err("the installer or the binary's volume is wrong".into());
+        }
+    }
+    let sidecar = pod["spec"]["initContainers"]
+        .as_array()
+        .and_then(|i| i.iter().find(|c| c["name"] == "keyward"))
+        .ok_or("no sidecar")?;
+    for f in &config.files {
+        let c = containers
+            .iter()
+            .find(|c| c["name"] == f.container.as_str())
+            .ok_or_else(|| format!("file {} for a missing container", f.name))?;
+        let own = mounts(c)
+            .into_iter()
+            .find(|m| m["mountPath"] == "/keyward/files" && m["readOnly"] == true)
+            .ok_or_else(|| format!("container {} does not mount its files", f.container))?;
+        let in_sidecar = mounts(sidecar)
+            .into_iter()
+            .find(|m| m["name"] == own["name"])
+            .ok_or("the sidecar does not mount the files volume")?;
+        if in_sidecar["mountPath"].as_str() != f.dir.to_str() {
+            return Err(format!(
+                "the sidecar writes {} but mounts {in_sidecar}",
+                f.dir.display()
+            ));
+        }
+        for other in containers.iter().filter(|o| o["name"] != c["name"]) {
+            if mounts(other).iter().any(|m| m["name"] == own["name"]) {
+                return Err(format!(
+                    "{} also mounts {}'s files",
+                    other["name"], f.container
+                ));
+            }
+        }
+    }
+    Ok((wrapped, config.files.len()))
+}
+
 #[test]
 fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
     for (label, cfg) in injector_configs() {
@@ -330,6 +542,8 @@ fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
         });
         let injected = std::cell::Cell::new(0u32);
         let meshless = std::cell::Cell::new(0u32);
+        let wrapped = std::cell::Cell::new(0u32);
+        let with_files = std::cell::Cell::new(0u32);
         let result = runner.run(&annotations(), |ann| {
             match admit(&cfg, &ann) {
                 Admission::Injected(pod) => {
@@ -339,6 +553,9 @@ fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
                     if config.identity.is_none() {
                         meshless.set(meshless.get() + 1);
                     }
+                    let (w, f) = delivery_holds(&pod, &config).map_err(TestCaseError::fail)?;
+                    wrapped.set(wrapped.get() + u32::from(w > 0));
+                    with_files.set(with_files.get() + u32::from(f > 0));
                 }
                 Admission::NotInjected(_) => {}
             }
@@ -352,6 +569,11 @@ fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
         assert!(
             injected > 300 && meshless > 50 && injected - meshless > 50,
             "injector config {label}: only {injected} pods admitted ({meshless} without mesh ports) of 3000"
+        );
+        let (wrapped, with_files) = (wrapped.get(), with_files.get());
+        assert!(
+            wrapped > 30 && with_files > 30,
+            "injector config {label}: only {wrapped} admitted pods with keyward exec and {with_files} with files of 3000"
         );
     }
 }
