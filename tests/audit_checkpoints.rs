@@ -169,7 +169,10 @@ fn verify(file: &Path, v: &TestVault, token: &str, checkpoints: bool) -> (bool, 
     (out.status.success(), text)
 }
 
-fn records(file: &Path) -> Vec<Map<String, Value>> {
+/// Audit records, parsed.
+type Log = Vec<Map<String, Value>>;
+
+fn records(file: &Path) -> Log {
     std::fs::read_to_string(file)
         .expect("audit log")
         .lines()
@@ -327,7 +330,7 @@ async fn a_sidecar_anchors_its_chain_in_vault_and_every_rewrite_up_to_the_last_c
     edited[2].insert("reason".into(), json!("nothing to see"));
     let mut reordered = recs.clone();
     reordered.swap(2, 3);
-    let attacks: Vec<(&str, Vec<Map<String, Value>>, String)> = vec![
+    let attacks: Vec<(&str, Log, String)> = vec![
         (
             "deleted",
             rechain(deleted, None),
