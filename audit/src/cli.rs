@@ -42,8 +42,6 @@ pub enum AuditCommand {
         /// does not keep the order of lines).
         #[arg(long)]
         any_order: bool,
-        #[command(flatten)]
-        checkpoints: crate::checkpoints::CheckpointArgs,
     },
     /// Show records as a table (or JSON lines), filtered.
     Query {
@@ -81,10 +79,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             expect,
             window,
             any_order,
-            checkpoints,
         } => {
-            let anchored = checkpoints.checkpoints;
-            let mut seen = crate::checkpoints::Seen::default();
             let mut v = ChainVerifier::new();
             v.window = window;
             v.any_order = any_order;
@@ -99,9 +94,6 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
             if let Err(e) = read_inputs(&files, |name, reader| {
                 let s = v.source(name);
-                if anchored {
-                    return seen.read_into(&mut v, s, reader);
-                }
                 v.read(s, reader)
             }) {
                 eprintln!("FAILED: {e}");
@@ -124,11 +116,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
             let skipped = v.skipped;
             let reports = v.finish();
-            let code = print_verify(&reports, skipped);
-            if anchored && !crate::checkpoints::run(&checkpoints, &seen, window) {
-                return ExitCode::FAILURE;
-            }
-            code
+            print_verify(&reports, skipped)
         }
         AuditCommand::Query {
             files,
@@ -312,6 +300,43 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The strings a matching record must hold as string values, for [`Filter::may_match`]:
+    /// the string filters whose text JSON never needs to escape.
+    fn needles(&self) -> Vec<&str> {
+        [
+            &self.namespace,
+            &self.pod,
+            &self.container,
+            &self.chain,
+            &self.secret,
+            &self.decision,
+            &self.action,
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|n| {
+            !n.chars().any(|c| {
+                c == '"' || c == '\\' || c.is_control() || c == char::REPLACEMENT_CHARACTER
+            })
+        })
+        .collect()
+    }
+
+    /// False only when `line` cannot hold a matching record, without parsing it: a line with
+    /// no backslash has no escapes, so each of its strings is written as its own text, and a
+    /// string equal to a needle appears in the line as it is. Lines with a backslash (escapes,
+    /// a record quoted in a pipeline's envelope) or not UTF-8 are always parsed.
+    fn may_match(needles: &[&str], line: &[u8]) -> bool {
+        if needles.is_empty() || line.contains(&b'\\') {
+            return true;
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => needles.iter().all(|n| text.contains(n)),
+            Err(_) => true,
+        }
+    }
+
     fn matches(&self, v: &Value) -> bool {
         let s = |p: &str| v.pointer(p).and_then(Value::as_str);
         let is = |want: &Option<String>, got: Option<&str>| {
@@ -421,8 +446,12 @@ impl<'a> Query<'a> {
     /// Prints the matching records of `reader`; returns how many matched.
     pub fn read(&mut self, reader: impl BufRead, out: &mut impl Write) -> std::io::Result<usize> {
         let mut n = 0;
+        let needles = self.filter.needles();
         for line in reader.split(b'\n') {
             let line = line?;
+            if !Filter::may_match(&needles, &line) {
+                continue;
+            }
             let Some(m) = query_record(&String::from_utf8_lossy(&line)) else {
                 continue;
             };
@@ -537,6 +566,54 @@ mod tests {
             "\\\\u{a}",
             "a literal escape stays distinguishable"
         );
+    }
+
+    #[test]
+    fn query_skips_without_parsing_only_lines_that_cannot_match() {
+        let filter = Filter {
+            secret: Some("db".into()),
+            decision: Some("deny".into()),
+            ..Filter::default()
+        };
+        let needles = filter.needles();
+        assert!(Filter::may_match(
+            &needles,
+            br#"{"decision":"deny","secret":"db"}"#
+        ));
+        assert!(!Filter::may_match(
+            &needles,
+            br#"{"decision":"deny","secret":"api"}"#
+        ));
+        // A pipeline may write any character as an escape, or quote the record in an envelope:
+        // such lines are parsed.
+        let escaped = br#"{"decision":"d\u0065ny","secret":"\u0064b"}"#;
+        let quoted = br#"{"log":"{\"decision\":\"deny\",\"secret\":\"db\"}"}"#;
+        assert!(Filter::may_match(&needles, escaped));
+        assert!(Filter::may_match(&needles, quoted));
+        assert!(Filter::may_match(&needles, b"{\"secret\":\"\xff\"}"));
+        // A needle JSON must escape is not used to skip lines.
+        let quote = Filter {
+            secret: Some("a\"b".into()),
+            ..Filter::default()
+        };
+        assert!(quote.needles().is_empty());
+        assert!(Filter::default().needles().is_empty());
+        // And the escaped records are still found by the query.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("audit.log");
+        let rec = |secret: &str| {
+            format!(
+                r#"{{"time":"2026-12-01T00:00:00Z","seq":1,"action":"secret.read","decision":"deny","secret":"{secret}"}}"#
+            )
+        };
+        std::fs::write(
+            &file,
+            format!("{}\n{}\n{}\n", rec("db"), rec(r"\u0064b"), rec("api")),
+        )
+        .expect("write");
+        let mut out = Vec::new();
+        let n = query(&file, &filter, true, &mut out).expect("query");
+        assert_eq!(n, 2, "{}", String::from_utf8_lossy(&out));
     }
 
     #[test]
