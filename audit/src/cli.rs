@@ -42,6 +42,8 @@ pub enum AuditCommand {
         /// does not keep the order of lines).
         #[arg(long)]
         any_order: bool,
+        #[command(flatten)]
+        checkpoints: crate::checkpoints::CheckpointArgs,
     },
     /// Show records as a table (or JSON lines), filtered.
     Query {
@@ -79,7 +81,10 @@ pub fn run(args: AuditArgs) -> ExitCode {
             expect,
             window,
             any_order,
+            checkpoints,
         } => {
+            let anchored = checkpoints.checkpoints;
+            let mut seen = crate::checkpoints::Seen::default();
             let mut v = ChainVerifier::new();
             v.window = window;
             v.any_order = any_order;
@@ -94,6 +99,9 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
             if let Err(e) = read_inputs(&files, |name, reader| {
                 let s = v.source(name);
+                if anchored {
+                    return seen.read_into(&mut v, s, reader);
+                }
                 v.read(s, reader)
             }) {
                 eprintln!("FAILED: {e}");
@@ -116,7 +124,11 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
             let skipped = v.skipped;
             let reports = v.finish();
-            print_verify(&reports, skipped)
+            let code = print_verify(&reports, skipped);
+            if anchored && !crate::checkpoints::run(&checkpoints, &seen, window) {
+                return ExitCode::FAILURE;
+            }
+            code
         }
         AuditCommand::Query {
             files,
