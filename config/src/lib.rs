@@ -34,6 +34,7 @@ pub use rules::{
 };
 pub use sidecar::{
     AuditSettings, AuthConfig, AuthMethod, CheckpointSettings, ContainerSocket, ExposedAppPort,
-    IdentityConfig, InboundConfig, OutboundConfig, ProxyConfig, SecretSpec, SidecarConfig,
-    SocketConfig, VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
+    IdentityConfig, InboundConfig, MetricsConfig, OutboundConfig, ProxyConfig, SecretSpec,
+    SidecarConfig, SocketConfig, VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH,
+    MIN_SVID_TTL,
 };

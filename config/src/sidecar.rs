@@ -66,6 +66,19 @@ pub struct SidecarConfig {
     /// there are some).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::FileSpec>,
+    /// The Prometheus listener reachable from the pod network, serving only `/metrics`
+    /// (`/ready` and the rest stay on the loopback admin endpoint). `None`: not served (the
+    /// admin endpoint still has `/metrics`). The injector always writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics`: where the sidecar serves `/metrics` for Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, e.g. `0.0.0.0:15091` (the injector's `metrics.port`).
+    pub listen: SocketAddr,
 }
 
 /// Default of [`SidecarConfig::kv_refresh`].
@@ -91,6 +104,7 @@ impl SidecarConfig {
             identity: None,
             proxy: None,
             files: Vec::new(),
+            metrics: None,
         }
     }
 

@@ -129,6 +129,9 @@ fn everything() -> SidecarConfig {
                 template: None,
             },
         ],
+        metrics: Some(MetricsConfig {
+            listen: addr("0.0.0.0:15091"),
+        }),
     }
 }
 

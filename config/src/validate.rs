@@ -31,6 +31,21 @@ impl SidecarConfig {
             identity.validate()?;
         }
         let proxy = self.proxy_or_default();
+        if let Some(m) = &self.metrics {
+            let taken = std::iter::once(proxy.admin)
+                .chain(proxy.inbound.iter().map(|i| i.listen))
+                .chain(proxy.outbound.iter().map(|o| o.listen))
+                .any(|a| a.port() == m.listen.port());
+            if taken {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!(
+                        "port {} is already the admin endpoint's or a proxy listener's",
+                        m.listen.port()
+                    ),
+                ));
+            }
+        }
         match &self.identity {
             Some(id) => proxy.validate(&id.trust_domain),
             None => {

@@ -82,3 +82,21 @@ fn a_container_socket_with_an_unknown_field_is_refused_naming_it() {
     let e = SidecarConfig::from_yaml(doc).expect_err("unknown field");
     assert!(e.to_string().contains("socket.containers[0]"), "{e}");
 }
+
+#[test]
+fn the_metrics_listener_is_written_only_when_set_and_may_not_take_the_admin_port() {
+    let mut c = SidecarConfig::new("https://vault:8200");
+    assert!(!c.to_yaml().expect("yaml").contains("metrics"));
+    c.metrics = Some(keyward_config::MetricsConfig {
+        listen: "0.0.0.0:15091".parse().expect("addr"),
+    });
+    c.validate().expect("valid");
+    let yaml = c.to_yaml().expect("yaml");
+    assert!(yaml.contains("metrics:\n  listen: 0.0.0.0:15091"), "{yaml}");
+    assert_eq!(SidecarConfig::from_yaml(&yaml).expect("reads back"), c);
+    c.metrics = Some(keyward_config::MetricsConfig {
+        listen: "0.0.0.0:15090".parse().expect("addr"),
+    });
+    let e = c.validate().expect_err("the admin port");
+    assert_eq!(e.setting(), Some("metrics.listen"), "{e}");
+}

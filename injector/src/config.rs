@@ -79,6 +79,33 @@ pub struct InjectorConfig {
     pub exposed_app_port: ExposedAppPort,
     /// The operator's ceilings on what a pod's annotations and spec may ask for.
     pub policy: PolicyConfig,
+    /// The sidecar's Prometheus listener (every injected pod, broker-only ones included).
+    pub metrics: MetricsConfig,
+}
+
+/// `metrics`: the port every sidecar serves `/metrics` on (only that path) for Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Port, on all of the pod's addresses (default 15091, next to the loopback admin port
+    /// 15090, away from the ports apps commonly use such as 9090).
+    pub port: u16,
+    /// Name of the port declared on the sidecar container (default `kw-metrics`, what the
+    /// chart's PodMonitor selects: `monitoring.sidecarPortName`).
+    pub port_name: String,
+    /// Also add `prometheus.io/scrape`, `/port` and `/path` annotations to injected pods, for
+    /// Prometheus set-ups that discover pods by annotation (default false).
+    pub scrape_annotations: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            port: 15091,
+            port_name: "kw-metrics".to_owned(),
+            scrape_annotations: false,
+        }
+    }
 }
 
 /// `exposed_app_port`: what the sidecar's proxy does when an inbound app port also listens
@@ -251,6 +278,7 @@ impl Default for InjectorConfig {
             kv_refresh: None,
             exposed_app_port: ExposedAppPort::Warn,
             policy: PolicyConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -504,6 +532,34 @@ impl InjectorConfig {
                     "expected trace, debug, info, warn or error, got '{}'",
                     self.log_level
                 ),
+            ));
+        }
+        let m = &self.metrics;
+        if m.port == 0 || m.port == crate::annotations::ADMIN_PORT {
+            return Err(invalid(
+                "metrics.port",
+                format!(
+                    "must be a port other than 0 and the admin port {}, got {}",
+                    crate::annotations::ADMIN_PORT,
+                    m.port
+                ),
+            ));
+        }
+        // A container port name: an IANA_SVC_NAME (1-15 of [a-z0-9-], a letter, no '--').
+        let name = &m.port_name;
+        if name.is_empty()
+            || name.len() > 15
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !name.bytes().any(|b| b.is_ascii_lowercase())
+            || name.starts_with('-')
+            || name.ends_with('-')
+            || name.contains("--")
+        {
+            return Err(invalid(
+                "metrics.port_name",
+                format!("expected a port name (1-15 of a-z, 0-9, '-'), got '{name}'"),
             ));
         }
         Ok(())

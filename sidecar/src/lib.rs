@@ -5,6 +5,7 @@
 //! one admin endpoint, one runtime and one shutdown.
 
 pub mod cli;
+mod metrics_listener;
 mod run;
 pub mod sizing;
 

@@ -129,6 +129,8 @@ impl IdentitySource for StoreSource {
 pub struct Prepared {
     pub proxy: ProxyConfig,
     admin: TcpListener,
+    /// `metrics.listen`: `/metrics` only, reachable from the pod network.
+    metrics: Option<TcpListener>,
     /// The workload identity and the proxy's listeners; `None` runs broker-only.
     mesh: Option<Mesh>,
 }
@@ -167,10 +169,15 @@ pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared
             })
     };
     let admin = bind(proxy.admin, "proxy.admin".into()).await?;
+    let metrics = match &config.metrics {
+        Some(m) => Some(bind(m.listen, "metrics.listen".into()).await?),
+        None => None,
+    };
     let Some(identity) = identity else {
         return Ok(Prepared {
             proxy,
             admin,
+            metrics,
             mesh: None,
         });
     };
@@ -203,6 +210,7 @@ pub async fn prepare(config: &keyward_broker::config::Config) -> Result<Prepared
     Ok(Prepared {
         proxy,
         admin,
+        metrics,
         mesh: Some(Mesh {
             identity,
             bundle,
@@ -277,6 +285,13 @@ async fn run_prepared(
         let exposure = exposure.clone();
         Arc::new(move || exposure.notes())
     };
+    if let Some(listener) = p.metrics {
+        tokio::spawn(crate::metrics_listener::serve(
+            listener,
+            registry.clone(),
+            admin_cancel.clone(),
+        ));
+    }
     tokio::spawn(keyward_proxy::admin::serve_with_notes(
         p.admin,
         registry,

@@ -21,10 +21,81 @@ pub const PANIC_EVENT: &str = "panic; its message is withheld because it may con
 /// Sets up logging and the redacting panic hook. Call once, first thing in `main`.
 ///
 /// Logs go to stderr; `KEYWARD_LOG` takes an `EnvFilter` directive (default `info`),
-/// `KEYWARD_LOG_FORMAT=json` switches to one JSON object per line. Colour only on a terminal.
+/// `KEYWARD_LOG_FORMAT=json` switches to one JSON object per line (the injector sets it), each
+/// with the pod's identity (`"pod":{"namespace":..,"name":..,"uid":..}` from
+/// `KEYWARD_POD_NAMESPACE`, `KEYWARD_POD_NAME`, `KEYWARD_POD_UID`, the downward API variables
+/// the injector sets; left out when none is set). Colour only on a terminal.
 pub fn init() {
     init_tracing();
     install_panic_hook();
+}
+
+/// The `"pod":{...},` fragment every JSON line carries, from the environment; empty when no
+/// pod variable is set.
+fn pod_fragment(get: impl Fn(&str) -> Option<String>) -> String {
+    let fields: Vec<String> = [
+        ("namespace", "KEYWARD_POD_NAMESPACE"),
+        ("name", "KEYWARD_POD_NAME"),
+        ("uid", "KEYWARD_POD_UID"),
+    ]
+    .into_iter()
+    .filter_map(|(key, var)| {
+        let value = get(var).filter(|v| !v.is_empty())?;
+        Some(format!("\"{key}\":{}", json_string(&value)))
+    })
+    .collect();
+    if fields.is_empty() {
+        String::new()
+    } else {
+        format!("\"pod\":{{{}}},", fields.join(","))
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The JSON event format with the pod's identity put first on every line.
+struct WithPod<F> {
+    inner: F,
+    pod: String,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithPod<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) if !self.pod.is_empty() => write!(writer, "{{{}{rest}", self.pod),
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 fn init_tracing() {
@@ -36,7 +107,14 @@ fn init_tracing() {
         // Colour codes only on a terminal: in a container log they are noise to every parser.
         .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("KEYWARD_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+        let pod = pod_fragment(|var| std::env::var(var).ok());
+        builder
+            .json()
+            .event_format(WithPod {
+                inner: tracing_subscriber::fmt::format().json(),
+                pod,
+            })
+            .init();
     } else {
         builder.init();
     }
@@ -68,4 +146,23 @@ fn panic_hook(info: &PanicHookInfo<'_>) {
         message_len,
         "{PANIC_EVENT}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_fragment_names_what_is_set_and_escapes_it() {
+        assert_eq!(pod_fragment(|_| None), "");
+        let env = |v: &str| match v {
+            "KEYWARD_POD_NAMESPACE" => Some("shop".to_owned()),
+            "KEYWARD_POD_NAME" => Some("a\"b\\c\n".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            pod_fragment(env),
+            r#""pod":{"namespace":"shop","name":"a\"b\\c\u000a"},"#
+        );
+    }
 }

@@ -148,6 +148,35 @@ pub(super) fn conflicts(
              remove the container or add keyward.io/inject: \"false\""
         )));
     }
+    // The sidecar's metrics port is bound on all of the pod's addresses.
+    let metrics = cfg.metrics.port;
+    let taken = settings
+        .inbound
+        .iter()
+        .any(|i| i.tls_port == metrics)
+        .then(|| format!("{}inbound", annotations::PREFIX))
+        .or_else(|| {
+            settings
+                .outbound
+                .iter()
+                .find(|o| o.local_port == metrics)
+                .map(|o| format!("{}outbound-{}", annotations::PREFIX, o.name))
+        })
+        .or_else(|| {
+            all()
+                .find(|c| {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.container_port == i32::from(metrics))
+                })
+                .map(|c| format!("container '{}' (containerPort)", c.name))
+        });
+    if let Some(by) = taken {
+        return Err(MutateError::Conflict(format!(
+            "{by} uses port {metrics}, the sidecar's metrics port (the injector's metrics.port)"
+        )));
+    }
     for v in spec.volumes.as_deref().unwrap_or(&[]) {
         if [TOKEN_VOLUME, SOCKET_VOLUME, CA_VOLUME].contains(&v.name.as_str()) {
             return Err(MutateError::Conflict(format!(

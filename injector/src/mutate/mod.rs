@@ -220,15 +220,36 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
             )),
         }
     }
+    let mut added = vec![(
+        annotations::STATUS.to_owned(),
+        json!(annotations::STATUS_INJECTED),
+    )];
+    if cfg.metrics.scrape_annotations {
+        // For Prometheus set-ups that discover pods by annotation (without the operator's
+        // PodMonitor); a pod's own prometheus.io annotations are its app's and are kept.
+        for (key, value) in [
+            ("prometheus.io/scrape", "true".to_owned()),
+            ("prometheus.io/port", cfg.metrics.port.to_string()),
+            ("prometheus.io/path", "/metrics".to_owned()),
+        ] {
+            if !annotations.contains_key(key) {
+                added.push((key.to_owned(), json!(value)));
+            }
+        }
+    }
     match &pod.metadata.annotations {
         None => ops.push(PatchOp::add(
             "/metadata/annotations",
-            json!({ annotations::STATUS: annotations::STATUS_INJECTED }),
+            Value::Object(added.into_iter().collect()),
         )),
-        Some(_) => ops.push(PatchOp::add(
-            format!("/metadata/annotations/{}", escape(annotations::STATUS)),
-            json!(annotations::STATUS_INJECTED),
-        )),
+        Some(_) => {
+            for (key, value) in added {
+                ops.push(PatchOp::add(
+                    format!("/metadata/annotations/{}", escape(&key)),
+                    value,
+                ));
+            }
+        }
     }
     Ok(Outcome::Patch(ops))
 }
@@ -357,7 +378,12 @@ mod tests {
     #[test]
     fn a_pod_without_fs_group_gets_a_supplementary_group_and_no_fs_group() {
         for (sc, op, path, value) in [
-            (None, "add", "/spec/securityContext", json!({"supplementalGroups": [65532]})),
+            (
+                None,
+                "add",
+                "/spec/securityContext",
+                json!({"supplementalGroups": [65532]}),
+            ),
             (
                 Some(json!({"runAsUser": 1000})),
                 "add",
@@ -379,13 +405,22 @@ mod tests {
                     .any(|o| o["op"] == op && o["path"] == path && o["value"] == value),
                 "{sc:?}: no {op} {path} {value} in {text}"
             );
-            assert!(text.contains("group: 65532\\n"), "{sc:?}: socket group: {text}");
+            assert!(
+                text.contains("group: 65532\\n"),
+                "{sc:?}: socket group: {text}"
+            );
         }
         // Already a member: nothing to add. A pod's own fsGroup is kept and used.
         let ops = Value::Array(patch_for(Some(json!({"supplementalGroups": [65532]})))).to_string();
-        assert!(!ops.contains("supplementalGroups") && !ops.contains("fsGroup"), "{ops}");
+        assert!(
+            !ops.contains("supplementalGroups") && !ops.contains("fsGroup"),
+            "{ops}"
+        );
         let ops = Value::Array(patch_for(Some(json!({"fsGroup": 3000})))).to_string();
-        assert!(!ops.contains("supplementalGroups") && !ops.contains("/fsGroup"), "{ops}");
+        assert!(
+            !ops.contains("supplementalGroups") && !ops.contains("/fsGroup"),
+            "{ops}"
+        );
         assert!(ops.contains("group: 3000\\n"), "{ops}");
     }
 

@@ -125,6 +125,9 @@ pub fn sidecar_config(
                 .collect(),
             ..ProxyConfig::default()
         }),
+        metrics: Some(keyward_config::MetricsConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], cfg.metrics.port)),
+        }),
         files: super::delivery::file_specs(settings),
     }
 }
@@ -207,6 +210,7 @@ pub(super) fn container(
         {"name": "KEYWARD_CONFIG", "value": config_yaml},
         {"name": SOCKET_ENV, "value": SOCKET_PATH},
         {"name": "KEYWARD_LOG", "value": log_level},
+        {"name": "KEYWARD_LOG_FORMAT", "value": "json"},
         {"name": "KEYWARD_POD_NAME", "valueFrom": field("metadata.name")},
         {"name": "KEYWARD_POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
         {"name": "KEYWARD_POD_UID", "valueFrom": field("metadata.uid")},
@@ -254,16 +258,20 @@ pub(super) fn container(
         "volumeMounts": mounts,
     });
     if let Value::Object(map) = &mut c {
-        if !settings.inbound.is_empty() {
-            let ports: Vec<Value> = settings
-                .inbound
-                .iter()
-                .map(|i| {
-                    json!({"name": format!("kw-tls-{}", i.tls_port), "containerPort": i.tls_port, "protocol": "TCP"})
-                })
-                .collect();
-            map.insert("ports".to_owned(), Value::Array(ports));
-        }
+        // The mTLS ports, then the metrics port (every sidecar, broker-only ones included).
+        let mut ports: Vec<Value> = settings
+            .inbound
+            .iter()
+            .map(|i| {
+                json!({"name": format!("kw-tls-{}", i.tls_port), "containerPort": i.tls_port, "protocol": "TCP"})
+            })
+            .collect();
+        ports.push(json!({
+            "name": cfg.metrics.port_name,
+            "containerPort": cfg.metrics.port,
+            "protocol": "TCP",
+        }));
+        map.insert("ports".to_owned(), Value::Array(ports));
         match cfg.mode {
             SidecarMode::Native => {
                 map.insert("restartPolicy".to_owned(), json!("Always"));
