@@ -548,6 +548,14 @@ fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
             match admit(&cfg, &ann) {
                 Admission::Injected(pod) => {
                     injected.set(injected.get() + 1);
+                    // No injected pod gains an fsGroup (it would change the group of every
+                    // volume): the socket's group comes as a supplementary group instead.
+                    let sc = &pod["spec"]["securityContext"];
+                    if sc.get("fsGroup").is_some() || sc.get("fsGroupChangePolicy").is_some() {
+                        return Err(TestCaseError::fail(format!(
+                            "the injector gave a pod without one an fsGroup: {sc}"
+                        )));
+                    }
                     let yaml = config_yaml(&pod).map_err(TestCaseError::fail)?;
                     let config = sidecar_loads(&yaml).map_err(TestCaseError::fail)?;
                     if config.identity.is_none() {
