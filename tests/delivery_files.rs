@@ -183,6 +183,60 @@ fn refuses(files: &str, says: &str) {
     );
 }
 
+/// The app starts when the sidecar is ready: a file that cannot be rendered yet (its template
+/// needs a key the secret does not have) holds readiness, naming the file, and nothing is
+/// written; once the secret has the key the file is rendered and the sidecar becomes ready.
+#[tokio::test]
+async fn the_sidecar_is_ready_only_once_its_files_are_rendered() {
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    v.bao.kv_put("db", json!({"user": "orders"})).await;
+    let vol = tempfile::tempdir().expect("tempdir");
+    let dir = files_dir(vol.path(), "app");
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        &format!(
+            "kv_refresh: 1s\nsecrets:\n  - {{name: db, path: secret/data/db}}\nfiles:\n  - {{name: dsn, container: app, dir: {}, path: dsn, template: '{{{{ secrets.db.data.password }}}}'}}\n",
+            dir.display()
+        ),
+        &[],
+    );
+    let why = eventually(LONG, "a render error", || async {
+        b.audit_records()
+            .into_iter()
+            .find(|r| r["action"] == "file.render" && r["decision"] == "error")
+    })
+    .await;
+    assert!(
+        why["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("file dsn for container app")),
+        "{why}"
+    );
+    let ready = b.get("/v1/health/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready
+            .body
+            .contains("file dsn for container app not rendered yet"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "nothing half-written"
+    );
+    v.bao
+        .kv_put("db", json!({"user": "orders", "password": "pw2"}))
+        .await;
+    b.wait_ready().await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("dsn")).expect("rendered"),
+        "pw2"
+    );
+}
+
 #[test]
 fn bad_files_are_refused_by_the_sidecar_naming_the_setting_with_nothing_written() {
     refuses(

@@ -167,6 +167,7 @@ impl Inner {
                 }
             }
         }
+        deliver::readiness(&self.config)?;
         if let Some(id) = self.identity_source() {
             if id.current().is_none() {
                 return Err("workload certificate not issued yet".into());

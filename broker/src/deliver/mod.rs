@@ -24,6 +24,25 @@ use crate::cache::Entry;
 use crate::Inner;
 use render::SecretView;
 
+/// `Err` naming the first file not rendered yet whose secrets are all required: the app must
+/// not start before its files are there (the sidecar's readiness gates the app's start). A file
+/// that reads an optional secret does not hold readiness, as the secret does not.
+pub(crate) fn readiness(config: &crate::config::Config) -> Result<(), String> {
+    for f in &config.files {
+        let names = f.secrets(&config.secrets);
+        let required = names
+            .iter()
+            .all(|n| config.secret(n).is_some_and(|s| s.required));
+        if required && !f.dir.join(&f.path).exists() {
+            return Err(format!(
+                "file {} for container {} not rendered yet (see the file.render audit records)",
+                f.name, f.container
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Renders `spec` whenever a secret it reads gets a new version, until `shutdown`.
 pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: CancellationToken) {
     let entries: Vec<Arc<Entry>> = spec
