@@ -7,7 +7,7 @@
 //! - a bad annotation value is refused by `kubectl apply` (non-zero exit) with the injector's own
 //!   message, and nothing is created;
 //! - `kubectl apply --dry-run=server` returns the injected pod and creates nothing (the chart's
-//!   webhook declares `sideEffects: None`, without which the API server refuses dry-runs);
+//!   webhook declares `sideEffects: None`, so the API server calls it for dry-runs);
 //! - the injector stopped: the chart's default `failurePolicy: Fail` refuses pods naming the
 //!   webhook (label opt-outs still pass: the webhook is not even called), the chart rendered with
 //!   `webhook.failurePolicy=Ignore` admits them unmutated;
@@ -358,10 +358,11 @@ fn unchanged_pods_refusals_dry_run_and_failure_policies_through_the_api_server()
         .apply(&mwc.to_string())
         .expect("apply the MutatingWebhookConfiguration");
 
-    // 3. kubectl apply --dry-run=server: the injected pod comes back, nothing is stored. (The
-    // API server refuses to dry-run a request through a webhook whose sideEffects are not
-    // None/NoneOnDryRun, so this also holds the chart to that promise.) Polled until the API
-    // server has loaded the new webhook configuration.
+    // 3. kubectl apply --dry-run=server: the API server calls the webhook for a dry-run (the
+    // chart's `sideEffects: None`; admissionregistration/v1 accepts only None and
+    // NoneOnDryRun, so a webhook with side effects cannot even be registered), the injected
+    // pod comes back, nothing is stored. Polled until the API server has loaded the new webhook
+    // configuration.
     let dry_manifest = pod("kw-in", "dry", &[secret], &[]);
     let dry = cluster
         .wait_for("a server-side dry-run injected", WAIT, || {
