@@ -12,7 +12,8 @@
 //! Not here: the environment overrides of single settings and the file/inline loading (the
 //! broker's `config` module), and the injector's own config (`keyward_injector::config`).
 //!
-//! Versioning: issue 15 adds a `version` field to [`SidecarConfig`]; none exists yet.
+//! Versioning: [`SidecarConfig::version`] (absent: 1), up to [`CONTRACT_VERSION`]; see the
+//! `sidecar` module.
 
 mod error;
 mod files;
@@ -35,6 +36,6 @@ pub use rules::{
 pub use sidecar::{
     AuditSettings, AuthConfig, AuthMethod, CheckpointSettings, ContainerSocket, ExposedAppPort,
     IdentityConfig, InboundConfig, MetricsConfig, OutboundConfig, ProxyConfig, SecretSpec,
-    SidecarConfig, SocketConfig, VaultConfig, DEFAULT_KV_REFRESH, DEFAULT_SVID_TTL, MIN_KV_REFRESH,
-    MIN_SVID_TTL,
+    SidecarConfig, SocketConfig, VaultConfig, CONTRACT_VERSION, DEFAULT_KV_REFRESH,
+    DEFAULT_SVID_TTL, MIN_KV_REFRESH, MIN_SVID_TTL,
 };

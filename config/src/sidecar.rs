@@ -8,8 +8,12 @@
 //! existed (the injector's golden tests hold it to that), and any document deserializes,
 //! re-serializes and deserializes again to an equal value.
 //!
-//! Versioning (issue 15) will add a `version` field at the top of [`SidecarConfig`], written
-//! first; until then a document has no version and is this shape.
+//! Versioning: `version` is the first field of [`SidecarConfig`]. A document without one is
+//! version 1 (what injectors wrote before versions existed, and all an older sidecar reads: it
+//! knows no `version` key, so version 1 is written without it). A document is written with the
+//! lowest version that can hold it ([`SidecarConfig::required_version`]); a sidecar reads every
+//! version up to [`CONTRACT_VERSION`] and refuses a newer one naming both, before anything
+//! else in the document is looked at.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +34,10 @@ use crate::ConfigError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
+    /// The contract version the document is written in (absent: 1). Set it with
+    /// [`SidecarConfig::with_required_version`] before writing.
+    #[serde(default = "version_1", skip_serializing_if = "is_version_1")]
+    pub version: u32,
     /// Where Vault/OpenBao is.
     pub vault: VaultConfig,
     /// How to log in.
@@ -81,6 +89,17 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
+/// The newest contract version this build reads and writes. Version 2 added
+/// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself).
+pub const CONTRACT_VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
+}
+fn is_version_1(v: &u32) -> bool {
+    *v == 1
+}
+
 /// Default of [`SidecarConfig::kv_refresh`].
 pub const DEFAULT_KV_REFRESH: Duration = Duration::from_secs(60);
 /// Shortest `kv_refresh` accepted.
@@ -94,6 +113,7 @@ impl SidecarConfig {
     /// A config with this Vault address and every other setting at its default.
     pub fn new(vault_addr: impl Into<String>) -> Self {
         Self {
+            version: 1,
             vault: VaultConfig::new(vault_addr),
             auth: AuthConfig::default(),
             secrets: Vec::new(),
@@ -111,6 +131,32 @@ impl SidecarConfig {
     /// Reads a parsed YAML document (no validation: see [`SidecarConfig::validate`]). A parse
     /// error names where in the document it is (`proxy.inbound[0].listen`).
     pub fn from_yaml_value(doc: serde_yaml_ng::Value) -> Result<Self, ConfigError> {
+        // The version first: a newer document's new keys would otherwise be reported as
+        // unknown fields, hiding the reason.
+        if let Some(v) = doc.get("version") {
+            match v.as_u64() {
+                Some(n) if n > u64::from(CONTRACT_VERSION) => {
+                    return Err(ConfigError::invalid(
+                        "version",
+                        format!(
+                            "the document is contract version {n}, and this sidecar reads versions \
+                             1 to {CONTRACT_VERSION}: it was written by a newer injector; run a \
+                             sidecar image that supports version {n}, or set the injector's \
+                             sidecar_contract_version to {CONTRACT_VERSION}"
+                        ),
+                    ))
+                }
+                Some(n) if n >= 1 => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "version",
+                        format!(
+                            "expected a contract version from 1 to {CONTRACT_VERSION}, got {v:?}"
+                        ),
+                    ))
+                }
+            }
+        }
         serde_path_to_error::deserialize(doc).map_err(|e| {
             let at = e.path().to_string();
             ConfigError::Parse {
@@ -130,6 +176,27 @@ impl SidecarConfig {
     /// The document as the injector writes it into `KEYWARD_CONFIG`.
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
         serde_yaml_ng::to_string(self).map_err(|e| ConfigError::parse(e.to_string()))
+    }
+
+    /// The lowest contract version that holds this document: 2 when it uses
+    /// `socket.containers`, `metrics`, `files` or `audit.checkpoint`, else 1.
+    pub fn required_version(&self) -> u32 {
+        if !self.socket.containers.is_empty()
+            || self.metrics.is_some()
+            || !self.files.is_empty()
+            || self.audit.checkpoint.is_some()
+        {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// This document with `version` set to [`SidecarConfig::required_version`], as the
+    /// injector writes it (so a document an older sidecar can read carries no version).
+    pub fn with_required_version(mut self) -> Self {
+        self.version = self.required_version();
+        self
     }
 
     /// How often KV secrets are re-read.

@@ -22,6 +22,7 @@ fn addr(s: &str) -> SocketAddr {
 /// Every setting away from its default, so a field the serializer skipped or renamed shows.
 fn everything() -> SidecarConfig {
     SidecarConfig {
+        version: CONTRACT_VERSION,
         vault: VaultConfig {
             addr: "https://vault:8200".into(),
             ca_file: Some("/etc/ca.crt".into()),

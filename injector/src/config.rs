@@ -81,6 +81,10 @@ pub struct InjectorConfig {
     pub policy: PolicyConfig,
     /// The sidecar's Prometheus listener (every injected pod, broker-only ones included).
     pub metrics: MetricsConfig,
+    /// The newest config contract version the sidecar image (`image`) reads (default: this
+    /// injector's, [`keyward_config::CONTRACT_VERSION`]). A pod whose config needs a newer
+    /// version is refused, naming both, instead of getting a sidecar that cannot start.
+    pub sidecar_contract_version: u32,
 }
 
 /// `metrics`: the port every sidecar serves `/metrics` on (only that path) for Prometheus.
@@ -279,6 +283,7 @@ impl Default for InjectorConfig {
             exposed_app_port: ExposedAppPort::Warn,
             policy: PolicyConfig::default(),
             metrics: MetricsConfig::default(),
+            sidecar_contract_version: keyward_config::CONTRACT_VERSION,
         }
     }
 }
@@ -531,6 +536,16 @@ impl InjectorConfig {
                 format!(
                     "expected trace, debug, info, warn or error, got '{}'",
                     self.log_level
+                ),
+            ));
+        }
+        let v = self.sidecar_contract_version;
+        if !(1..=keyward_config::CONTRACT_VERSION).contains(&v) {
+            return Err(invalid(
+                "sidecar_contract_version",
+                format!(
+                    "this injector writes config contract versions 1 to {}, got {v}",
+                    keyward_config::CONTRACT_VERSION
                 ),
             ));
         }

@@ -164,6 +164,17 @@ pub fn mutate(pod: PodView<'_>, cfg: &InjectorConfig) -> Result<Outcome, MutateE
     }
     let mut config = sidecar_config(&settings, cfg, fs_group);
     config.socket.containers = sockets;
+    // Written in the lowest version that holds it; refused when the image cannot read that.
+    let config = config.with_required_version();
+    if config.version > cfg.sidecar_contract_version {
+        return Err(MutateError::Conflict(format!(
+            "the sidecar config for this pod needs config contract version {} (per-container \
+             sockets, the metrics listener, rendered files), and the injector's \
+             sidecar_contract_version says the sidecar image ({}) reads only up to version {}: \
+             upgrade the sidecar image, then raise sidecar_contract_version",
+            config.version, cfg.image, cfg.sidecar_contract_version
+        )));
+    }
     delivery::container_ops(&mut ops, spec, &settings, |n| selected(n, false));
     let mut sidecar = sidecar::container(&settings, cfg, &config);
     delivery::sidecar_mounts(&mut sidecar, spec, &settings);

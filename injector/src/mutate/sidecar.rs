@@ -55,6 +55,8 @@ pub fn sidecar_config(
     let mesh = !settings.inbound.is_empty() || !settings.outbound.is_empty();
     let td = &cfg.identity.trust_domain;
     SidecarConfig {
+        // Set below to the lowest version that holds the document.
+        version: 1,
         vault: VaultConfig {
             ca_file: cfg
                 .vault
@@ -130,6 +132,7 @@ pub fn sidecar_config(
         }),
         files: super::delivery::file_specs(settings),
     }
+    .with_required_version()
 }
 
 /// The pod volumes the sidecar needs: the projected token, the in-memory socket directory, and

@@ -1,0 +1,66 @@
+//! The injector writes the config contract version and refuses to write one the sidecar image
+//! cannot read (issue 15 §5).
+
+use keyward_injector::config::InjectorConfig;
+use keyward_injector::mutate::{mutate, MutateError, Outcome, PodView};
+use serde_json::json;
+
+fn inject(cfg: &InjectorConfig) -> Result<String, MutateError> {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))
+    .expect("pod");
+    let spec = pod.spec.clone().expect("spec");
+    let view = PodView {
+        namespace: Some("shop"),
+        metadata: &pod.metadata,
+        spec: &spec,
+    };
+    match mutate(view, cfg)? {
+        Outcome::Patch(ops) => Ok(serde_json::to_string(&ops).expect("json")),
+        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
+    }
+}
+
+#[test]
+fn the_injected_config_carries_its_version_first() {
+    let ops = inject(&InjectorConfig::default()).expect("injected");
+    assert!(
+        ops.contains(r#""value":"version: 2\nvault:"#),
+        "KEYWARD_CONFIG starts with its version: {ops}"
+    );
+}
+
+#[test]
+fn a_config_the_sidecar_image_cannot_read_is_refused_naming_both_versions() {
+    let cfg = InjectorConfig {
+        sidecar_contract_version: 1,
+        ..InjectorConfig::default()
+    };
+    cfg.validate()
+        .expect("version 1 is a version this injector can write");
+    let e = inject(&cfg).expect_err("an image that reads only version 1");
+    let text = e.to_string();
+    assert!(
+        text.contains("needs config contract version 2")
+            && text.contains("reads only up to version 1")
+            && text.contains("sidecar_contract_version"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_sidecar_contract_version_this_injector_does_not_know_is_refused() {
+    for v in [0, keyward_config::CONTRACT_VERSION + 1] {
+        let cfg = InjectorConfig {
+            sidecar_contract_version: v,
+            ..InjectorConfig::default()
+        };
+        let e = cfg.validate().expect_err("unknown version");
+        assert!(
+            e.to_string().contains("sidecar_contract_version"),
+            "{v}: {e}"
+        );
+    }
+}
