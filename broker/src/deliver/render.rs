@@ -100,11 +100,17 @@ pub fn render(
         secrets: BTreeMap<String, &'a SecretView>,
     }
     let ctx = Context { secrets: by_ident };
-    // minijinja's plain Display names the error kind, the template line and the expression;
-    // values appear only in its alternate (debug) form, which is never used here.
+    // Only the kind of error and the line: minijinja's messages may quote the value an
+    // operation failed on, and this text goes to the audit log and the sidecar's log.
     t.render(ctx)
         .map(|s| Zeroizing::new(s.into_bytes()))
-        .map_err(|e| err(format!("the template does not render: {e}")))
+        .map_err(|e| {
+            err(format!(
+                "the template does not render: {} at line {}",
+                e.kind(),
+                e.line().unwrap_or(0)
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -175,6 +181,25 @@ mod tests {
         .expect_err("strict");
         assert!(e.to_string().contains("file f"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    /// minijinja's messages may quote the value an operation failed on: a render error carries
+    /// only the kind of error and the line.
+    #[test]
+    fn a_failed_filter_on_a_value_does_not_quote_the_value() {
+        let mut secrets = BTreeMap::new();
+        secrets.insert("db".to_owned(), view(json!({"password": "hunter2"}), 1));
+        for t in [
+            "{{ secrets.db.data.password | int }}",
+            "{{ secrets.db.data.password + 1 }}",
+            "{{ secrets.db.data[secrets.db.data.password] }}",
+            "{{ secrets.db.data.password.nope }}",
+            "{{ range(secrets.db.data.password) }}",
+        ] {
+            let e = render(&file(None, None, Some(t)), &secrets).expect_err(t);
+            assert!(!e.to_string().contains("hunter2"), "{t}: {e}");
+            assert!(e.reason.contains("line 1"), "{t}: {e}");
+        }
     }
 
     #[test]
