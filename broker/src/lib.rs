@@ -4,11 +4,11 @@
 mod access;
 mod api;
 mod cache;
-mod deliver;
 mod checkpoint;
 pub mod claims;
 pub mod cli;
 pub mod config;
+mod deliver;
 mod lifecycle;
 mod metrics;
 mod refresh;
@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use keyward_audit::{AuditConfig, AuditLog};
+use keyward_audit::{AuditConfig, AuditLog, Retention};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -205,12 +205,15 @@ impl Broker {
             })?)),
             None => None,
         };
-        let audit = AuditLog::open(AuditConfig {
-            path: config.audit.file.clone(),
-            stdout: config.audit.stdout,
-            hmac_key,
-            fsync: config.audit.fsync,
-        })?;
+        let audit = AuditLog::open_with(
+            AuditConfig {
+                path: config.audit.file.clone(),
+                stdout: config.audit.stdout,
+                hmac_key,
+                fsync: config.audit.fsync,
+            },
+            retention(&config.audit),
+        )?;
         let vault = Arc::new(Vault::new(&config)?);
         let entries = config
             .secrets
@@ -317,6 +320,7 @@ impl Broker {
     fn spawn_loops(&self, shutdown: &CancellationToken) -> tokio_util::task::TaskTracker {
         let tasks = tokio_util::task::TaskTracker::new();
         tasks.spawn(refresh::auth_loop(self.inner.clone(), shutdown.clone()));
+        tasks.spawn(checkpoint::run(self.inner.clone(), shutdown.clone()));
         // Rendered files follow the secrets' version channels (deliver::file_loop).
         for file in &self.inner.config.files {
             tasks.spawn(deliver::file_loop(
@@ -325,7 +329,6 @@ impl Broker {
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(checkpoint::run(self.inner.clone(), shutdown.clone()));
         for entry in self.inner.entries.values() {
             tasks.spawn(refresh::secret_loop(
                 self.inner.clone(),
@@ -345,6 +348,18 @@ impl Broker {
         if self.inner.config.revoke_on_shutdown {
             refresh::revoke_all(&self.inner).await;
         }
+    }
+}
+
+/// The audit log's retention from the config: each setting the config leaves out keeps the
+/// audit crate's default ([`Retention::default`]).
+fn retention(settings: &keyward_config::AuditSettings) -> Retention {
+    let d = Retention::default();
+    Retention {
+        max_bytes: settings.max_bytes.or(d.max_bytes),
+        volume_percent: settings.volume_percent.unwrap_or(d.volume_percent),
+        segments: settings.segments.unwrap_or(d.segments),
+        summary_interval: settings.summary_interval.unwrap_or(d.summary_interval),
     }
 }
 

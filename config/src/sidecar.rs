@@ -179,12 +179,14 @@ impl SidecarConfig {
     }
 
     /// The lowest contract version that holds this document: 2 when it uses
-    /// `socket.containers`, `metrics`, `files` or `audit.checkpoint`, else 1.
+    /// `socket.containers`, `metrics`, `files`, `audit.checkpoint` or the audit log's
+    /// retention settings, else 1.
     pub fn required_version(&self) -> u32 {
         if !self.socket.containers.is_empty()
             || self.metrics.is_some()
             || !self.files.is_empty()
             || self.audit.checkpoint.is_some()
+            || self.audit.has_retention()
         {
             2
         } else {
@@ -438,6 +440,25 @@ pub struct AuditSettings {
     /// only when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSettings>,
+    /// Bytes all the log's segments may hold together (default: `volume_percent` of the
+    /// filesystem the log is on, at most 64 MiB). Set it when the log's volume is disk-backed:
+    /// there the filesystem is the node's disk, not the volume's `sizeLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Share of the log's filesystem used when `max_bytes` is not set (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_percent: Option<u8>,
+    /// Segments kept, the active one included (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<u32>,
+    /// Routine records (renewals, same-version re-reads) are written in full once per
+    /// interval and otherwise counted (default 10m).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub summary_interval: Option<Duration>,
 }
 
 impl Default for AuditSettings {
@@ -448,7 +469,21 @@ impl Default for AuditSettings {
             hmac_key_file: None,
             fsync: false,
             checkpoint: None,
+            max_bytes: None,
+            volume_percent: None,
+            segments: None,
+            summary_interval: None,
         }
+    }
+}
+
+impl AuditSettings {
+    /// Whether any of the log's retention settings (contract version 2) is set.
+    pub fn has_retention(&self) -> bool {
+        self.max_bytes.is_some()
+            || self.volume_percent.is_some()
+            || self.segments.is_some()
+            || self.summary_interval.is_some()
     }
 }
 

@@ -9,6 +9,9 @@ use crate::rules::{pattern_in_domain, split_host_port, valid_secret_key, valid_s
 use crate::sidecar::{IdentityConfig, ProxyConfig, SidecarConfig, MIN_KV_REFRESH, MIN_SVID_TTL};
 use crate::{valid_vault_path, ConfigError, VAULT_PATH_RULE};
 
+/// Smallest `audit.max_bytes` accepted: room for a few segments of records.
+const MIN_AUDIT_BYTES: u64 = 64 * 1024;
+
 fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(setting, reason)
 }
@@ -83,6 +86,38 @@ impl SidecarConfig {
         }
         if let Some(c) = &self.audit.checkpoint {
             c.validate()?;
+        }
+        if let Some(b) = self.audit.max_bytes {
+            if b < MIN_AUDIT_BYTES {
+                return Err(invalid(
+                    "audit.max_bytes",
+                    format!("at least {MIN_AUDIT_BYTES} bytes, got {b}"),
+                ));
+            }
+        }
+        if let Some(p) = self.audit.volume_percent {
+            if !(1..=100).contains(&p) {
+                return Err(invalid(
+                    "audit.volume_percent",
+                    format!("expected 1 to 100, got {p}"),
+                ));
+            }
+        }
+        if let Some(n) = self.audit.segments {
+            if !(1..=64).contains(&n) {
+                return Err(invalid(
+                    "audit.segments",
+                    format!("expected 1 to 64, got {n}"),
+                ));
+            }
+        }
+        if let Some(i) = self.audit.summary_interval {
+            if i < std::time::Duration::from_secs(1) {
+                return Err(invalid(
+                    "audit.summary_interval",
+                    format!("at least 1s, got {i:?}"),
+                ));
+            }
         }
         let mut names = HashSet::new();
         for (i, s) in self.secrets.iter().enumerate() {

@@ -27,6 +27,16 @@ pub struct Fixture {
 /// A broker declaring `secrets` (YAML flow items), each served by the source given under its
 /// name. Vault's address is a closed port: nothing there is ever reached.
 pub fn fixture(secrets: &[&str], sources: &[(&str, Arc<dyn SecretSource>)]) -> Fixture {
+    fixture_with_audit(secrets, sources, "")
+}
+
+/// As [`fixture`], with more settings of the `audit` section (YAML flow entries, e.g.
+/// `"max_bytes: 65536, segments: 2"`).
+pub fn fixture_with_audit(
+    secrets: &[&str],
+    sources: &[(&str, Arc<dyn SecretSource>)],
+    audit_settings: &str,
+) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = dir.path().join("audit.log");
     let yaml = format!(
@@ -35,7 +45,7 @@ pub fn fixture(secrets: &[&str], sources: &[(&str, Arc<dyn SecretSource>)]) -> F
          secrets:\n{secrets}\n\
          kv_refresh: 1s\n\
          socket: {{path: {sock}, read_timeout: 5s, max_wait: 30s}}\n\
-         audit: {{file: {audit}}}\n",
+         audit: {{file: {audit}{more}}}\n",
         token = dir.path().join("token").display(),
         secrets = secrets
             .iter()
@@ -44,6 +54,11 @@ pub fn fixture(secrets: &[&str], sources: &[(&str, Arc<dyn SecretSource>)]) -> F
             .join("\n"),
         sock = dir.path().join("unused.sock").display(),
         audit = audit.display(),
+        more = if audit_settings.is_empty() {
+            String::new()
+        } else {
+            format!(", {audit_settings}")
+        },
     );
     let config = Config::from_yaml(&yaml, &BTreeMap::<String, String>::new()).expect("config");
     let sources = sources
