@@ -115,6 +115,8 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
             "sidecar.auth.mount=kubernetes",
             "sidecar.resources.limits.cpu=200m",
             "sidecar.kvRefresh=5m",
+            "sidecar.auditCheckpoint.mount=kv-audit",
+            "sidecar.auditCheckpoint.every_records=100",
             "sidecar.vault.addr=http://vault.vault.svc:8200",
             "sidecar.vault.allowInsecureHttp=true",
             "memoryBudgetMiB=64",
@@ -355,6 +357,14 @@ fn rendered_chart_has_the_webhook_contract_and_validates_on_1_30_and_1_35() {
             cm["data"]["config.yaml"].as_str().expect("config.yaml"),
         )
         .unwrap_or_else(|e| panic!("{name}: the chart's config does not load: {e}"));
+        // sidecar.auditCheckpoint reaches the injector's config (and so every sidecar's).
+        match loaded.audit_checkpoint.as_ref() {
+            Some(cp) if name.starts_with("legacy") => {
+                assert_eq!((cp.mount.as_str(), cp.every_records), ("kv-audit", 100));
+            }
+            None if !name.starts_with("legacy") => {}
+            other => panic!("{name}: audit_checkpoint {other:?}"),
+        }
         let strict = sets.contains(&"policy.allowOptOut=false");
         assert_eq!(loaded.policy.allow_opt_out, !strict, "{name}");
         assert_eq!(loaded.policy.allow_host_namespaces, strict, "{name}");

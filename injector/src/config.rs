@@ -69,6 +69,10 @@ pub struct InjectorConfig {
     pub socket: SocketConfig,
     /// Whether the sidecar also writes audit records to stdout.
     pub audit_stdout: bool,
+    /// Vault checkpoints of every sidecar's audit chain (`audit.checkpoint` of the sidecar
+    /// config: docs/audit.md, docs/vault-setup.md section 8). Absent (the default): none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_checkpoint: Option<keyward_config::CheckpointSettings>,
     /// Default sidecar log level; `keyward.io/log-level` overrides it.
     pub log_level: String,
     /// Default interval at which sidecars re-read unleased (KV) secrets, a duration such as
@@ -278,6 +282,7 @@ impl Default for InjectorConfig {
             security: SecurityConfig::default(),
             socket: SocketConfig::default(),
             audit_stdout: true,
+            audit_checkpoint: None,
             log_level: "info".to_owned(),
             kv_refresh: None,
             exposed_app_port: ExposedAppPort::Warn,
@@ -538,6 +543,10 @@ impl InjectorConfig {
                     self.log_level
                 ),
             ));
+        }
+        if let Some(c) = &self.audit_checkpoint {
+            c.validate()
+                .map_err(|e| invalid("audit_checkpoint", e.to_string()))?;
         }
         let v = self.sidecar_contract_version;
         if !(1..=keyward_config::CONTRACT_VERSION).contains(&v) {

@@ -339,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn audit_checkpoints_reach_every_sidecar_config_only_when_the_injector_config_sets_them() {
+        let settings = annotations::parse_settings(&BTreeMap::new()).expect("settings");
+        let mut cfg = InjectorConfig::default();
+        let written = |cfg: &InjectorConfig| sidecar_config(&settings, cfg, 1000);
+        let off = written(&cfg);
+        assert_eq!(off.audit.checkpoint, None);
+        assert!(!serde_yaml_ng::to_string(&off)
+            .expect("yaml")
+            .contains("checkpoint"));
+        cfg = InjectorConfig::from_yaml(
+            "image: ghcr.io/x/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000\n\
+             audit_checkpoint: {mount: audit-kv, prefix: cp, every_records: 50, every: 30s}\n",
+        )
+        .expect("an injector config with checkpoints loads");
+        let on = written(&cfg);
+        let cp = on.audit.checkpoint.as_ref().expect("checkpoint written");
+        assert_eq!(
+            (cp.mount.as_str(), cp.prefix.as_str(), cp.every_records),
+            ("audit-kv", "cp", 50)
+        );
+        assert_eq!(cp.every, std::time::Duration::from_secs(30));
+        assert_eq!(on.required_version(), 2);
+        let bad = InjectorConfig::from_yaml(
+            "image: ghcr.io/x/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000\n\
+             audit_checkpoint: {mount: ../x}\n",
+        )
+        .expect_err("a checkpoint mount that is not a path segment");
+        assert!(bad.to_string().contains("audit_checkpoint"), "{bad}");
+    }
+
+    #[test]
     fn kv_refresh_comes_from_the_annotation_else_the_injector_default() {
         assert_eq!(
             kv_refresh_in_config(None, None),

@@ -82,6 +82,7 @@ pub fn sidecar_config(
         audit: AuditSettings {
             file: PathBuf::from(AUDIT_PATH),
             stdout: cfg.audit_stdout,
+            checkpoint: cfg.audit_checkpoint.clone(),
             ..AuditSettings::default()
         },
         // The pod's annotation, else the injector's default (validated at start-up); absent,
