@@ -14,6 +14,30 @@ use serde_json::json;
 use support::broker::{get, BrokerProc};
 use support::{eventually, fds, rss_kib, TestVault};
 
+/// Descriptors of `pid` that are not TCP sockets: the broker's only TCP connections are its
+/// pooled HTTP connections to Vault, which the client pool keeps open for a while after the
+/// load (their number is the pool's business, not a leak); every socket client, file and pipe
+/// is counted.
+fn fds_but_vault(pid: u32) -> usize {
+    let mut tcp = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                tcp.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let total = fds(pid);
+    let tcp_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the broker is running")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| tcp.contains(&t.display().to_string()))
+        .count();
+    total - tcp_fds
+}
+
 const CLIENTS: usize = 100;
 const RUN: Duration = Duration::from_secs(8);
 
@@ -44,7 +68,7 @@ async fn hundred_clients_reading_and_long_polling_lose_nothing_and_leak_nothing(
     );
     b.wait_ready().await;
     let pid = b.pid();
-    let fds_before = fds(pid);
+    let fds_before = fds_but_vault(pid);
     // Answers served (200) per access path, in PATHS order.
     let ok: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let failed = Arc::new(AtomicU64::new(0));
@@ -119,11 +143,12 @@ async fn hundred_clients_reading_and_long_polling_lose_nothing_and_leak_nothing(
     }
     assert!(woken > 0, "long-polls were woken by new versions");
 
-    // Every connection is gone again: no descriptor leaked.
+    // Every client connection is gone again: no descriptor leaked (Vault's pooled TCP
+    // connections aside).
     eventually(
         Duration::from_secs(10),
         "file descriptors back to the baseline",
-        || async { (fds(pid) <= fds_before).then_some(()) },
+        || async { (fds_but_vault(pid) <= fds_before).then_some(()) },
     )
     .await;
     // Memory levels off: the last sample is within 25 % (+2 MiB) of the mid-run one.

@@ -88,12 +88,9 @@ impl BrokerProc {
     }
 
     /// The audit records written so far.
+    /// Every record the audit log still holds, its rotated segments included.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
-            .collect()
+        crate::audit_window(&self.audit)
     }
 
     /// Audit records with this action and decision.

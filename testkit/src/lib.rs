@@ -71,6 +71,42 @@ fn free_ports(n: u16) -> u16 {
     }
 }
 
+/// Every record an audit log still holds, oldest first: its closed segments
+/// (`audit.log.NNNNNN`, by number) and then the active file (`audit.log`). The log rotates
+/// under load, so reading only the active file would miss records. A missing log reads as no
+/// records; a line that is not JSON panics naming it.
+pub fn audit_window(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<(u64, std::path::PathBuf)> = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        let prefix = format!("{}.", name.to_string_lossy());
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(n) = file.strip_prefix(&prefix) {
+                    if n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()) {
+                        files.push((n.parse().unwrap_or(0), e.path()));
+                    }
+                }
+            }
+        }
+    }
+    files.sort();
+    files.push((u64::MAX, path.to_owned()));
+    files
+        .iter()
+        .flat_map(|(_, f)| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("bad audit line in {}: {l}: {e}", f.display()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Open file descriptors of a process. Panics when the process is gone (or `pid` is 0, what
 /// the harnesses report for a process no longer running): a dead process has no descriptors,
 /// and a leak check must not pass because of that.
