@@ -30,7 +30,11 @@ const TOKEN_OWN_COPIES: usize = 1;
 
 /// Whether the hit at `address` lies in a raw HTTP message: the text running up to it (printable
 /// bytes and line ends, unbroken) is a Vault answer's JSON (`{"request_id":...`, after the
-/// status line and headers) or a request head's `x-vault-token: ` header.
+/// status line and headers) or a request head's `x-vault-token: ` header. A buffer the client
+/// has freed may have its first bytes overwritten by the allocator's own bookkeeping, cutting
+/// `{"request_id":` off the run: the answer envelope's own keys in their order
+/// (`","lease_id":"`, then `,"renewable":`, then `,"lease_duration":`) identify it then. A copy
+/// keyward made of a value (parsed data, sealed JSON) carries no envelope either way.
 fn in_http_message(pid: u32, address: u64) -> bool {
     let before = procmem::read(pid, address.saturating_sub(2048), 2048);
     let start = before
@@ -38,7 +42,15 @@ fn in_http_message(pid: u32, address: u64) -> bool {
         .rposition(|b| !(b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n')))
         .map_or(0, |i| i + 1);
     let run = &before[start..];
-    run.windows(14).any(|w| w == b"{\"request_id\":") || run.ends_with(b"x-vault-token: ")
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let envelope = find(run, b"\",\"lease_id\":\"").and_then(|a| {
+        let rest = &run[a..];
+        let b = find(rest, b",\"renewable\":")?;
+        find(&rest[b..], b",\"lease_duration\":")
+    });
+    run.windows(14).any(|w| w == b"{\"request_id\":")
+        || envelope.is_some()
+        || run.ends_with(b"x-vault-token: ")
 }
 
 /// Splits hits into (in HTTP messages, elsewhere), describing the latter.
