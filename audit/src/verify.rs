@@ -63,7 +63,9 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
 
 /// Verifies one local log read from `reader`, as written: each line a record in canonical form
 /// whose hash matches; each chain starting at seq 1 from GENESIS and running on without a gap;
-/// a chain after another naming where that one ended (`prev_chain`).
+/// a chain after another naming where that one ended (`prev_chain`); the first chain naming no
+/// chain before it (one it names is missing from the log). A rotated local log, whose oldest
+/// records are gone by design, is checked with [`ChainVerifier`] (`keyward audit verify --window`).
 pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> {
     let mut current: Option<Head> = None;
     let mut seen = HashSet::new();
@@ -126,6 +128,13 @@ pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> 
                     return Err(broken(
                         "first record does not start the chain (lines removed before it)".into(),
                     ));
+                }
+                if let (None, Some(l)) = (&current, &head.prev_chain) {
+                    return Err(broken(format!(
+                        "this chain follows chain {} (ended at seq {}), which the log does not \
+                         hold (records removed before it)",
+                        l.chain, l.seq
+                    )));
                 }
                 if let Some(c) = &current {
                     match &head.prev_chain {
@@ -817,6 +826,10 @@ mod tests {
         let (line, why) = reason(&l);
         assert_eq!(line, 2);
         assert!(why.contains("ended at seq 2"), "{why}");
+        // The whole first chain removed: the second names a chain the log does not hold.
+        let (line, why) = reason(&lines[2..]);
+        assert_eq!(line, 1);
+        assert!(why.contains("does not hold"), "{why}");
     }
 
     #[test]
