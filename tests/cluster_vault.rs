@@ -226,7 +226,9 @@ async fn unready_with(b: &BrokerProc, why: &str) -> Answer {
         WAIT,
         &format!("the broker unready with {why:?}"),
         || async {
-            if !b.socket.exists() {
+            // The socket file appears at bind(), a moment before the broker listens: a refused
+            // connection then means "not yet", not a failure.
+            if !b.socket.exists() || tokio::net::UnixStream::connect(&b.socket).await.is_err() {
                 return None;
             }
             let a = b.get("/v1/health/ready").await;
