@@ -86,7 +86,10 @@ async fn a_kv_update_re_renders_the_file_atomically_with_one_render_record_per_v
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             let mut reads = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            // Read once more after the stop: the main thread stops the reader only after it
+            // saw the last version, so that last read sees it too.
+            loop {
+                let last_round = stop.load(Ordering::Acquire);
                 let text = std::fs::read_to_string(&file).expect("the file is always there");
                 let parsed = parse_dsn(&text).unwrap_or_else(|| {
                     panic!("a read saw a partial or broken file ({} bytes)", text.len())
@@ -95,6 +98,9 @@ async fn a_kv_update_re_renders_the_file_atomically_with_one_render_record_per_v
                     seen.push(parsed);
                 }
                 reads += 1;
+                if last_round {
+                    break;
+                }
             }
             (reads, seen)
         })
@@ -110,7 +116,7 @@ async fn a_kv_update_re_renders_the_file_atomically_with_one_render_record_per_v
         })
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Release);
     let (reads, seen) = reader.join().expect("reader");
     assert!(reads > 10, "the reader read {reads} times");
     assert!(
