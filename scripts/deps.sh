@@ -28,6 +28,7 @@ COSIGN_VERSION=v2.6.5         # github.com/sigstore/cosign/v2 (Go module, built 
 REGISTRY_VERSION=v3.1.2       # github.com/distribution/distribution/v3 (Go module): the loopback registry cosign signs in
 CHROMIUM_DEB_VERSION=156.0.8078.114-1~deb12u1  # Debian bookworm-security: headless browser for the audit report test
 JQ_DEB_VERSION=1.6-2.1+deb12u3                 # Debian bookworm-security: the audit benchmark's peer
+NGINX_DEB_VERSION=1.22.1-9+deb12u11            # Debian bookworm-security: the TLS server of tests/delivery_certs.rs
 
 KEYWARD_CACHE=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 mkdir -p "$KEYWARD_CACHE"
@@ -66,6 +67,18 @@ install_core() {
   for tool in curl ip openssl strace; do
     command -v "$tool" >/dev/null || { log "installing $tool"; apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl iproute2 openssl strace >/dev/null; break; }
   done
+  # nginx (tests/delivery_certs.rs serves HTTPS from keyward-issued certificate files), pinned,
+  # installed when missing or at another version. Its service is not started by the install.
+  local nv; nv=$(dpkg-query -W -f '${Version}' nginx 2>/dev/null || true)
+  if [ "$nv" != "$NGINX_DEB_VERSION" ]; then
+    log "installing nginx=$NGINX_DEB_VERSION from Debian"
+    local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+      "nginx=$NGINX_DEB_VERSION" "nginx-common=$NGINX_DEB_VERSION" >/dev/null \
+      || { log "apt-get install nginx=$NGINX_DEB_VERSION failed"; exit 1; }
+  fi
+  KEYWARD_NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }
 
 # The audit report's browser test (audit/tests/report.rs: headless Chromium) and the audit
@@ -240,7 +253,7 @@ esac
 
 env_file="$KEYWARD_CACHE/env.sh"
 touch "$env_file"
-for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY KEYWARD_SKOPEO KEYWARD_UMOCI KEYWARD_RELEASE_BIN KEYWARD_CHROMIUM KEYWARD_JQ; do
+for var in KEYWARD_BAO KEYWARD_PG_BIN KEYWARD_ENVOY KEYWARD_KUBE_VALIDATE KEYWARD_CHECKOV KEYWARD_HELM KEYWARD_KUBECTL KEYWARD_KUBE_BIN KEYWARD_CARGO_DENY KEYWARD_SKOPEO KEYWARD_UMOCI KEYWARD_RELEASE_BIN KEYWARD_CHROMIUM KEYWARD_JQ KEYWARD_NGINX; do
   if [ -n "${!var:-}" ]; then
     grep -v "^export $var=" "$env_file" > "$env_file.tmp" || true
     echo "export $var=${!var}" >> "$env_file.tmp"
