@@ -128,8 +128,9 @@ pub struct Image {
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Directories every container gets as private tmpfs (so mountPaths below them touch no host
-/// path).
-const PRIVATE_DIRS: &[&str] = &["/run", "/srv"];
+/// path). `/keyward` (where the injector mounts the `keyward exec` binary and rendered files)
+/// exists on no host: the runner creates it, empty, the first time a container mounts below it.
+const PRIVATE_DIRS: &[&str] = &["/run", "/srv", "/keyward"];
 
 #[derive(Clone, Debug)]
 struct Mount {
@@ -775,6 +776,14 @@ impl Pod {
                     &self.def,
                     format!("the runner's directory must not be under {d}"),
                 ));
+            }
+            if !Path::new(d).exists() {
+                if !cs.mounts.iter().any(|m| Path::new(&m.path).starts_with(d)) {
+                    continue;
+                }
+                std::fs::create_dir_all(d).map_err(Error::io(format!(
+                    "creating {d} on the host (the mountpoint of the container's private tmpfs)"
+                )))?;
             }
             s += &format!("mount -t tmpfs -o mode=0755,size=64m podrun {d}\n");
         }
