@@ -9,7 +9,12 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     stopped: bool,
+    /// Set by [`Postgres::require_passwords`]: the superuser's password.
+    password: Option<&'static str>,
 }
+
+/// The superuser's password once [`Postgres::require_passwords`] has set one.
+pub const SUPERUSER_PASSWORD: &str = "keyward-test-pg-superuser";
 
 fn as_postgres(bin: &Path, tool: &str) -> Command {
     let root = nix::unistd::Uid::effective().is_root();
@@ -79,7 +84,50 @@ impl Postgres {
             dir,
             port,
             stopped: false,
+            password: None,
         }
+    }
+
+    /// From now on TCP connections need a password (scram-sha-256), as a real server asks:
+    /// a login works only with the password Vault gave the role. The superuser's is
+    /// [`SUPERUSER_PASSWORD`] (used by [`Postgres::sql`] and [`Postgres::configure_vault`]).
+    pub async fn require_passwords(&mut self) {
+        self.sql(&format!(
+            "ALTER ROLE postgres PASSWORD '{SUPERUSER_PASSWORD}'"
+        ));
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        let conf = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        let conf: String = conf
+            .lines()
+            .map(|l| match l.strip_suffix("trust") {
+                Some(head) if l.starts_with("host") => format!("{head}scram-sha-256\n"),
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, conf).expect("write pg_hba.conf");
+        self.password = Some(SUPERUSER_PASSWORD);
+        let mut reload = as_postgres(&self.bin, "pg_ctl");
+        reload
+            .args(["-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("reload");
+        run(reload, "pg_ctl reload");
+        // The reload is asynchronous: wait until a TCP login without a password is refused.
+        let (psql, port) = (self.bin.join("psql"), self.port.to_string());
+        crate::eventually(
+            std::time::Duration::from_secs(30),
+            "pg_hba.conf reloaded",
+            || {
+                let refused = Command::new(&psql)
+                    .args(["-h", "127.0.0.1", "-p", &port])
+                    .args(["-U", "postgres", "-w", "-tAc", "select 1"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .is_ok_and(|out| !out.status.success());
+                async move { refused.then_some(()) }
+            },
+        )
+        .await;
     }
 
     /// Runs one SQL statement as the superuser; returns the unaligned output.
@@ -95,6 +143,9 @@ impl Postgres {
             "-tAc",
             statement,
         ]);
+        if let Some(pw) = self.password {
+            c.env("PGPASSWORD", pw);
+        }
         run(c, "psql").trim().to_owned()
     }
 
@@ -155,7 +206,7 @@ impl Postgres {
                 "plugin_name": "postgresql-database-plugin",
                 "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable", self.port),
                 "username": "postgres",
-                "password": "unused-with-trust-auth",
+                "password": self.password.unwrap_or("unused-with-trust-auth"),
                 "allowed_roles": "app",
                 "verify_connection": true,
             })),
