@@ -180,11 +180,6 @@ async fn psql_reconnects_as_the_new_role_after_the_lease_is_refetched_the_dsn_fi
             "{r}"
         );
     }
-    for r in audit.iter().filter(|r| {
-        ["file.render", "exec.restart", "vault.fetch"].contains(&r["action"].as_str().unwrap_or(""))
-    }) {
-        eprintln!(r["time"], r["action"], r["version"], r["reason"]);
-    }
     let restarts: Vec<&Value> = audit
         .iter()
         .filter(|r| r["action"] == "exec.restart")
