@@ -15,6 +15,7 @@ mod refresh;
 mod secret;
 pub mod source;
 pub mod vault;
+mod vault_tls;
 
 pub use secret::SecretString;
 pub use source::SecretSource;

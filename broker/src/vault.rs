@@ -222,6 +222,8 @@ pub struct Login {
 pub struct Vault {
     http: reqwest::Client,
     addr: String,
+    /// The TLS settings in force, named, for the reason of a failed handshake.
+    tls_hint: String,
     namespace: Option<HeaderValue>,
     max_response: usize,
     method: AuthMethod,
@@ -286,13 +288,10 @@ impl Vault {
             .timeout(v.timeout)
             .connect_timeout(v.timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(30));
-        if let Some(ca) = &v.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| VaultError::Setup(format!("vault.ca_file {}: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
+        if let Some(tls) = crate::vault_tls::client_config(v)? {
+            builder = builder.use_preconfigured_tls(tls);
         }
+        let tls_hint = crate::vault_tls::hint(v);
         let http = builder
             .build()
             .map_err(|e| VaultError::Setup(e.to_string()))?;
@@ -305,6 +304,7 @@ impl Vault {
         Ok(Self {
             http,
             addr,
+            tls_hint,
             namespace,
             max_response: v.max_response_bytes,
             method: config.auth.method,
@@ -579,7 +579,7 @@ impl Vault {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| VaultError::Unreachable(describe_reqwest(&e)))?;
+            .map_err(|e| VaultError::Unreachable(self.describe(&e)))?;
         let status = resp.status();
         let limit = self.max_response;
         let too_large = |what: String| VaultError::TooLarge { what, limit };
@@ -598,6 +598,21 @@ impl Vault {
                 .map_err(|_| too_large(format!("{path}: body")))?;
         }
         Ok((status, buf))
+    }
+}
+
+impl Vault {
+    /// A failed request's reason, with the TLS settings it was made with when the TLS
+    /// handshake failed (which setting to look at: `vault.ca_file`, `vault.tls_server_name`,
+    /// `vault.client_cert_file`).
+    fn describe(&self, e: &reqwest::Error) -> String {
+        let mut s = describe_reqwest(e);
+        if crate::vault_tls::is_tls_failure(&s) {
+            s.push_str(" (");
+            s.push_str(&self.tls_hint);
+            s.push(')');
+        }
+        s
     }
 }
 

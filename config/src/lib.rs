@@ -33,6 +33,7 @@ pub use rules::{
     pattern_in_domain, split_host_port, valid_secret_key, valid_secret_name, valid_vault_path,
     MAX_SECRET_KEY_LEN, MAX_SECRET_NAME_LEN, MAX_VAULT_PATH_LEN, VAULT_PATH_RULE,
 };
+pub use sidecar::{valid_server_name, valid_vault_namespace};
 pub use sidecar::{
     AuditSettings, AuthConfig, AuthMethod, CheckpointSettings, ContainerSocket, ExposedAppPort,
     IdentityConfig, InboundConfig, MetricsConfig, OutboundConfig, ProxyConfig, SecretSpec,

@@ -90,8 +90,9 @@ pub struct MetricsConfig {
 }
 
 /// The newest contract version this build reads and writes. Version 2 added
-/// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself).
-pub const CONTRACT_VERSION: u32 = 2;
+/// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself);
+/// version 3 `vault.tls_server_name`, `vault.client_cert_file` and `vault.client_key_file`.
+pub const CONTRACT_VERSION: u32 = 3;
 
 fn version_1() -> u32 {
     1
@@ -178,11 +179,14 @@ impl SidecarConfig {
         serde_yaml_ng::to_string(self).map_err(|e| ConfigError::parse(e.to_string()))
     }
 
-    /// The lowest contract version that holds this document: 2 when it uses
-    /// `socket.containers`, `metrics`, `files`, `audit.checkpoint` or the audit log's
+    /// The lowest contract version that holds this document: 3 when it uses
+    /// `vault.tls_server_name` or a client certificate, 2 when it uses `socket.containers`,
+    /// `metrics`, `files`, `audit.checkpoint` or the audit log's
     /// retention settings, else 1.
     pub fn required_version(&self) -> u32 {
-        if !self.socket.containers.is_empty()
+        if self.vault.uses_version_3() {
+            3
+        } else if !self.socket.containers.is_empty()
             || self.metrics.is_some()
             || !self.files.is_empty()
             || self.audit.checkpoint.is_some()
@@ -223,12 +227,27 @@ impl SidecarConfig {
 pub struct VaultConfig {
     /// Base address, e.g. `https://vault.vault.svc:8200`.
     pub addr: String,
-    /// PEM file with the CA that signed Vault's certificate (in addition to the system roots).
+    /// PEM bundle of the CAs Vault's certificate must chain to: a pinned set. When set, the
+    /// built-in public roots are not used (every certificate in the file is a trust anchor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Vault Enterprise / OpenBao namespace.
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace` on every request, the login
+    /// included): path segments of `[A-Za-z0-9_.-]` joined by `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The name Vault's certificate is verified against, instead of the address's host (a DNS
+    /// name or an IP address): for an address by IP or by a Service name the certificate does
+    /// not carry. Contract version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    /// PEM certificate chain presented to Vault (mutual TLS, e.g. a listener with
+    /// `tls_require_and_verify_client_cert` or the cert auth method); needs `client_key_file`.
+    /// Contract version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`. Contract version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
     /// Timeout of one Vault request (default 10s).
     #[serde(
         default = "default_vault_timeout",
@@ -255,11 +274,115 @@ impl VaultConfig {
             addr: addr.into(),
             ca_file: None,
             namespace: None,
+            tls_server_name: None,
+            client_cert_file: None,
+            client_key_file: None,
             timeout: default_vault_timeout(),
             allow_insecure_http: false,
             max_response_bytes: default_max_response_bytes(),
         }
     }
+
+    /// Whether a setting of contract version 3 is used (`tls_server_name`, the client
+    /// certificate).
+    pub fn uses_version_3(&self) -> bool {
+        self.tls_server_name.is_some()
+            || self.client_cert_file.is_some()
+            || self.client_key_file.is_some()
+    }
+
+    /// The rules of the TLS and namespace settings serde cannot check; the error names the
+    /// setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(ns) = &self.namespace {
+            if !valid_vault_namespace(ns) {
+                return Err(ConfigError::invalid(
+                    "vault.namespace",
+                    format!(
+                        "expected path segments of [A-Za-z0-9_.-] joined by '/' (at most 256 \
+                         bytes, no '.' or '..' segment), got {ns:?}"
+                    ),
+                ));
+            }
+        }
+        if let Some(name) = &self.tls_server_name {
+            if !valid_server_name(name) {
+                return Err(ConfigError::invalid(
+                    "vault.tls_server_name",
+                    format!("expected a DNS name or an IP address, got {name:?}"),
+                ));
+            }
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "vault.client_key_file",
+                    "missing: vault.client_cert_file needs the key of its certificate",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "vault.client_cert_file",
+                    "missing: vault.client_key_file is set without the certificate it belongs to",
+                ))
+            }
+            _ => {}
+        }
+        let https = self
+            .addr
+            .trim()
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        if !https {
+            for (set, name) in [
+                (self.tls_server_name.is_some(), "vault.tls_server_name"),
+                (self.client_cert_file.is_some(), "vault.client_cert_file"),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        name,
+                        "only for an https:// vault.addr (there is no TLS to a plain http:// one)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Vault/OpenBao namespace path: segments of `[A-Za-z0-9_.-]` joined by `/` (a trailing `/`
+/// allowed, as Vault writes them), not `.` or `..`, at most 256 bytes.
+pub fn valid_vault_namespace(ns: &str) -> bool {
+    let ns = ns.strip_suffix('/').unwrap_or(ns);
+    !ns.is_empty()
+        && ns.len() <= 256
+        && ns.split('/').all(|s| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        })
+}
+
+/// A DNS name (labels of `[A-Za-z0-9-]`, not starting or ending with `-`, at most 63 bytes
+/// each, 253 in all; no wildcard) or an IP address.
+pub fn valid_server_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let n = name.strip_suffix('.').unwrap_or(name);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        // All-numeric dotted names are IP addresses or nothing.
+        && !n.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Which auth method logs in with the service-account token.

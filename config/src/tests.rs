@@ -27,6 +27,9 @@ fn everything() -> SidecarConfig {
             addr: "https://vault:8200".into(),
             ca_file: Some("/etc/ca.crt".into()),
             namespace: Some("team".into()),
+            tls_server_name: Some("vault.internal".into()),
+            client_cert_file: Some("/etc/keyward/vault-client/tls.crt".into()),
+            client_key_file: Some("/etc/keyward/vault-client/tls.key".into()),
             timeout: Duration::from_secs(3),
             allow_insecure_http: true,
             max_response_bytes: 8192,
@@ -160,6 +163,9 @@ fn every_non_default_setting_is_written() {
     let yaml = everything().to_yaml().expect("serializes");
     for needle in [
         "namespace: team",
+        "tls_server_name: vault.internal",
+        "client_cert_file: /etc/keyward/vault-client/tls.crt",
+        "client_key_file: /etc/keyward/vault-client/tls.key",
         "timeout: 3s",
         "allow_insecure_http: true",
         "max_response_bytes: 8192",

@@ -76,6 +76,7 @@ impl SidecarConfig {
                 format!("expected http://HOST:PORT or https://HOST:PORT, got {addr:?}"),
             ));
         }
+        self.vault.validate()?;
         if let Some(role) = &self.auth.role {
             if role.is_empty() || role.contains('/') {
                 return Err(invalid("auth.role", format!("not a role name: {role:?}")));

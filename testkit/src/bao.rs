@@ -54,7 +54,12 @@ struct Server {
     /// Persistent storage (a real server that survives restarts and can be sealed), not dev mode.
     persistent: bool,
     unseal_key: Option<String>,
+    /// Listeners a dev server serves besides its own (HCL, given the dev listener's port).
+    extra_listeners: Option<ExtraListeners>,
 }
+
+/// Gives the HCL of a dev server's extra listeners from its dev listener's port.
+pub type ExtraListeners = Box<dyn Fn(u16) -> String + Send + Sync>;
 
 impl Bao {
     /// An admin client for the server at `addr` (e.g. `http://127.0.0.1:8200`), with `token`.
@@ -85,6 +90,24 @@ impl Bao {
         let mut bao = Bao::new_server(false, new_root_token());
         bao.spawn_on_a_free_port();
         bao
+    }
+
+    /// Starts a dev server that also serves the listeners `extra` gives as HCL (TLS ones, for
+    /// example), and waits until it answers on its plain dev listener ([`Bao::addr`], used by
+    /// the admin calls). `extra` gets the dev listener's port P; ports P+2 and P+3 were free
+    /// when P was chosen ([`Bao::extra_port`]): use those.
+    pub fn start_with_listeners(extra: ExtraListeners) -> Bao {
+        let mut bao = Bao::new_server(false, new_root_token());
+        let server = bao.server_mut();
+        server.port = crate::free_ports(4);
+        server.extra_listeners = Some(extra);
+        bao.spawn_on_a_free_port();
+        bao
+    }
+
+    /// Port P+2+`i` of [`Bao::start_with_listeners`] (`i` is 0 or 1).
+    pub fn extra_port(&self, i: u16) -> u16 {
+        self.server().port + 2 + i
     }
 
     /// Starts a server with persistent (raft) storage, initialises it with one unseal key, unseals it and
@@ -126,6 +149,7 @@ impl Bao {
                 dir: tempfile::tempdir().expect("tempdir"),
                 persistent,
                 unseal_key: None,
+                extra_listeners: None,
             }),
             remote_addr: String::new(),
             token,
@@ -166,7 +190,12 @@ impl Bao {
             match self.try_spawn() {
                 Ok(()) => return,
                 Err(log) if log.contains("address already in use") => {
-                    self.server_mut().port = crate::free_port_pair();
+                    let server = self.server_mut();
+                    server.port = if server.extra_listeners.is_some() {
+                        crate::free_ports(4)
+                    } else {
+                        crate::free_port_pair()
+                    };
                 }
                 Err(log) => panic!("OpenBao exited: {log}"),
             }
@@ -210,12 +239,18 @@ impl Bao {
                 config.display().to_string(),
             ]
         } else {
-            vec![
+            let mut args = vec![
                 "server".into(),
                 "-dev".into(),
                 format!("-dev-root-token-id={token}"),
                 format!("-dev-listen-address=127.0.0.1:{}", server.port),
-            ]
+            ];
+            if let Some(extra) = &server.extra_listeners {
+                let path = server.dir.path().join("listeners.hcl");
+                std::fs::write(&path, extra(server.port)).expect("listeners config");
+                args.push(format!("-config={}", path.display()));
+            }
+            args
         };
         let child = Command::new(&server.bin)
             .args(&args)

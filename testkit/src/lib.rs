@@ -59,7 +59,7 @@ pub fn free_port_pair() -> u16 {
 const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
 
 /// `n` consecutive free ports on 127.0.0.1; returns the first.
-fn free_ports(n: u16) -> u16 {
+pub(crate) fn free_ports(n: u16) -> u16 {
     use rand::Rng;
     loop {
         let base = rand::thread_rng().gen_range(TEST_PORTS.start..TEST_PORTS.end - n);

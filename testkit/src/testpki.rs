@@ -42,6 +42,7 @@ pub struct Minted {
 #[derive(Debug, Clone)]
 pub struct Leaf {
     uris: Vec<String>,
+    dns: Vec<String>,
     ca: bool,
     expired: bool,
     key_usage: Vec<KeyUsagePurpose>,
@@ -54,6 +55,7 @@ impl Leaf {
     pub fn new(id: &str) -> Self {
         Self {
             uris: vec![id.to_owned()],
+            dns: Vec::new(),
             ca: false,
             expired: false,
             key_usage: vec![
@@ -71,6 +73,11 @@ impl Leaf {
     /// Adds a second URI SAN.
     pub fn extra_uri(mut self, uri: &str) -> Self {
         self.uris.push(uri.to_owned());
+        self
+    }
+    /// Adds a DNS name SAN (a server certificate: `Leaf::new(..).no_uri().dns("vault.test")`).
+    pub fn dns(mut self, name: &str) -> Self {
+        self.dns.push(name.to_owned());
         self
     }
     /// Removes the URI SAN.
@@ -155,6 +162,11 @@ impl TestCa {
             .uris
             .iter()
             .map(|u| SanType::URI(u.as_str().try_into().expect("IA5 URI")))
+            .chain(
+                leaf.dns
+                    .iter()
+                    .map(|d| SanType::DnsName(d.as_str().try_into().expect("IA5 DNS name"))),
+            )
             .collect();
         params.is_ca = if leaf.ca {
             IsCa::Ca(BasicConstraints::Unconstrained)
