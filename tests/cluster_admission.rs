@@ -19,18 +19,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use keyward_e2e::node::{Node, NodeConfig};
-use keyward_test_cluster::{Cluster, ISSUER};
+use keyward_test_cluster::{Cluster, Injector, ISSUER, WEBHOOK};
 use serde_json::{json, Value};
 
 /// Safety net for conditions on a loaded two-core machine; never slept for.
 const WAIT: Duration = Duration::from_secs(120);
 const NODE: &str = "keyward-node";
-const WEBHOOK: &str = "inject.keyward.io";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,154 +38,19 @@ fn start_cluster() -> Cluster {
     Cluster::start().unwrap_or_else(|e| panic!("starting the test cluster: {e}"))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Helpers (as in tests/cluster_webhook.rs and tests/cluster_node.rs).
-
-/// `keyward injector` on 127.0.0.1 with a serving certificate from its own CA.
-struct Injector {
-    child: Child,
-    addr: std::net::SocketAddr,
-    ca_pem: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+fn start_injector() -> Injector {
+    Injector::start(
+        Path::new(env!("CARGO_BIN_EXE_keyward")),
+        &repo().join("examples/injector-config.yaml"),
+    )
+    .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
-impl Injector {
-    fn start() -> Injector {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "keyward-injector-test-ca");
-        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-        let key = rcgen::KeyPair::generate().expect("serving key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("serving params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("serving cert");
-        let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&crt_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        let log = dir.path().join("injector.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .arg("injector")
-            .arg("--config")
-            .arg(repo().join("examples/injector-config.yaml"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--tls-cert")
-            .arg(&crt_path)
-            .arg("--tls-key")
-            .arg(&key_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log file"))
-            .stderr(Stdio::from(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            ))
-            .spawn()
-            .expect("spawn keyward injector");
-        let mut inj = Injector {
-            child,
-            addr,
-            ca_pem: ca.pem(),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            if let Ok(Some(status)) = inj.child.try_wait() {
-                panic!("keyward injector exited ({status}):\n{}", inj.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keyward injector not listening on {addr}:\n{}",
-                inj.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        inj
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}/mutate", self.addr)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn helm() -> PathBuf {
-    let helm = std::env::var_os("KEYWARD_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
-    assert!(
-        helm.is_file(),
-        "helm not found at {}: install it with `scripts/deps.sh cluster`",
-        helm.display()
-    );
-    helm
-}
-
-/// The chart's MutatingWebhookConfiguration as `helm template ... --set SETS` renders it, only
-/// its clientConfig pointed at `url` (a cluster IP routes nowhere here: docs/cluster.md).
-fn chart_webhook(cluster: &Cluster, sets: &[&str], url: &str, ca_pem: &str) -> Value {
-    let mut cmd = Command::new(helm());
-    cmd.args(["template", "keyward"])
-        .arg(repo().join("charts/keyward"))
-        .args([
-            "--namespace",
-            "keyward-system",
-            "--show-only",
-            "templates/webhook.yaml",
-        ]);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd.output().expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    let json = cluster
-        .kubectl_stdin(
-            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            Some(&rendered),
-        )
-        .expect("kubectl create --dry-run=client");
-    let mut mwc = serde_json::Deserializer::from_str(&json)
-        .into_iter::<Value>()
-        .map(|v| v.expect("kubectl printed JSON objects"))
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .unwrap_or_else(|| panic!("no MutatingWebhookConfiguration in the chart:\n{rendered}"));
+fn chart_webhook(cluster: &Cluster, sets: &[&str], injector: &Injector) -> Value {
+    let mwc = cluster
+        .chart_webhook(sets, &injector.url(), &injector.ca_pem)
+        .unwrap_or_else(|e| panic!("the chart's webhook: {e}"));
     assert_eq!(mwc["webhooks"][0]["name"], WEBHOOK, "{mwc:#}");
-    mwc["webhooks"][0]["clientConfig"] = json!({
-        "url": url,
-        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-    });
     mwc
 }
 
@@ -214,19 +77,6 @@ fn dry_run(cluster: &Cluster, manifest: &str) -> Result<Value, String> {
     } else {
         Err(stderr(&out))
     }
-}
-
-fn namespace(name: &str, inject: bool) -> String {
-    let label = if inject {
-        "\n    keyward.io/inject: enabled"
-    } else {
-        ""
-    };
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-         pod-security.kubernetes.io/enforce: restricted{label}\n---\n\
-         apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: orders\n  namespace: {name}\n"
-    )
 }
 
 /// A pod that PodSecurity's `restricted` level admits.
@@ -315,12 +165,12 @@ fn unchanged_pods_refusals_dry_run_and_failure_policies_through_the_api_server()
     let t0 = Instant::now();
     let cluster = start_cluster();
     let t_cluster = t0.elapsed();
-    let mut injector = Injector::start();
+    let mut injector = start_injector();
     cluster
-        .apply(&namespace("kw-in", true))
+        .workload_namespace("kw-in", true, &["orders"])
         .expect("labelled namespace");
     cluster
-        .apply(&namespace("kw-plain", false))
+        .workload_namespace("kw-plain", false, &["orders"])
         .expect("unlabelled namespace");
 
     // The pods that must stay unchanged, as the API server admits them with no webhook at all.
@@ -351,7 +201,7 @@ fn unchanged_pods_refusals_dry_run_and_failure_policies_through_the_api_server()
     let base_unserved = baseline(&unserved);
 
     // The chart's webhook as rendered by default: failurePolicy Fail, sideEffects None.
-    let mwc = chart_webhook(&cluster, &[], &injector.url(), &injector.ca_pem);
+    let mwc = chart_webhook(&cluster, &[], &injector);
     assert_eq!(mwc["webhooks"][0]["failurePolicy"], "Fail", "{mwc:#}");
     assert_eq!(mwc["webhooks"][0]["sideEffects"], "None", "{mwc:#}");
     cluster
@@ -491,12 +341,7 @@ fn unchanged_pods_refusals_dry_run_and_failure_policies_through_the_api_server()
     );
 
     // 4b. The chart rendered with webhook.failurePolicy=Ignore: admitted, unmutated.
-    let mwc = chart_webhook(
-        &cluster,
-        &["webhook.failurePolicy=Ignore"],
-        &injector.url(),
-        &injector.ca_pem,
-    );
+    let mwc = chart_webhook(&cluster, &["webhook.failurePolicy=Ignore"], &injector);
     assert_eq!(mwc["webhooks"][0]["failurePolicy"], "Ignore", "{mwc:#}");
     cluster
         .apply(&mwc.to_string())
@@ -653,13 +498,11 @@ async fn deleting_an_injected_pod_revokes_its_database_lease_and_token() {
             .await
             .unwrap_or_else(|e| panic!("exposing OpenBao to the pods: {e}"));
     configure_bao(&bao, &cluster).await;
-    let injector = tokio::task::block_in_place(Injector::start);
-    let mwc = tokio::task::block_in_place(|| {
-        chart_webhook(&cluster, &[], &injector.url(), &injector.ca_pem)
-    });
+    let injector = tokio::task::block_in_place(start_injector);
+    let mwc = tokio::task::block_in_place(|| chart_webhook(&cluster, &[], &injector));
     tokio::task::block_in_place(|| {
         cluster.apply(&mwc.to_string())?;
-        cluster.apply(&namespace("kw-db", true))?;
+        cluster.workload_namespace("kw-db", true, &[])?;
         cluster.apply(DB_POD)
     })
     .unwrap_or_else(|e| panic!("kubectl apply: {e}\ninjector log:\n{}", injector.log()));

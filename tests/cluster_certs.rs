@@ -5,15 +5,12 @@
 //! is injected). A second replica reuses the same Secret (same certificate, caBundle unchanged),
 //! and the ServiceAccount can read no other Secret. No node agent runs (docs/cluster.md).
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::ffi::OsString;
+use std::path::Path;
 
-use keyward_test_cluster::Cluster;
+use keyward_test_cluster::{Cluster, Injector, INJECT_LABELS};
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(90);
 const NS: &str = "keyward-system";
 const NAME: &str = "kw-keyward-injector";
 
@@ -22,117 +19,38 @@ fn repo() -> &'static Path {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    keyward_test_cluster::free_port().expect("free port")
 }
 
 /// The chart's default render (tls.mode injector) as JSON objects, via kubectl.
 fn chart_objects(cluster: &Cluster) -> Vec<Value> {
-    let helm = std::env::var_os("KEYWARD_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
-    assert!(
-        helm.is_file(),
-        "helm not found at {}: install it with `scripts/deps.sh k8s`",
-        helm.display()
-    );
-    let out = Command::new(&helm)
-        .args(["template", "kw"])
-        .arg(repo().join("charts/keyward"))
-        .args(["--namespace", NS])
-        .output()
-        .expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    let json = cluster
-        .kubectl_stdin(
-            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            Some(&rendered),
-        )
-        .expect("kubectl create --dry-run=client");
-    serde_json::Deserializer::from_str(&json)
-        .into_iter::<Value>()
-        .map(|v| v.expect("kubectl printed JSON objects"))
-        .collect()
+    cluster
+        .chart_objects("kw", NS, &[])
+        .unwrap_or_else(|e| panic!("the chart: {e}"))
 }
 
-struct Injector {
-    child: Child,
-    dir: tempfile::TempDir,
+/// `keyward injector` provisioning its own certificate (tls.mode injector) with `token`.
+fn start_injector(cluster: &Cluster, token: &Path, port: u16) -> Injector {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let arg = |k: &str, v: &dyn std::fmt::Display| OsString::from(format!("--{k}={v}"));
+    let args = [
+        arg("tls-cert", &dir.path().join("tls.crt").display()),
+        arg("tls-key", &dir.path().join("tls.key").display()),
+        arg("self-signed-secret", &format!("{NAME}-tls")),
+        arg("self-signed-namespace", &NS),
+        arg("self-signed-service", &NAME),
+        arg("self-signed-webhook", &NAME),
+        arg("self-signed-san", &"127.0.0.1"),
+        arg("kube-api", &cluster.server),
+        arg("kube-token-file", &token.display()),
+        arg("kube-ca-file", &cluster.ca.display()),
+    ];
+    Injector::spawn(Path::new(env!("CARGO_BIN_EXE_keyward")), port, dir, &args)
+        .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
-impl Injector {
-    fn start(cluster: &Cluster, token: &Path, port: u16) -> Injector {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("injector.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .arg("injector")
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!(
-                "--tls-cert={}",
-                dir.path().join("tls.crt").display()
-            ))
-            .arg(format!(
-                "--tls-key={}",
-                dir.path().join("tls.key").display()
-            ))
-            .arg(format!("--self-signed-secret={NAME}-tls"))
-            .arg(format!("--self-signed-namespace={NS}"))
-            .arg(format!("--self-signed-service={NAME}"))
-            .arg(format!("--self-signed-webhook={NAME}"))
-            .arg("--self-signed-san=127.0.0.1")
-            .arg(format!("--kube-api={}", cluster.server))
-            .arg("--kube-token-file")
-            .arg(token)
-            .arg("--kube-ca-file")
-            .arg(&cluster.ca)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("spawn keyward injector");
-        let mut inj = Injector { child, dir };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            if let Ok(Some(status)) = inj.child.try_wait() {
-                panic!("keyward injector exited ({status}):\n{}", inj.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "injector not listening:\n{}",
-                inj.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        inj
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("injector.log")).unwrap_or_default()
-    }
-
-    fn cert(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tls.crt")).expect("tls.crt written")
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn cert(injector: &Injector) -> String {
+    std::fs::read_to_string(injector.dir().join("tls.crt")).expect("tls.crt written")
 }
 
 fn ca_bundle(cluster: &Cluster) -> String {
@@ -182,7 +100,7 @@ fn injector_provisions_one_stable_certificate_with_the_charts_rbac() {
     let token_file = scratch.path().join("token");
     std::fs::write(&token_file, token.trim()).expect("token");
 
-    let first = Injector::start(&cluster, &token_file, port);
+    let first = start_injector(&cluster, &token_file, port);
     let secret = cluster
         .get_json(&["-n", NS, "secret", &format!("{NAME}-tls")])
         .unwrap_or_else(|e| panic!("{e}\n{}", first.log()));
@@ -196,17 +114,8 @@ fn injector_provisions_one_stable_certificate_with_the_charts_rbac() {
 
     // The API server trusts the certificate: a pod in a labelled namespace is injected.
     cluster
-        .apply(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    keyward.io/inject: enabled\n",
-        )
+        .namespace("shop", &INJECT_LABELS[..1])
         .expect("namespace");
-    cluster
-        .wait_for("default ServiceAccount in shop", WAIT, || {
-            cluster
-                .kubectl(&["-n", "shop", "get", "serviceaccount", "default"])
-                .ok()
-        })
-        .expect("service account");
     cluster
         .apply(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: shop\n  annotations:\n    keyward.io/secret-db: secret/data/db#password\nspec:\n  containers:\n    - name: app\n      image: example.invalid/app:1\n",
@@ -221,8 +130,8 @@ fn injector_provisions_one_stable_certificate_with_the_charts_rbac() {
     );
 
     // A second replica (or a restart) reuses the Secret: same certificate, same caBundle.
-    let second = Injector::start(&cluster, &token_file, free_port());
-    assert_eq!(second.cert(), first.cert());
+    let second = start_injector(&cluster, &token_file, free_port());
+    assert_eq!(cert(&second), cert(&first));
     assert_eq!(ca_bundle(&cluster), bundle);
 
     // The Role names one Secret: the injector's ServiceAccount reads no other.
@@ -246,17 +155,9 @@ fn injector_provisions_one_stable_certificate_with_the_charts_rbac() {
 }
 
 fn helm_on(cluster: &Cluster, scratch: &Path, args: &[&str]) -> std::process::Output {
-    let helm = std::env::var_os("KEYWARD_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
-    Command::new(helm)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("HELM_CACHE_HOME", scratch.join("cache"))
-        .env("HELM_CONFIG_HOME", scratch.join("config"))
-        .env("HELM_DATA_HOME", scratch.join("data"))
-        .args(args)
-        .output()
-        .expect("run helm")
+    cluster
+        .helm(scratch, args)
+        .unwrap_or_else(|e| panic!("helm: {e}"))
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyward_e2e::node::{Node, NodeConfig};
-use keyward_test_cluster::{Cluster, ISSUER};
+use keyward_test_cluster::{Cluster, Injector, INJECT_LABELS, ISSUER};
 use serde_json::Value;
 
 const NODE: &str = "keyward-node";
@@ -65,20 +65,7 @@ async fn start_node(cluster: &Cluster, refresh_fraction: f64) -> Node {
 }
 
 fn namespace(cluster: &Cluster, ns: &str, labels: &[(&str, &str)]) {
-    let mut l = String::new();
-    for (k, v) in labels {
-        l.push_str(&format!("\n    {k}: \"{v}\""));
-    }
-    let labels = if l.is_empty() {
-        String::new()
-    } else {
-        format!("\n  labels:{l}")
-    };
-    apply(
-        cluster,
-        &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}{labels}\n"),
-    );
-    tokio::task::block_in_place(|| cluster.wait_for_service_account(ns, "default", WAIT))
+    tokio::task::block_in_place(|| cluster.namespace(ns, labels))
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tail("kube-controller-manager", 30)));
 }
 
@@ -474,145 +461,28 @@ spec:
 // injected pod as stored, with the real keyward sidecar logging in to a real OpenBao (jwt auth
 // with the API server's issuer and JWKS) using the projected TokenRequest token.
 
-/// `keyward injector` on 127.0.0.1 with a serving certificate from its own CA (as
-/// tests/cluster_webhook.rs runs it).
-struct Injector {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    ca_pem: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+fn start_injector(config: &Path) -> Injector {
+    Injector::start(Path::new(env!("CARGO_BIN_EXE_keyward")), config)
+        .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
-impl Injector {
-    fn start() -> Injector {
-        Self::start_with(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"),
+fn wait_orders_ready(cluster: &Cluster, node: &Node) {
+    tokio::task::block_in_place(|| {
+        cluster.wait_pod_ready("kw-inject", "orders", Duration::from_secs(90))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nsidecar:\n{}\napp:\n{}",
+            node.logs("kw-inject", "orders", "keyward"),
+            node.logs("kw-inject", "orders", "app")
         )
-    }
-
-    fn start_with(config: &Path) -> Injector {
-        use std::process::{Command, Stdio};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "keyward-injector-test-ca");
-        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-        let key = rcgen::KeyPair::generate().expect("serving key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("serving params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("serving cert");
-        let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&crt_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
-        let log = dir.path().join("injector.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .arg("injector")
-            .arg("--config")
-            .arg(config)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--tls-cert")
-            .arg(&crt_path)
-            .arg("--tls-key")
-            .arg(&key_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log file"))
-            .stderr(Stdio::from(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            ))
-            .spawn()
-            .expect("spawn keyward injector");
-        let mut inj = Injector {
-            child,
-            addr,
-            ca_pem: ca.pem(),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            if let Ok(Some(status)) = inj.child.try_wait() {
-                panic!("keyward injector exited ({status}):\n{}", inj.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keyward injector not listening:\n{}",
-                inj.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        inj
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The chart's MutatingWebhookConfiguration (helm template), clientConfig pointed at `url`.
-fn chart_webhook(cluster: &Cluster, url: &str, ca_pem: &str) -> Value {
-    use base64::Engine;
-    let helm = std::env::var_os("KEYWARD_HELM")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
-    assert!(
-        helm.is_file(),
-        "helm not found at {}: install it with `scripts/deps.sh cluster`",
-        helm.display()
-    );
-    let out = std::process::Command::new(&helm)
-        .args(["template", "keyward"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/keyward"))
-        .args([
-            "--namespace",
-            "keyward-system",
-            "--show-only",
-            "templates/webhook.yaml",
-        ])
-        .output()
-        .expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    let json = cluster
-        .kubectl_stdin(
-            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            Some(&rendered),
-        )
-        .expect("kubectl create --dry-run=client");
-    let mut mwc = serde_json::Deserializer::from_str(&json)
-        .into_iter::<Value>()
-        .map(|v| v.expect("kubectl printed JSON objects"))
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .unwrap_or_else(|| panic!("no MutatingWebhookConfiguration in the chart:\n{rendered}"));
-    mwc["webhooks"][0]["clientConfig"] = serde_json::json!({
-        "url": url,
-        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
     });
-    mwc
+}
+
+/// The chart's webhook pointed at `injector`.
+fn register_webhook(cluster: &Cluster, injector: &Injector) {
+    tokio::task::block_in_place(|| cluster.register_webhook(injector, &[]))
+        .unwrap_or_else(|e| panic!("the chart's webhook: {e}"));
 }
 
 /// docs/vault-setup.md: jwt auth with the API server's JWKS URL, its CA and issuer; a role
@@ -728,23 +598,11 @@ async fn injected_pod_runs_on_the_node_with_the_real_sidecar_and_gets_its_secret
             .await
             .unwrap_or_else(|e| panic!("exposing OpenBao to the pods: {e}"));
     configure_bao(&bao, &cluster).await;
-    let injector = tokio::task::block_in_place(Injector::start);
-    let mwc = tokio::task::block_in_place(|| {
-        chart_webhook(
-            &cluster,
-            &format!("https://{}/mutate", injector.addr),
-            &injector.ca_pem,
-        )
+    let injector = tokio::task::block_in_place(|| {
+        start_injector(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/injector-config.yaml"))
     });
-    apply(&cluster, &mwc.to_string());
-    namespace(
-        &cluster,
-        "kw-inject",
-        &[
-            ("keyward.io/inject", "enabled"),
-            ("pod-security.kubernetes.io/enforce", "restricted"),
-        ],
-    );
+    register_webhook(&cluster, &injector);
+    namespace(&cluster, "kw-inject", &INJECT_LABELS);
 
     // kubectl apply: the API server calls the injector, PodSecurity admits the injected pod,
     // the scheduler binds it, the node agent runs it as stored.
@@ -755,24 +613,7 @@ async fn injected_pod_runs_on_the_node_with_the_real_sidecar_and_gets_its_secret
         stored["metadata"]["annotations"]["keyward.io/status"], "injected",
         "{stored:#}"
     );
-    if let Err(e) = kubectl(
-        &cluster,
-        &[
-            "-n",
-            "kw-inject",
-            "wait",
-            "--for=condition=Ready",
-            "pod/orders",
-            "--timeout=90s",
-        ],
-    ) {
-        panic!(
-            "pod/orders Ready: {e}\n{:#}\nsidecar:\n{}\napp:\n{}",
-            get_json(&cluster, &["-n", "kw-inject", "pod", "orders"])["status"],
-            node.logs("kw-inject", "orders", "keyward"),
-            node.logs("kw-inject", "orders", "app")
-        );
-    }
+    wait_orders_ready(&cluster, &node);
     let t_ready = t0.elapsed();
     let pod = get_json(&cluster, &["-n", "kw-inject", "pod", "orders"]);
     let sidecar = &pod["status"]["initContainerStatuses"][0];
@@ -973,42 +814,12 @@ async fn injected_pod_logs_in_by_kubernetes_auth_with_its_projected_token() {
         ),
     )
     .expect("write the injector config");
-    let injector = tokio::task::block_in_place(|| Injector::start_with(&config));
-    let mwc = tokio::task::block_in_place(|| {
-        chart_webhook(
-            &cluster,
-            &format!("https://{}/mutate", injector.addr),
-            &injector.ca_pem,
-        )
-    });
-    apply(&cluster, &mwc.to_string());
-    namespace(
-        &cluster,
-        "kw-inject",
-        &[
-            ("keyward.io/inject", "enabled"),
-            ("pod-security.kubernetes.io/enforce", "restricted"),
-        ],
-    );
+    let injector = tokio::task::block_in_place(|| start_injector(&config));
+    register_webhook(&cluster, &injector);
+    namespace(&cluster, "kw-inject", &INJECT_LABELS);
     tokio::task::block_in_place(|| cluster.apply(ORDERS))
         .unwrap_or_else(|e| panic!("kubectl apply: {e}\ninjector log:\n{}", injector.log()));
-    if let Err(e) = kubectl(
-        &cluster,
-        &[
-            "-n",
-            "kw-inject",
-            "wait",
-            "--for=condition=Ready",
-            "pod/orders",
-            "--timeout=90s",
-        ],
-    ) {
-        panic!(
-            "pod/orders Ready: {e}\n{:#}\nsidecar:\n{}",
-            get_json(&cluster, &["-n", "kw-inject", "pod", "orders"])["status"],
-            node.logs("kw-inject", "orders", "keyward"),
-        );
-    }
+    wait_orders_ready(&cluster, &node);
     let line = support::eventually(WAIT, "the app to print its secret", || {
         let log = node.logs("kw-inject", "orders", "app");
         async move {

@@ -5,16 +5,10 @@
 //! the pod. And the API server's TokenRequest tokens carry the claims the broker reads.
 //! No node agent runs: pods are stored, never run (docs/cluster.md).
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use base64::Engine;
-use keyward_test_cluster::Cluster;
-use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(60);
+use keyward_test_cluster::{Cluster, Injector};
+use serde_json::Value;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,164 +18,12 @@ fn start_cluster() -> Cluster {
     Cluster::start().unwrap_or_else(|e| panic!("starting the test cluster: {e}"))
 }
 
-/// A free port on 127.0.0.1, from below the ephemeral range (as tests/support does).
-fn free_port() -> u16 {
-    use rand::Rng;
-    loop {
-        let p = rand::thread_rng().gen_range(20000..32000);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// `keyward injector` on 127.0.0.1 with a serving certificate from its own CA.
-struct Injector {
-    child: Child,
-    addr: SocketAddr,
-    ca_pem: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Injector {
-    fn start() -> Injector {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "keyward-injector-test-ca");
-        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-        let key = rcgen::KeyPair::generate().expect("serving key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("serving params");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("serving cert");
-        let (crt_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&crt_path, cert.pem()).expect("write cert");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.path().join("injector.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .arg("injector")
-            .arg("--config")
-            .arg(repo().join("examples/injector-config.yaml"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--tls-cert")
-            .arg(&crt_path)
-            .arg("--tls-key")
-            .arg(&key_path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log file"))
-            .stderr(Stdio::from(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            ))
-            .spawn()
-            .expect("spawn keyward injector");
-        let mut inj = Injector {
-            child,
-            addr,
-            ca_pem: ca.pem(),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-            if let Ok(Some(status)) = inj.child.try_wait() {
-                panic!("keyward injector exited ({status}):\n{}", inj.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keyward injector not listening on {addr} after {WAIT:?}:\n{}",
-                inj.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        inj
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The chart's MutatingWebhookConfiguration (helm template), its clientConfig pointed at `url`.
-fn chart_webhook(cluster: &Cluster, url: &str, ca_pem: &str) -> Value {
-    let helm = std::env::var_os("KEYWARD_HELM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keyward_test_cluster::cache_dir().join("helm-2.2.2/helm/helm"));
-    assert!(
-        helm.is_file(),
-        "helm not found at {}: install it with `scripts/deps.sh cluster`",
-        helm.display()
-    );
-    let out = Command::new(&helm)
-        .args(["template", "keyward"])
-        .arg(repo().join("charts/keyward"))
-        .args([
-            "--namespace",
-            "keyward-system",
-            "--show-only",
-            "templates/webhook.yaml",
-        ])
-        .output()
-        .expect("run helm template");
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8_lossy(&out.stdout);
-    // kubectl turns the YAML stream into JSON objects without sending it anywhere.
-    let json = cluster
-        .kubectl_stdin(
-            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
-            Some(&rendered),
-        )
-        .expect("kubectl create --dry-run=client");
-    let mut mwc = serde_json::Deserializer::from_str(&json)
-        .into_iter::<Value>()
-        .map(|v| v.expect("kubectl printed JSON objects"))
-        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .unwrap_or_else(|| panic!("no MutatingWebhookConfiguration in the chart:\n{rendered}"));
-    assert_eq!(mwc["webhooks"][0]["failurePolicy"], "Fail");
-    mwc["webhooks"][0]["clientConfig"] = json!({
-        "url": url,
-        "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
-    });
-    mwc
-}
-
-fn namespace(name: &str, inject: bool) -> String {
-    let label = if inject {
-        "\n    keyward.io/inject: enabled"
-    } else {
-        ""
-    };
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-         pod-security.kubernetes.io/enforce: restricted{label}\n---\n\
-         apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: orders\n  namespace: {name}\n"
+fn start_injector() -> Injector {
+    Injector::start(
+        Path::new(env!("CARGO_BIN_EXE_keyward")),
+        &repo().join("examples/injector-config.yaml"),
     )
+    .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
 /// A pod that PodSecurity's `restricted` level admits; `annotations` are YAML lines.
@@ -217,18 +59,6 @@ spec:
     )
 }
 
-/// The controllers have created the namespace's default service account, without which the
-/// ServiceAccount admission plugin refuses pods.
-fn wait_for_service_accounts(cluster: &Cluster, ns: &str) {
-    cluster
-        .wait_for(&format!("the default ServiceAccount in {ns}"), WAIT, || {
-            cluster
-                .kubectl(&["-n", ns, "get", "serviceaccount", "default"])
-                .ok()
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.log_tail("kube-controller-manager", 30)));
-}
-
 fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
     pod["spec"]["volumes"]
         .as_array()?
@@ -239,20 +69,18 @@ fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
 #[test]
 fn real_api_server_sends_pods_to_the_injector_and_keeps_its_patch() {
     let cluster = start_cluster();
-    let mut injector = Injector::start();
-    let url = format!("https://{}/mutate", injector.addr);
-    let mwc = chart_webhook(&cluster, &url, &injector.ca_pem);
-    cluster
-        .apply(&mwc.to_string())
+    let mut injector = start_injector();
+    let url = injector.url();
+    let mwc = cluster
+        .register_webhook(&injector, &[])
         .expect("apply the MutatingWebhookConfiguration");
+    assert_eq!(mwc["webhooks"][0]["failurePolicy"], "Fail");
     cluster
-        .apply(&namespace("kw-shop", true))
+        .workload_namespace("kw-shop", true, &["orders"])
         .expect("labelled namespace");
     cluster
-        .apply(&namespace("kw-plain", false))
+        .workload_namespace("kw-plain", false, &["orders"])
         .expect("unlabelled namespace");
-    wait_for_service_accounts(&cluster, "kw-shop");
-    wait_for_service_accounts(&cluster, "kw-plain");
 
     // A pod in the labelled namespace: stored with the sidecar and its volumes.
     cluster
@@ -361,9 +189,8 @@ fn real_api_server_sends_pods_to_the_injector_and_keeps_its_patch() {
 fn token_request_tokens_carry_the_claims_the_broker_reads() {
     let cluster = start_cluster();
     cluster
-        .apply(&namespace("kw-tokens", false))
+        .workload_namespace("kw-tokens", false, &["orders"])
         .expect("namespace");
-    wait_for_service_accounts(&cluster, "kw-tokens");
     cluster
         .apply(&pod("kw-tokens", "orders-1", &[]))
         .expect("apply the pod");

@@ -8,8 +8,10 @@
 //!
 //! A missing binary is an error naming the install command: tests fail, they never skip.
 
+mod harness;
 mod node;
 mod tokens;
+pub use harness::{free_port, helm, repo, Injector, INJECT_LABELS, WEBHOOK};
 pub use node::NodeCredentials;
 pub use tokens::ISSUER;
 
@@ -242,6 +244,13 @@ impl Cluster {
             ca: PathBuf::from(ca),
             kubeconfig: PathBuf::from(kubeconfig),
         })
+    }
+
+    /// The API server's egress socket for cluster traffic (HTTP CONNECT; scripts/cluster.sh):
+    /// a node agent listening there carries the API server's connections to pod IPs
+    /// (webhooks behind Services). Nothing listens until one does.
+    pub fn egress_socket(&self) -> PathBuf {
+        self.dir.join("egress.sock")
     }
 
     /// The state directory (pki/, logs/, pids/, ports).
