@@ -185,6 +185,21 @@ up() {
   wait_for etcd "etcd /health" sh -c "curl -sS --max-time 5 http://127.0.0.1:$ETCD_PORT/health | grep -q '\"health\":\"true\"'"
 
   local issuer=https://kubernetes.default.svc.cluster.local
+  # Cluster traffic (webhooks and aggregated APIs behind Services, resolved to their endpoints
+  # by --enable-aggregator-routing) goes through HTTP CONNECT on DIR/egress.sock, which a node
+  # agent serves from the node's network (konnectivity's role); the control plane's own
+  # traffic (etcd, URL webhooks on loopback) is dialled directly.
+  cat > "$DIR/egress.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $DIR/egress.sock
+EOF
   start kube-apiserver "$BIN/kube-apiserver" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
@@ -196,6 +211,7 @@ up() {
     --service-account-issuer="$issuer" --api-audiences="$issuer" \
     --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
     --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
+    --enable-aggregator-routing=true --egress-selector-config-file="$DIR/egress.yaml" \
     --allow-privileged=true --profiling=false
   wait_for kube-apiserver "kube-apiserver /readyz" https_ok "https://127.0.0.1:$API_PORT/readyz"
 

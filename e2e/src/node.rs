@@ -42,11 +42,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::manifest::PodDef;
-use crate::net::{Host, NetMode, Network};
+use crate::net::{Expose, Host, NetMode, Network};
 use crate::pod::{
     ContainerState, Image, IssuedToken, Pod, PodEnv, PodOptions, TokenFn, TokenRequest,
 };
 use crate::{jwt, Error, Result};
+
+/// The name pods reach the API server by (`KUBERNETES_SERVICE_HOST`): one the API server's
+/// certificate carries, resolving to the node host.
+pub const API_NAME: &str = "kubernetes.default.svc";
 
 /// How the agent reaches the API server and what it runs.
 #[derive(Clone, Debug)]
@@ -66,6 +70,15 @@ pub struct NodeConfig {
     pub node_names: Vec<String>,
     /// When projected tokens are refreshed, as a fraction of their lifetime (the kubelet's 0.8).
     pub token_refresh_fraction: f64,
+    /// The API server's egress socket for cluster traffic (`Cluster::egress_socket`): the agent
+    /// serves HTTP CONNECT there into the node's network, as konnectivity does for a real
+    /// control plane, so the API server reaches pod IPs (webhooks behind Services).
+    pub egress_socket: Option<PathBuf>,
+    /// Directories the mapped images hold that pods mount volumes on (`/etc/keyward/tls` in
+    /// the chart's Deployment): the pod runner shares the host's root, so the agent creates
+    /// each missing one on the host as an empty mountpoint (left in place, as the runner leaves
+    /// `/keyward`), the stand-in for the image's root filesystem.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 impl NodeConfig {
@@ -79,6 +92,8 @@ impl NodeConfig {
             images: Vec::new(),
             node_names: Vec::new(),
             token_refresh_fraction: 0.8,
+            egress_socket: None,
+            image_dirs: Vec::new(),
         }
     }
 }
@@ -399,6 +414,9 @@ struct Shared {
     run_dir: PathBuf,
     images: Vec<Image>,
     issuer: Arc<jwt::Issuer>,
+    /// The variables a kubelet gives every container for the API server
+    /// (`KUBERNETES_SERVICE_HOST`, ...); empty when the API server is not on loopback.
+    service_env: Vec<(String, String)>,
 }
 
 impl Shared {
@@ -420,6 +438,8 @@ pub struct Node {
     pub host: Host,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// The API server as pods reach it (`kubernetes.default.svc:443` on the node host).
+    _api_expose: Option<Expose>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -434,6 +454,18 @@ impl Node {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .map_err(Error::io("chmod node directory"))?;
         let images = stage_images(dir.path(), &config.images)?;
+        for d in &config.image_dirs {
+            if !d.is_absolute() {
+                return Err(Error::Setup(format!(
+                    "image directory {} is not an absolute path",
+                    d.display()
+                )));
+            }
+            std::fs::create_dir_all(d).map_err(Error::io(format!(
+                "creating the image directory {} on the host (a mountpoint)",
+                d.display()
+            )))?;
+        }
         let mut net = Network::create()?;
         if net.mode != NetMode::Namespaces {
             return Err(Error::Setup(
@@ -443,6 +475,32 @@ impl Node {
         }
         let node_host = net.add_host("node")?;
         let hosts_file = dir.path().join("hosts");
+        // The API server for pods (the kubelet's KUBERNETES_SERVICE_* variables): the agent's
+        // stand-in for the `kubernetes` Service is a listener on the node host's port 443
+        // forwarding to the API server on loopback, under the name its certificate carries.
+        let api_addr = config
+            .server
+            .strip_prefix("https://")
+            .and_then(|a| a.trim_end_matches('/').parse::<std::net::SocketAddr>().ok())
+            .filter(|a| a.ip().is_loopback());
+        let (api_expose, service_env, mut node_names) = match api_addr {
+            Some(a) => (
+                Some(Expose::start(&node_host, 443, a).await?),
+                vec![
+                    ("KUBERNETES_SERVICE_HOST".to_owned(), API_NAME.to_owned()),
+                    ("KUBERNETES_SERVICE_PORT".to_owned(), "443".to_owned()),
+                    ("KUBERNETES_SERVICE_PORT_HTTPS".to_owned(), "443".to_owned()),
+                ],
+                vec![
+                    "kubernetes".to_owned(),
+                    "kubernetes.default".to_owned(),
+                    API_NAME.to_owned(),
+                    format!("{API_NAME}.cluster.local"),
+                ],
+            ),
+            None => (None, Vec::new(), Vec::new()),
+        };
+        node_names.extend(config.node_names.iter().cloned());
         let shared = Arc::new(Shared {
             api: api.clone(),
             node_host: node_host.clone(),
@@ -451,13 +509,14 @@ impl Node {
             done: Mutex::new(std::collections::BTreeSet::new()),
             hosts: Mutex::new(HostsTable {
                 node_ip: Some(node_host.ip),
-                node_names: config.node_names.clone(),
+                node_names,
                 ..HostsTable::default()
             }),
             hosts_file: hosts_file.clone(),
             run_dir: dir.path().to_path_buf(),
             images,
             issuer: Arc::new(jwt::Issuer::new()),
+            service_env,
             config: config.clone(),
         });
         shared.write_hosts();
@@ -490,11 +549,20 @@ impl Node {
                 .await;
             }));
         }
+        if let Some(path) = &config.egress_socket {
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path).map_err(Error::io(format!(
+                "binding the egress socket {}",
+                path.display()
+            )))?;
+            tasks.push(tokio::spawn(serve_egress(listener, shared.clone())));
+        }
         Ok(Node {
             name: config.name.clone(),
             host: node_host,
             shared,
             tasks,
+            _api_expose: api_expose,
             dir: Some(dir),
         })
     }
@@ -1155,7 +1223,7 @@ async fn run_pod(
     mut delete: watch::Receiver<Option<Duration>>,
     pids: Arc<Mutex<Vec<(String, u32)>>>,
 ) {
-    let def = pod_def(&pod);
+    let def = with_service_env(pod_def(&pod), &s.service_env);
     let uid = def.uid.clone();
     let host_name = format!("{}/{}", def.namespace, def.name);
     let host = match s
@@ -1302,6 +1370,103 @@ async fn run_pod(
     }
 }
 
+/// The agent's stand-in for konnectivity: the API server's egress socket for cluster traffic
+/// (HTTP CONNECT, `--egress-selector-config-file` in scripts/cluster.sh). Each tunnel is dialled
+/// from the node host's network namespace, and only to the address of a pod on this node.
+async fn serve_egress(listener: tokio::net::UnixListener, s: Arc<Shared>) {
+    while let Ok((conn, _)) = listener.accept().await {
+        let s = s.clone();
+        tokio::spawn(async move {
+            if let Err(e) = egress_tunnel(conn, &s).await {
+                eprintln!("node agent: egress: {e}");
+            }
+        });
+    }
+}
+
+/// `CONNECT IP:PORT HTTP/1.1`: the target of a tunnel request, if it is one.
+fn connect_target(head: &str) -> Option<std::net::SocketAddr> {
+    let mut words = head.lines().next()?.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("CONNECT"), Some(target), Some(v)) if v.starts_with("HTTP/1.") => target.parse().ok(),
+        _ => None,
+    }
+}
+
+async fn egress_tunnel(mut conn: tokio::net::UnixStream, s: &Shared) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(Error::Setup("a CONNECT request head over 8 KiB".into()));
+        }
+        let n = conn
+            .read(&mut byte)
+            .await
+            .map_err(Error::io("reading a CONNECT request"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let reply = |status: &str| format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+    let Some(target) = connect_target(&head) else {
+        let _ = conn
+            .write_all(reply("405 Method Not Allowed").as_bytes())
+            .await;
+        return Err(Error::Setup(format!(
+            "not a CONNECT to IP:PORT: {:?}",
+            head.lines().next().unwrap_or_default()
+        )));
+    };
+    let is_pod = s.hosts.lock().is_ok_and(|h| {
+        h.pods
+            .values()
+            .any(|(ip, _)| std::net::IpAddr::V4(*ip) == target.ip())
+    });
+    if !is_pod {
+        let _ = conn.write_all(reply("403 Forbidden").as_bytes()).await;
+        return Err(Error::Setup(format!(
+            "CONNECT {target}: no pod of this node has that address"
+        )));
+    }
+    let mut out = match s.node_host.connect(target).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = conn.write_all(reply("502 Bad Gateway").as_bytes()).await;
+            return Err(e);
+        }
+    };
+    conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .map_err(Error::io("answering CONNECT"))?;
+    let _ = tokio::io::copy_bidirectional(&mut conn, &mut out).await;
+    Ok(())
+}
+
+/// The pod as a kubelet runs it: the service variables first in every container's env (the
+/// pod's own entries, later, override them), as the kubelet adds them at run time.
+fn with_service_env(mut def: PodDef, service_env: &[(String, String)]) -> PodDef {
+    if service_env.is_empty() {
+        return def;
+    }
+    for list in ["initContainers", "containers"] {
+        if let Some(cs) = def.spec[list].as_array_mut() {
+            for c in cs {
+                let mut env: Vec<Value> = service_env
+                    .iter()
+                    .map(|(k, v)| json!({"name": k, "value": v}))
+                    .collect();
+                env.extend(c["env"].as_array().cloned().unwrap_or_default());
+                c["env"] = Value::Array(env);
+            }
+        }
+    }
+    def
+}
+
 fn token_fn(api: Api) -> TokenFn {
     Arc::new(move |r: TokenRequest| {
         let api = api.clone();
@@ -1311,8 +1476,56 @@ fn token_fn(api: Api) -> TokenFn {
 
 #[cfg(test)]
 mod tests {
-    use super::{rfc3339, slice_entry, HostsTable};
+    use super::{connect_target, rfc3339, slice_entry, with_service_env, HostsTable};
+    use crate::manifest::PodDef;
+    use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn egress_tunnels_only_connect_requests_to_an_address() {
+        assert_eq!(
+            connect_target("CONNECT 10.200.0.5:8443 HTTP/1.1\r\nHost: 10.200.0.5:8443\r\n\r\n"),
+            Some(([10, 200, 0, 5], 8443).into())
+        );
+        assert_eq!(connect_target("GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(
+            connect_target("CONNECT example.com:443 HTTP/1.1\r\n\r\n"),
+            None
+        );
+        assert_eq!(connect_target("CONNECT 10.200.0.5:8443\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn the_pods_own_env_overrides_the_service_variables() {
+        let def = PodDef {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            labels: Default::default(),
+            service_account: "default".into(),
+            spec: json!({"initContainers": [{"name": "s"}],
+                         "containers": [{"name": "a", "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "1"}]}]}),
+        };
+        let env = vec![
+            (
+                "KUBERNETES_SERVICE_HOST".to_owned(),
+                "kubernetes.default.svc".to_owned(),
+            ),
+            ("KUBERNETES_SERVICE_PORT".to_owned(), "443".to_owned()),
+        ];
+        let def = with_service_env(def, &env);
+        assert_eq!(
+            def.spec["initContainers"][0]["env"][0]["value"],
+            "kubernetes.default.svc"
+        );
+        let app = def.spec["containers"][0]["env"].as_array().expect("env");
+        assert_eq!(app.len(), 3);
+        // Later entries win in the runner, as in a kubelet: the pod's own value comes last.
+        assert_eq!(
+            app[2],
+            json!({"name": "KUBERNETES_SERVICE_PORT", "value": "1"})
+        );
+    }
 
     #[test]
     fn services_resolve_to_their_ready_endpoints_only() {
