@@ -9,6 +9,8 @@ pub mod claims;
 pub mod cli;
 pub mod config;
 mod deliver;
+#[doc(hidden)]
+pub mod fuzzing;
 mod lifecycle;
 mod metrics;
 mod refresh;

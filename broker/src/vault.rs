@@ -181,6 +181,11 @@ impl TokenState {
         self.obtained + self.ttl
     }
 
+    /// The token as it is sent (for the fuzz seam's oracle, `crate::fuzzing`).
+    pub(crate) fn header_bytes(&self) -> &[u8] {
+        self.header.as_bytes()
+    }
+
     /// Takes the token out of a parsed answer (wiping the string it was parsed into).
     fn new(
         mut token: String,
@@ -403,23 +408,9 @@ impl Vault {
         let (status, bytes) = self
             .send(reqwest::Method::POST, &login_path, None, Some(body))
             .await?;
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
-        let mut raw = parse_raw(&bytes)?;
-        drop(bytes);
-        let mut auth = raw
-            .auth
-            .take()
-            .ok_or_else(|| VaultError::Decode(format!("{login_path}: no auth in the answer")))?;
-        let state = TokenState::new(
-            std::mem::take(&mut auth.client_token),
-            auth.accessor.clone(),
-            Duration::from_secs(auth.lease_duration.max(1)),
-            auth.renewable,
-        )?;
+        let (state, accessor) = login_answer(&login_path, status, bytes)?;
         let login = Login {
-            accessor: std::mem::take(&mut auth.accessor),
+            accessor,
             ttl: state.ttl,
             pod: info.pod,
         };
@@ -538,15 +529,7 @@ impl Vault {
             self.token_refused(&token.accessor);
         }
         drop(token);
-        if !status.is_success() {
-            return Err(status_error(status, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(VaultResponse::empty());
-        }
-        let raw = parse_raw(&bytes)?;
-        drop(bytes);
-        Ok(into_response(raw))
+        answer(status, bytes)
     }
 
     /// Sends one request and reads the whole answer into a wiped buffer of at most
@@ -601,6 +584,56 @@ impl Vault {
     }
 }
 
+/// The longest lease or token TTL taken from an answer (about 10 years): a longer one is held to
+/// it, so that `now + ttl` stays representable wherever a TTL is added to a clock.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn granted_ttl(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).min(MAX_LEASE_DURATION)
+}
+
+/// What a logical call makes of Vault's answer (status and whole body), e.g. a read, a lease
+/// renewal or `auth/token/renew-self`.
+pub(crate) fn answer(
+    status: reqwest::StatusCode,
+    bytes: ZeroBuf,
+) -> Result<VaultResponse, VaultError> {
+    if !status.is_success() {
+        return Err(status_error(status, &bytes));
+    }
+    if bytes.is_empty() {
+        return Ok(VaultResponse::empty());
+    }
+    let raw = parse_raw(&bytes)?;
+    drop(bytes);
+    Ok(into_response(raw))
+}
+
+/// What a login makes of Vault's answer to `POST login_path`: the token (taken out of the
+/// parsed answer) and its accessor.
+pub(crate) fn login_answer(
+    login_path: &str,
+    status: reqwest::StatusCode,
+    bytes: ZeroBuf,
+) -> Result<(TokenState, String), VaultError> {
+    if !status.is_success() {
+        return Err(status_error(status, &bytes));
+    }
+    let mut raw = parse_raw(&bytes)?;
+    drop(bytes);
+    let mut auth = raw
+        .auth
+        .take()
+        .ok_or_else(|| VaultError::Decode(format!("{login_path}: no auth in the answer")))?;
+    let state = TokenState::new(
+        std::mem::take(&mut auth.client_token),
+        auth.accessor.clone(),
+        granted_ttl(auth.lease_duration).max(Duration::from_secs(1)),
+        auth.renewable,
+    )?;
+    Ok((state, std::mem::take(&mut auth.accessor)))
+}
+
 impl Vault {
     /// A failed request's reason, with the TLS settings it was made with when the TLS
     /// handshake failed (which setting to look at: `vault.ca_file`, `vault.tls_server_name`,
@@ -641,7 +674,7 @@ fn into_response(mut raw: RawResponse) -> VaultResponse {
     VaultResponse {
         request_id: std::mem::take(&mut raw.request_id),
         lease_id,
-        lease_duration: Duration::from_secs(lease_duration),
+        lease_duration: granted_ttl(lease_duration),
         renewable,
         data: raw.data.take().unwrap_or(serde_json::Value::Null),
         warnings: raw.warnings.take().unwrap_or_default(),

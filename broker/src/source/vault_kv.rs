@@ -67,7 +67,7 @@ impl SecretSource for VaultKv {
 
 /// The inner `data` and KV version of a KV v2 answer. An answer without KV's shape (a KV v1
 /// mount with a `data/` key) is served as a plain logical read.
-fn from_response(resp: &mut VaultResponse, path: &str) -> Result<Fetched, SourceError> {
+pub(super) fn from_response(resp: &mut VaultResponse, path: &str) -> Result<Fetched, SourceError> {
     let kv_shaped = resp.data.as_object().is_some_and(|o| {
         o.contains_key("data") && o.get("metadata").is_some_and(|m| m.is_object())
     });
