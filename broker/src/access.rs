@@ -195,6 +195,7 @@ mod tests {
             key: None,
             required: true,
             allow_uids,
+            issue: None,
         }
     }
 

@@ -65,6 +65,9 @@ pub struct Entry {
     pub source: Arc<dyn SecretSource>,
     state: RwLock<State>,
     version: watch::Sender<u64>,
+    /// The files rendered from this secret (`crate::deliver`): per file, the last version of
+    /// this secret it was rendered from (or failed to render).
+    files: watch::Sender<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -83,6 +86,7 @@ impl Entry {
             source,
             state: RwLock::new(State::default()),
             version: watch::channel(0).0,
+            files: watch::channel(BTreeMap::new()).0,
         }
     }
 
@@ -120,14 +124,21 @@ impl Entry {
         });
     }
 
-    /// Extends the current lease after a renewal.
+    /// Extends the current lease after a renewal, and wakes the channel's receivers (the
+    /// version stays: a long-poll waiting for a newer one keeps waiting; a rendered file that
+    /// shows the lease's expiry is rendered again).
     pub fn renewed(&self, lease_id: &SecretString, expires_at: SystemTime) {
+        let mut extended = false;
         if let Ok(mut s) = self.state.write() {
             if let Some(l) = s.value.as_mut().and_then(|v| v.lease.as_mut()) {
                 if l.id.expose() == lease_id.expose() {
                     l.expires_at = expires_at;
+                    extended = true;
                 }
             }
+        }
+        if extended {
+            self.version.send_modify(|_| {});
         }
     }
 
@@ -161,6 +172,28 @@ impl Entry {
                 }
             }
         }
+    }
+
+    /// Declares a file rendered from this secret, so [`Entry::files_settled`] waits for it.
+    pub fn file_reads(&self, file: &str) {
+        self.files.send_modify(|f| {
+            f.entry(file.to_owned()).or_insert(0);
+        });
+    }
+
+    /// The file was rendered (or failed to render) from `version` of this secret.
+    pub fn file_rendered(&self, file: &str, version: u64) {
+        self.files.send_modify(|f| {
+            f.insert(file.to_owned(), version);
+        });
+    }
+
+    /// Resolves once every file rendered from this secret has been rendered from `version` or
+    /// a newer one: a long-poll answers a new version only then, so an app told of it (or
+    /// signalled by `keyward exec`) finds its files already replaced.
+    pub async fn files_settled(&self, version: u64) {
+        let mut rx = self.files.subscribe();
+        let _ = rx.wait_for(|f| f.values().all(|v| *v >= version)).await;
     }
 
     /// A receiver of version changes, for long-polls.

@@ -15,6 +15,7 @@
 //! Versioning: [`SidecarConfig::version`] (absent: 1), up to [`CONTRACT_VERSION`]; see the
 //! `sidecar` module.
 
+mod certs;
 mod error;
 mod files;
 mod rules;
@@ -24,6 +25,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use certs::{
+    is_pki_issue_path, valid_dns_name, CertIssue, CERT_KEYS, MAX_ALT_NAMES, MIN_CERT_TTL,
+};
 pub use error::ConfigError;
 pub use files::{
     file_mode, template_env, template_ident, template_secrets, valid_file_name, FileSpec,

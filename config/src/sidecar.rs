@@ -91,7 +91,8 @@ pub struct MetricsConfig {
 
 /// The newest contract version this build reads and writes. Version 2 added
 /// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself);
-/// version 3 `vault.tls_server_name`, `vault.client_cert_file` and `vault.client_key_file`.
+/// version 3 `vault.tls_server_name`, `vault.client_cert_file` and `vault.client_key_file`;
+/// certificates (`secrets[].issue`) are version 3 too.
 pub const CONTRACT_VERSION: u32 = 3;
 
 fn version_1() -> u32 {
@@ -184,7 +185,7 @@ impl SidecarConfig {
     /// `metrics`, `files`, `audit.checkpoint` or the audit log's
     /// retention settings, else 1.
     pub fn required_version(&self) -> u32 {
-        if self.vault.uses_version_3() {
+        if self.vault.uses_version_3() || self.has_certs() {
             3
         } else if !self.socket.containers.is_empty()
             || self.metrics.is_some()
@@ -468,6 +469,10 @@ pub struct SecretSpec {
     /// Only these uids may read the secret (default: anyone who can open the socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_uids: Option<Vec<u32>>,
+    /// A certificate issued by Vault's PKI engine at `path` (`MOUNT/issue/ROLE`) for these
+    /// names, instead of a read (contract version 3; see `keyward_config::CertIssue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue: Option<crate::CertIssue>,
 }
 
 /// The local socket.

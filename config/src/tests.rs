@@ -48,6 +48,7 @@ fn everything() -> SidecarConfig {
                 key: Some("password".into()),
                 required: false,
                 allow_uids: Some(vec![1000, 1001]),
+                issue: None,
             },
             SecretSpec {
                 name: "api".into(),
@@ -55,6 +56,7 @@ fn everything() -> SidecarConfig {
                 key: None,
                 required: true,
                 allow_uids: Some(vec![]),
+                issue: None,
             },
         ],
         socket: SocketConfig {
@@ -247,6 +249,7 @@ fn defaults_are_applied_and_not_written() {
         key: None,
         required: true,
         allow_uids: None,
+        issue: None,
     });
     c.identity = Some(IdentityConfig::new("td"));
     c.proxy = Some(ProxyConfig::default());

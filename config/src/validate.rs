@@ -30,6 +30,7 @@ impl SidecarConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_broker()?;
         self.validate_files()?;
+        self.validate_certs()?;
         if let Some(identity) = &self.identity {
             identity.validate()?;
         }

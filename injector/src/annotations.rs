@@ -285,6 +285,16 @@ struct FileParts {
     mode: Option<(String, String)>,
 }
 
+/// `keyward.io/cert-NAME…` (certificates; see [`build_cert`]).
+#[derive(Default)]
+struct CertParts {
+    value: Option<(String, String)>,
+    common_name: Option<(String, String)>,
+    alt_names: Option<(String, String)>,
+    ttl: Option<(String, String)>,
+    container: Option<(String, String)>,
+}
+
 #[derive(Default)]
 struct OutboundParts {
     value: Option<(String, String)>,
@@ -301,6 +311,7 @@ pub fn parse_settings(
     let mut inbound_value: Option<(String, String)> = None;
     let mut inbound_allow: BTreeMap<u16, (String, String)> = BTreeMap::new();
     let mut files: BTreeMap<String, FileParts> = BTreeMap::new();
+    let mut certs: BTreeMap<String, CertParts> = BTreeMap::new();
     let mut exec_keys: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
 
     for (key, value) in annotations {
@@ -360,6 +371,24 @@ pub fn parse_settings(
                         3 => &mut parts.mode,
                         _ => &mut parts.value,
                     } = Some(entry);
+                } else if let Some(rest) = suffix.strip_prefix("cert-") {
+                    let (name, slot) = [
+                        ("-common-name", 1),
+                        ("-alt-names", 2),
+                        ("-ttl", 3),
+                        ("-container", 4),
+                    ]
+                    .iter()
+                    .find_map(|(sfx, slot)| rest.strip_suffix(sfx).map(|n| (n, *slot)))
+                    .unwrap_or((rest, 0));
+                    let parts = certs.entry(name.to_owned()).or_default();
+                    *match slot {
+                        1 => &mut parts.common_name,
+                        2 => &mut parts.alt_names,
+                        3 => &mut parts.ttl,
+                        4 => &mut parts.container,
+                        _ => &mut parts.value,
+                    } = Some(entry);
                 } else if let Some(rest) = suffix.strip_prefix("secret-") {
                     if let Some(name) = rest.strip_suffix("-uids") {
                         secrets.entry(name.to_owned()).or_default().uids = Some(entry);
@@ -389,7 +418,8 @@ pub fn parse_settings(
                             "unknown keyward.io annotation; known: {}, secret-NAME, secret-NAME-uids, \
                              secret-NAME-optional, inbound-allow-PORT, outbound-NAME, outbound-NAME-id, \
                              env-CONTAINER, on-change-CONTAINER, file-NAME, file-NAME-secret, \
-                             file-NAME-template, file-NAME-mode",
+                             file-NAME-template, file-NAME-mode, cert-NAME, cert-NAME-common-name, \
+                             cert-NAME-alt-names, cert-NAME-ttl, cert-NAME-container",
                             FIXED_KEYS.join(", ")
                         ),
                     ));
@@ -401,6 +431,13 @@ pub fn parse_settings(
     for (name, parts) in secrets {
         settings.secrets.push(build_secret(&name, parts)?);
     }
+    let mut cert_files = Vec::new();
+    for (name, parts) in certs {
+        let (secret, files) = build_cert(&name, parts, &settings.secrets)?;
+        settings.secrets.push(secret);
+        cert_files.extend(files);
+    }
+    settings.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     for (name, parts) in outbound {
         settings.outbound.push(build_outbound(&name, parts)?);
     }
@@ -413,6 +450,20 @@ pub fn parse_settings(
             .files
             .push(build_file(&name, parts, &settings.secrets)?);
     }
+    for f in cert_files {
+        if settings.files.iter().any(|g| g.name == f.name) {
+            return Err(AnnotationError::new(
+                &format!("{PREFIX}file-{}", f.name),
+                format!(
+                    "file {} is also a file of the certificate keyward.io/cert-{}: rename one",
+                    f.name,
+                    f.secret.as_ref().map_or("", |(s, _)| s.as_str())
+                ),
+            ));
+        }
+        settings.files.push(f);
+    }
+    settings.files.sort_by(|a, b| a.name.cmp(&b.name));
     check_ports(&settings)?;
     if settings.identity_uids.is_some()
         && settings.inbound.is_empty()
@@ -457,6 +508,7 @@ fn build_secret(name: &str, parts: SecretParts) -> Result<SecretSpec, Annotation
         path: path.to_owned(),
         key: item.map(str::to_owned),
         required: true,
+        issue: None,
         allow_uids: None,
     };
     if let Some((k, v)) = parts.optional {
@@ -620,6 +672,141 @@ fn build_file(
         }
     }
     Ok(file)
+}
+
+/// A certificate (issue 13 §4): `keyward.io/cert-NAME: MOUNT/issue/ROLE` with
+/// `-common-name` (a DNS name of the pod, required), `-alt-names` (more DNS names, separated
+/// by commas or spaces), `-ttl` (a duration, at least 10s; the role's default when absent) and
+/// `-container` (the container that gets the files, required). It becomes the secret NAME
+/// (`issue` block, served on the socket like any secret) and three files in the container's
+/// directory: `NAME.crt` (the certificate), `NAME.key` (its private key) and `NAME.ca.crt` (the
+/// issuing CA chain), files `NAME-cert`, `NAME-key` and `NAME-chain`.
+fn build_cert(
+    name: &str,
+    parts: CertParts,
+    secrets: &[SecretSpec],
+) -> Result<(SecretSpec, Vec<FileSettings>), AnnotationError> {
+    let Some((key, path)) = parts.value else {
+        let (key, _) = parts
+            .common_name
+            .or(parts.alt_names)
+            .or(parts.ttl)
+            .or(parts.container)
+            .unwrap_or_else(|| (format!("{PREFIX}cert-{name}"), String::new()));
+        return Err(AnnotationError::new(
+            &key,
+            format!("there is no keyward.io/cert-{name} annotation for it to apply to"),
+        ));
+    };
+    check_name(&key, name, "certificate")?;
+    if secrets.iter().any(|s| s.name == name) {
+        return Err(AnnotationError::new(
+            &key,
+            format!("keyward.io/secret-{name} declares a secret of the same name: rename one"),
+        ));
+    }
+    if !keyward_config::valid_vault_path(&path) || !keyward_config::is_pki_issue_path(&path) {
+        return Err(AnnotationError::new(
+            &key,
+            format!(
+                "expected a PKI issue path MOUNT/issue/ROLE such as pki_web/issue/web, got '{}'",
+                path.escape_debug()
+            ),
+        ));
+    }
+    let missing = |what: &str, example: &str| {
+        AnnotationError::new(
+            &key,
+            format!("a certificate needs keyward.io/cert-{name}-{what} (for example {example})"),
+        )
+    };
+    let (cn_key, common_name) = parts
+        .common_name
+        .ok_or_else(|| missing("common-name", "web.shop.svc"))?;
+    if !keyward_config::valid_dns_name(&common_name) {
+        return Err(AnnotationError::new(
+            &cn_key,
+            format!(
+                "expected a DNS name such as web.shop.svc, got '{}'",
+                common_name.escape_debug()
+            ),
+        ));
+    }
+    let mut alt_names = Vec::new();
+    if let Some((k, v)) = parts.alt_names {
+        for n in v
+            .split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            if !keyward_config::valid_dns_name(n) {
+                return Err(AnnotationError::new(
+                    &k,
+                    format!(
+                        "expected DNS names separated by commas, got '{}'",
+                        n.escape_debug()
+                    ),
+                ));
+            }
+            if !alt_names.iter().any(|a: &String| a == n) {
+                alt_names.push(n.to_owned());
+            }
+        }
+        if alt_names.len() > keyward_config::MAX_ALT_NAMES {
+            return Err(AnnotationError::new(
+                &k,
+                format!("at most {} names", keyward_config::MAX_ALT_NAMES),
+            ));
+        }
+    }
+    let ttl = match parts.ttl {
+        None => None,
+        Some((k, v)) => {
+            let d = humantime::parse_duration(v.trim()).map_err(|_| {
+                AnnotationError::new(
+                    &k,
+                    format!("expected a duration such as 24h or 90m, got '{v}'"),
+                )
+            })?;
+            if d < keyward_config::MIN_CERT_TTL {
+                return Err(AnnotationError::new(
+                    &k,
+                    format!("must be at least 10s, got '{v}'"),
+                ));
+            }
+            Some(d)
+        }
+    };
+    let (c_key, container) = parts.container.ok_or_else(|| missing("container", "app"))?;
+    check_name(&c_key, &container, "container")?;
+    let secret = SecretSpec {
+        name: name.to_owned(),
+        path: path.clone(),
+        key: None,
+        required: true,
+        allow_uids: None,
+        issue: Some(keyward_config::CertIssue {
+            common_name,
+            alt_names,
+            ttl,
+        }),
+    };
+    let file = |suffix: &str, path: String, item: &str| FileSettings {
+        name: format!("{name}-{suffix}"),
+        container: container.clone(),
+        path,
+        mode: keyward_config::DEFAULT_FILE_MODE.to_owned(),
+        secret: Some((name.to_owned(), Some(item.to_owned()))),
+        template: None,
+    };
+    Ok((
+        secret,
+        vec![
+            file("cert", format!("{name}.crt"), "certificate"),
+            file("key", format!("{name}.key"), "private_key"),
+            file("chain", format!("{name}.ca.crt"), "ca_chain"),
+        ],
+    ))
 }
 
 /// A comma-separated list of numeric uids (`keyward.io/secret-NAME-uids`,
@@ -1358,5 +1545,92 @@ mod tests {
         ])
         .expect_err("own TLS port");
         assert!(err.problem.contains("forward the port to itself"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_becomes_a_secret_with_an_issue_block_and_three_files() {
+        let s = settings(&[
+            ("cert-web", "pki_web/issue/web"),
+            ("cert-web-common-name", "web.shop.svc"),
+            ("cert-web-alt-names", "web, web.shop.svc.cluster.local web"),
+            ("cert-web-ttl", "24h"),
+            ("cert-web-container", "app"),
+            ("secret-db", "secret/data/db"),
+        ])
+        .expect("valid");
+        let web = s.secrets.iter().find(|x| x.name == "web").expect("secret");
+        assert_eq!(web.path, "pki_web/issue/web");
+        assert_eq!(
+            web.issue,
+            Some(keyward_config::CertIssue {
+                common_name: "web.shop.svc".into(),
+                alt_names: vec!["web".into(), "web.shop.svc.cluster.local".into()],
+                ttl: Some(std::time::Duration::from_secs(24 * 3600)),
+            })
+        );
+        let files: Vec<(&str, &str, &str)> = s
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.name.as_str(),
+                    f.path.as_str(),
+                    f.secret
+                        .as_ref()
+                        .and_then(|(_, k)| k.as_deref())
+                        .unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("web-cert", "web.crt", "certificate"),
+                ("web-chain", "web.ca.crt", "ca_chain"),
+                ("web-key", "web.key", "private_key"),
+            ]
+        );
+        assert!(s
+            .files
+            .iter()
+            .all(|f| f.container == "app" && f.mode == "0440"));
+    }
+
+    #[test]
+    fn a_bad_certificate_annotation_is_refused_naming_it() {
+        let base = [
+            ("cert-web", "pki_web/issue/web"),
+            ("cert-web-common-name", "web.shop.svc"),
+            ("cert-web-container", "app"),
+        ];
+        let with = |k: &'static str, v: &'static str| {
+            let mut a: Vec<(&str, &str)> = base.iter().filter(|(b, _)| *b != k).copied().collect();
+            if !v.is_empty() {
+                a.push((k, v));
+            }
+            settings(&a)
+        };
+        for (k, v, named) in [
+            ("cert-web", "pki_web/sign/web", "cert-web"),
+            ("cert-web", "/pki/issue/web", "cert-web"),
+            ("cert-web-common-name", "web shop", "cert-web-common-name"),
+            ("cert-web-common-name", "", "cert-web"),
+            ("cert-web-alt-names", "ok,../x", "cert-web-alt-names"),
+            ("cert-web-ttl", "soon", "cert-web-ttl"),
+            ("cert-web-ttl", "5s", "cert-web-ttl"),
+            ("cert-web-container", "App", "cert-web-container"),
+            ("cert-web-container", "", "cert-web"),
+        ] {
+            let e = with(k, v).expect_err(&format!("{k}={v}"));
+            assert_eq!(e.key, format!("{PREFIX}{named}"), "{k}={v}: {e}");
+        }
+        let e = settings(&[("cert-web-ttl", "1h")]).expect_err("no cert-web");
+        assert_eq!(e.key, format!("{PREFIX}cert-web-ttl"));
+        let mut clash = base.to_vec();
+        clash.push(("secret-web", "secret/data/web"));
+        assert_eq!(
+            settings(&clash).expect_err("same name").key,
+            format!("{PREFIX}cert-web")
+        );
     }
 }

@@ -197,6 +197,9 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Longest a long-poll answer waits for the files rendered from the new version.
+const FILES_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn secret_json(
     inner: &Inner,
     caller: &Caller,
@@ -214,6 +217,11 @@ async fn secret_json(
             _ = moved => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => {}
+        }
+        // A new version is answered once the files rendered from it are replaced (bounded: a
+        // file that cannot be written does not hold the answer).
+        if let Some(v) = entry.value().map(|v| v.version).filter(|v| *v > index) {
+            let _ = tokio::time::timeout(FILES_SETTLE, entry.files_settled(v)).await;
         }
     }
     let value = access::servable(inner, caller, READ, entry)?;

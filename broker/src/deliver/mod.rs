@@ -2,7 +2,8 @@
 //! (the config's `files` section; docs/delivery.md "Files").
 //!
 //! One task per file ([`file_loop`]) waits on the version channels of the secrets the file
-//! reads (the same ones long-polls wait on), renders ([`render`], pure) when a version moved,
+//! reads (the same ones long-polls wait on; a lease renewal wakes them too), renders
+//! ([`render`], pure) when a version moved or a renewal changed the content,
 //! writes atomically ([`write`]) and records a `file.render` audit record naming the file, the
 //! container, and each secret with the version used. A render that fails leaves the previous
 //! file in place and is recorded as an error.
@@ -43,7 +44,12 @@ pub(crate) fn readiness(config: &crate::config::Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Renders `spec` whenever a secret it reads gets a new version, until `shutdown`.
+/// Renders `spec` whenever a secret it reads gets a new version or its lease is renewed, until
+/// `shutdown`.
+///
+/// A new version is always rendered and recorded. A renewal (same versions, a new
+/// `lease_expires`) renders again, and writes and records only when the content changed (a
+/// template that shows the lease's expiry): an unchanged file is not rewritten.
 pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: CancellationToken) {
     let entries: Vec<Arc<Entry>> = spec
         .secrets(&inner.config.secrets)
@@ -51,21 +57,43 @@ pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: Cance
         .filter_map(|n| inner.entries.get(n).cloned())
         .collect();
     let mut receivers: Vec<_> = entries.iter().map(|e| e.subscribe()).collect();
-    let mut rendered: Option<Vec<u64>> = None;
+    let file_id = spec.dir.join(&spec.path).display().to_string();
+    for e in &entries {
+        e.file_reads(&file_id);
+    }
+    let mut rendered: Option<Rendered> = None;
     loop {
         for r in receivers.iter_mut() {
             r.borrow_and_update();
         }
         if let Some(views) = views(&inner, &entries) {
-            let versions: Vec<u64> = entries
-                .iter()
-                .map(|e| views.get(&e.spec.name).map_or(0, |v| v.version))
-                .collect();
-            if rendered.as_ref() != Some(&versions) {
-                render_once(&inner, &spec, &views);
-                // A failed render is not retried until a version moves: the same values would
-                // fail the same way.
-                rendered = Some(versions);
+            let seen = Seen::of(&entries, &views);
+            match &rendered {
+                Some(r) if r.seen == seen => {}
+                Some(r) if r.seen.versions == seen.versions => {
+                    // Only a lease moved: rewrite if the content changed.
+                    let digest = render::render(&spec, &views)
+                        .ok()
+                        .map(|bytes| content_digest(&inner, &bytes));
+                    if digest.is_some() && digest != r.digest {
+                        let digest = render_once(&inner, &spec, &views);
+                        rendered = Some(Rendered { seen, digest });
+                    } else if let Some(r) = rendered.as_mut() {
+                        r.seen = seen;
+                    }
+                }
+                _ => {
+                    // A failed render is not retried until a version moves: the same values
+                    // would fail the same way.
+                    let digest = render_once(&inner, &spec, &views);
+                    rendered = Some(Rendered { seen, digest });
+                }
+            }
+            // Long-polls of these versions may answer now (`Entry::files_settled`).
+            for e in &entries {
+                if let Some(v) = views.get(&e.spec.name) {
+                    e.file_rendered(&file_id, v.version);
+                }
             }
         }
         let changed = futures_changed(&mut receivers);
@@ -74,6 +102,42 @@ pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: Cance
             ok = changed => if !ok { return },
         }
     }
+}
+
+/// What a file was last rendered from: each secret's version and lease expiry.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    versions: Vec<u64>,
+    lease_expires: Vec<Option<String>>,
+}
+
+impl Seen {
+    fn of(entries: &[Arc<Entry>], views: &BTreeMap<String, SecretView>) -> Self {
+        let view = |e: &Arc<Entry>| views.get(&e.spec.name);
+        Self {
+            versions: entries
+                .iter()
+                .map(|e| view(e).map_or(0, |v| v.version))
+                .collect(),
+            lease_expires: entries
+                .iter()
+                .map(|e| view(e).and_then(|v| v.lease_expires.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The last render: what it was made from, and the keyed digest of what was written (`None`
+/// when it failed).
+struct Rendered {
+    seen: Seen,
+    digest: Option<String>,
+}
+
+/// A keyed digest of rendered content (the broker's per-process key): tells a changed file
+/// without keeping its content.
+fn content_digest(inner: &Inner, bytes: &[u8]) -> String {
+    keyward_audit::hmac_hex(&inner.digest_key, &String::from_utf8_lossy(bytes))
 }
 
 /// Waits until any receiver sees a new value; `false` once a sender is gone (shutdown).
@@ -124,10 +188,26 @@ fn views(inner: &Inner, entries: &[Arc<Entry>]) -> Option<BTreeMap<String, Secre
     Some(out)
 }
 
-fn render_once(inner: &Inner, spec: &FileSpec, views: &BTreeMap<String, SecretView>) {
+/// Renders and writes `spec` and records it; the digest of what was written, `None` on error.
+fn render_once(
+    inner: &Inner,
+    spec: &FileSpec,
+    views: &BTreeMap<String, SecretView>,
+) -> Option<String> {
     let used = views
         .iter()
-        .map(|(n, v)| format!("{n} v{}", v.version))
+        .map(|(n, v)| {
+            // A certificate's serial names which one the file holds (it is no secret).
+            let serial = inner
+                .config
+                .secret(n)
+                .filter(|s| s.issue.is_some())
+                .and_then(|_| v.data.get("serial_number"))
+                .and_then(serde_json::Value::as_str)
+                .map(|s| format!(" serial {s}"))
+                .unwrap_or_default();
+            format!("{n} v{}{serial}", v.version)
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let outcome = render::render(spec, views)
@@ -140,6 +220,7 @@ fn render_once(inner: &Inner, spec: &FileSpec, views: &BTreeMap<String, SecretVi
                 spec.mode_bits(),
                 inner.config.socket.group,
             )
+            .map(|_| content_digest(inner, &bytes))
             .map_err(|e| format!("file {}: cannot write {}: {e}", spec.name, spec.path))
         });
     let mut rec = Record::new(
@@ -170,4 +251,5 @@ fn render_once(inner: &Inner, spec: &FileSpec, views: &BTreeMap<String, SecretVi
         }
     }
     let _ = inner.audit.record(&rec);
+    outcome.ok()
 }

@@ -7,6 +7,7 @@
 
 mod vault_kv;
 mod vault_leased;
+mod vault_pki;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use crate::vault::{Vault, VaultError};
 
 pub use vault_kv::VaultKv;
 pub use vault_leased::VaultLeased;
+pub use vault_pki::VaultPki;
 
 /// A boxed future returned by a source's calls (the trait is used as `dyn SecretSource`).
 pub type SourceFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -190,25 +192,19 @@ impl SourceError {
     }
 }
 
-/// What the Vault source serving a read of `path` makes of Vault's answer (the fetch of
-/// [`VaultKv`] or [`VaultLeased`], the one [`for_spec`] picks); for the fuzz seam.
-pub(crate) fn from_vault_answer(
-    resp: &mut crate::vault::VaultResponse,
-    path: &str,
-) -> Result<Fetched, SourceError> {
-    if vault_kv::is_kv_v2_read(path) {
-        vault_kv::from_response(resp, path)
-    } else {
-        vault_leased::from_response(resp, path)
-    }
-}
-
 /// The source that serves `spec`: the one place where a kind of secret is registered.
 ///
-/// A KV v2 read path always has a `data` segment after the mount (`secret/data/app`); every
+/// A secret with an `issue` block is a certificate issued by Vault's PKI engine. A KV v2 read
+/// path always has a `data` segment after the mount (`secret/data/app`); every
 /// other path is a logical read whose answer may carry a lease (`database/creds/app`).
 pub(crate) fn for_spec(spec: &SecretSpec, vault: &Arc<Vault>) -> Arc<dyn SecretSource> {
-    if vault_kv::is_kv_v2_read(&spec.path) {
+    if let Some(issue) = &spec.issue {
+        Arc::new(VaultPki::new(
+            vault.clone(),
+            spec.path.clone(),
+            issue.clone(),
+        ))
+    } else if vault_kv::is_kv_v2_read(&spec.path) {
         Arc::new(VaultKv::new(vault.clone(), spec.path.clone()))
     } else {
         Arc::new(VaultLeased::new(vault.clone(), spec.path.clone()))
