@@ -122,7 +122,17 @@ pub(super) fn checks(
     }
     let mut seen = std::collections::BTreeSet::new();
     for f in &settings.files {
-        let key = format!("{p}file-{}", f.name);
+        // A certificate's files (`keyward.io/cert-NAME`) are placed by its -container.
+        let cert = f.secret.as_ref().map(|(s, _)| s).filter(|s| {
+            settings
+                .secrets
+                .iter()
+                .any(|d| &&d.name == s && d.issue.is_some())
+        });
+        let key = match cert {
+            Some(c) => format!("{p}cert-{c}-container"),
+            None => format!("{p}file-{}", f.name),
+        };
         find(key.clone(), &f.container)?;
         if !seen.insert((f.container.as_str(), f.path.as_str())) {
             return Err(AnnotationError {
