@@ -55,6 +55,25 @@ impl Wrapper {
 
     /// The same, run by `prefix` (for example `unshare ...`).
     fn start_under(prefix: &[&str], b: &BrokerProc, flags: &[&str], script: &str) -> Wrapper {
+        Self::spawn(prefix, &b.socket, flags, &["/bin/sh", "-c", script])
+    }
+
+    /// Starts the long-running app with `V` from `cfg` under `--env V=cfg FLAGS` and waits for
+    /// its first start.
+    async fn running(b: &BrokerProc, flags: &[&str]) -> Wrapper {
+        let w = Self::start(b, &[&["--env", "V=cfg"], flags].concat(), LONG_RUNNING);
+        w.wait_lines("starts", 1).await;
+        w
+    }
+
+    /// [`Wrapper::running`] with `--on-change cfg=restart FLAGS`.
+    async fn restarting(b: &BrokerProc, flags: &[&str]) -> Wrapper {
+        Self::running(b, &[&["--on-change", "cfg=restart"], flags].concat()).await
+    }
+
+    /// Starts `PREFIX keyward exec FLAGS -- COMMAND` against the socket `socket`, in its own
+    /// directory (`$D`, also the working directory), logging to `wrapper.log` there.
+    fn spawn(prefix: &[&str], socket: &Path, flags: &[&str], command: &[&str]) -> Wrapper {
         let dir = tempfile::Builder::new()
             .prefix("keyward-exec")
             .tempdir()
@@ -72,12 +91,13 @@ impl Wrapper {
             .arg("exec")
             .args(flags)
             .arg("--")
-            .args(["/bin/sh", "-c", script])
+            .args(command)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("D", dir.path())
-            .env("KEYWARD_SOCKET", &b.socket)
+            .env("KEYWARD_SOCKET", socket)
             .env("KEYWARD_LOG", "debug")
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -114,6 +134,19 @@ impl Wrapper {
     fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
             .expect("signal the wrapper");
+    }
+
+    /// Waits until the log holds `text`.
+    async fn wait_log(&self, text: &str) {
+        eventually(LONG, &format!("{text:?} in the wrapper's log"), || {
+            let found = self.log().contains(text);
+            async move { found.then_some(()) }
+        })
+        .await
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     async fn exit(&mut self) -> ExitStatus {
@@ -220,8 +253,7 @@ async fn death_by_signal_is_128_plus_the_signal_and_a_sigterm_to_the_wrapper_rea
     let mut w = Wrapper::start(&b, &["--env", "CFG=cfg"], r#"kill -USR1 $$"#);
     assert_eq!(w.exit().await.code(), Some(128 + 10), "log:\n{}", w.log());
 
-    let mut w = Wrapper::start(&b, &["--env", "V=cfg"], LONG_RUNNING);
-    w.wait_lines("starts", 1).await;
+    let mut w = Wrapper::running(&b, &[]).await;
     w.signal(nix::sys::signal::Signal::SIGHUP);
     w.wait_lines("hups", 1).await;
     w.signal(nix::sys::signal::Signal::SIGTERM);
@@ -313,12 +345,7 @@ async fn an_app_that_ignores_sigterm_is_killed_after_the_grace_period_and_restar
 #[tokio::test]
 async fn a_new_version_signals_the_app_and_the_signal_is_audited() {
     let (v, b) = setup().await;
-    let w = Wrapper::start(
-        &b,
-        &["--env", "V=cfg", "--on-change", "cfg=signal:HUP"],
-        LONG_RUNNING,
-    );
-    w.wait_lines("starts", 1).await;
+    let w = Wrapper::running(&b, &["--on-change", "cfg=signal:HUP"]).await;
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     w.wait_lines("hups", 1).await;
     assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
@@ -339,12 +366,7 @@ async fn a_new_version_signals_the_app_and_the_signal_is_audited() {
 #[tokio::test]
 async fn a_new_version_restarts_the_app_with_the_new_environment_and_is_audited() {
     let (v, b) = setup().await;
-    let mut w = Wrapper::start(
-        &b,
-        &["--env", "V=cfg", "--on-change", "cfg=restart"],
-        LONG_RUNNING,
-    );
-    w.wait_lines("starts", 1).await;
+    let mut w = Wrapper::restarting(&b, &[]).await;
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     let starts = w.wait_lines("starts", 2).await;
     assert_eq!(starts, vec!["v1", "v2"]);
@@ -365,22 +387,9 @@ async fn a_new_version_restarts_the_app_with_the_new_environment_and_is_audited(
 #[tokio::test]
 async fn a_change_during_a_restart_is_not_lost() {
     let (v, b) = setup().await;
-    let w = Wrapper::start(
-        &b,
-        &[
-            "--env",
-            "V=cfg",
-            "--on-change",
-            "cfg=restart",
-            "--grace-period",
-            "60s",
-            "--restart-backoff",
-            "100ms",
-        ],
-        LONG_RUNNING,
-    );
+    let w = Wrapper::restarting(&b, &["--grace-period", "60s", "--restart-backoff", "100ms"]).await;
+    // Held in its TERM trap until `release` exists.
     std::fs::write(w.path("hold"), "").expect("hold");
-    w.wait_lines("starts", 1).await;
     v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     // The old app is stopping (held in its TERM trap) ...
     w.wait_lines("terms", 1).await;
@@ -407,21 +416,7 @@ async fn a_change_during_a_restart_is_not_lost() {
 #[tokio::test]
 async fn quick_restarts_back_off_in_order() {
     let (v, b) = setup().await;
-    let w = Wrapper::start(
-        &b,
-        &[
-            "--env",
-            "V=cfg",
-            "--on-change",
-            "cfg=restart",
-            "--restart-backoff",
-            "200ms",
-            "--stable-after",
-            "10m",
-        ],
-        LONG_RUNNING,
-    );
-    w.wait_lines("starts", 1).await;
+    let w = Wrapper::restarting(&b, &["--restart-backoff", "200ms", "--stable-after", "10m"]).await;
     for (i, value) in ["v2", "v3", "v4"].iter().enumerate() {
         v.bao.kv_put("cfg", json!({ "value": value })).await;
         w.wait_lines("starts", i + 2).await;
@@ -480,81 +475,48 @@ async fn an_unknown_secret_or_a_malformed_declaration_fails_before_the_app_start
     assert_eq!(w.exit().await.code(), Some(0));
     assert!(w.path("started").exists());
     // A command that does not exist: 127, like a shell.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(KEYWARD)
-        .args(["exec", "--env", "X=cfg", "--", "/nonexistent/app"])
-        .env("KEYWARD_SOCKET", &b.socket)
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(127));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /nonexistent/app"));
+    let mut w = Wrapper::spawn(&[], &b.socket, &["--env", "X=cfg"], &["/nonexistent/app"]);
+    assert_eq!(w.exit().await.code(), Some(127), "log:\n{}", w.log());
+    assert!(
+        w.log().contains("cannot run /nonexistent/app"),
+        "{}",
+        w.log()
+    );
 }
 
-#[test]
-fn an_unreachable_socket_fails_before_the_app_starts_naming_the_socket() {
+#[tokio::test]
+async fn an_unreachable_socket_fails_before_the_app_starts_naming_the_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("missing.sock");
-    let out = Command::new(KEYWARD)
-        .args(["exec", "--env", "X=cfg", "--start-timeout", "300ms", "--"])
-        .args(["/bin/sh", "-c", "touch started"])
-        .env("KEYWARD_SOCKET", &socket)
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "cannot connect to the broker socket {}",
-            socket.display()
-        )),
-        "{err}"
+    let mut w = Wrapper::spawn(
+        &[],
+        &socket,
+        &["--env", "X=cfg", "--start-timeout", "300ms"],
+        &["/bin/sh", "-c", r#"touch "$D/started""#],
     );
-    assert!(!dir.path().join("started").exists());
+    assert_eq!(w.exit().await.code(), Some(1), "log:\n{}", w.log());
+    let expected = format!("cannot connect to the broker socket {}", socket.display());
+    assert!(w.log().contains(&expected), "{}", w.log());
+    assert!(!w.path("started").exists());
 }
 
 #[tokio::test]
 async fn before_the_app_starts_sighup_is_ignored_and_sigterm_ends_the_wrapper_with_143() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("wrapper.log");
-    let mut child = Command::new(KEYWARD)
-        .args(["exec", "--env", "X=cfg", "--start-timeout", "10m", "--"])
-        .args(["/bin/sh", "-c", "touch started"])
-        .env("KEYWARD_SOCKET", dir.path().join("not-yet.sock"))
-        .env("KEYWARD_LOG", "debug")
-        .current_dir(dir.path())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start keyward exec");
-    let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let has = |text: &'static str| {
-        let l = read();
-        async move { l.contains(text).then_some(()) }
-    };
-    // Its handlers are in place once it is waiting for the socket.
-    eventually(LONG, "the wrapper to wait for the socket", || {
-        has("Secrets not available yet")
-    })
-    .await;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-    eventually(LONG, "the SIGHUP to be ignored", || {
-        has("Signal before the app started; ignored")
-    })
-    .await;
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "still waiting"
+    let mut w = Wrapper::spawn(
+        &[],
+        &dir.path().join("not-yet.sock"),
+        &["--env", "X=cfg", "--start-timeout", "10m"],
+        &["/bin/sh", "-c", r#"touch "$D/started""#],
     );
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = eventually(LONG, "the wrapper to exit", || {
-        let r = child.try_wait().expect("try_wait");
-        async move { r }
-    })
-    .await;
-    assert_eq!(status.code(), Some(143), "log:\n{}", read());
-    assert!(!dir.path().join("started").exists());
+    // Its handlers are in place once it is waiting for the socket.
+    w.wait_log("Secrets not available yet").await;
+    w.signal(nix::sys::signal::Signal::SIGHUP);
+    w.wait_log("Signal before the app started; ignored").await;
+    assert!(w.is_running(), "still waiting");
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(143), "log:\n{}", w.log());
+    assert!(!w.path("started").exists());
 }
 
 #[tokio::test]
