@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::{record_hash, ChainVerifier};
+use crate::ChainVerifier;
 
 /// Why the checkpoints could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -120,43 +120,42 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Reads every line of `reader` into the verifier (as input `source`) and into `self`.
+    /// Reads every line of `reader` into the verifier (as input `source`) and into `self`,
+    /// each line parsed and hashed once for both.
     pub fn read_into(
         &mut self,
         v: &mut ChainVerifier,
         source: usize,
         reader: &mut dyn BufRead,
     ) -> std::io::Result<()> {
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line?;
-            let text = String::from_utf8_lossy(&line);
-            v.line(source, i as u64 + 1, &text);
-            self.line(&text);
-        }
-        Ok(())
+        crate::verify::each_line(reader, |n, text| {
+            if let Some(p) = v.take(source, n, text) {
+                self.record(&p);
+            }
+        })
     }
 
     /// Takes one line (a record or an envelope; anything else is ignored).
     pub fn line(&mut self, text: &str) {
-        let Some(map) = crate::extract_record(text) else {
-            return;
-        };
-        let (Some(chain), Some(seq)) = (
-            map.get("chain").and_then(Value::as_str),
-            map.get("seq").and_then(Value::as_u64),
-        ) else {
-            return;
-        };
-        let mut hash = [0u8; 32];
-        if hex::decode_to_slice(record_hash(&map), &mut hash).is_err() {
-            return;
+        if let Some(p) = crate::verify::parse_line(text) {
+            self.record(&p);
         }
-        let c = self.chains.entry(chain.to_owned()).or_default();
+    }
+
+    fn record(&mut self, p: &crate::verify::Parsed<'_>) {
+        let Some(chain) = p.chain.as_deref() else {
+            return;
+        };
+        let seq = p.seq;
+        let c = match self.chains.get_mut(chain) {
+            Some(c) => c,
+            None => self.chains.entry(chain.to_owned()).or_default(),
+        };
         if c.namespace.is_empty() {
-            if let Some(p) = map.get("pod") {
-                let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
-                c.namespace = s("namespace").to_owned();
-                c.pod_name = s("pod_name").to_owned();
+            if let Some(pod) = &p.pod {
+                let [ns, name, _] = pod.names();
+                c.namespace = ns;
+                c.pod_name = name;
             }
         }
         c.first_seq = if c.hashes.is_empty() {
@@ -167,7 +166,7 @@ impl Seen {
         c.last_seq = c.last_seq.max(seq);
         // A second, different record at the same seq is the verifier's finding; the first read
         // is compared here.
-        c.hashes.entry(seq).or_insert(hash);
+        c.hashes.entry(seq).or_insert(p.content);
     }
 }
 

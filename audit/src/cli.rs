@@ -170,6 +170,9 @@ pub fn run(args: AuditArgs) -> ExitCode {
     }
 }
 
+/// Inputs are read in blocks of this size (exports run to gigabytes).
+const READ_BUFFER: usize = 1 << 20;
+
 /// Each input in turn: stdin for none or `-`, each file with its closed segments before it.
 pub(crate) fn read_inputs(
     files: &[PathBuf],
@@ -177,7 +180,8 @@ pub(crate) fn read_inputs(
 ) -> Result<(), String> {
     if files.is_empty() || files.iter().any(|f| f.as_os_str() == "-") {
         let stdin = std::io::stdin();
-        each("stdin".into(), &mut stdin.lock()).map_err(|e| format!("stdin: {e}"))?;
+        let mut stdin = std::io::BufReader::with_capacity(READ_BUFFER, stdin.lock());
+        each("stdin".into(), &mut stdin).map_err(|e| format!("stdin: {e}"))?;
     }
     let mut seen = std::collections::HashSet::new();
     for f in files.iter().filter(|f| f.as_os_str() != "-") {
@@ -190,8 +194,11 @@ pub(crate) fn read_inputs(
                 continue;
             }
             let file = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            each(p.display().to_string(), &mut std::io::BufReader::new(file))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+            each(
+                p.display().to_string(),
+                &mut std::io::BufReader::with_capacity(READ_BUFFER, file),
+            )
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         }
     }
     Ok(())

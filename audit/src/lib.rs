@@ -26,6 +26,7 @@ mod envelope;
 pub mod report;
 mod sink;
 mod verify;
+mod written;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
