@@ -668,3 +668,54 @@ async fn nginx_reloaded_by_sighup_serves_the_new_certificate_with_no_failed_requ
     );
     drop(nginx);
 }
+
+/// A long-poll of the socket answers a new version only once the files rendered from it are
+/// replaced: what `keyward exec --on-change …=signal:HUP` relies on to signal an app after its
+/// files are in place. Each of five updates: the answer to `?index=N` comes, and the file read
+/// right after holds the new value (four files read the secret, so the last rename of the four
+/// is what the answer waits for).
+#[tokio::test]
+async fn a_long_poll_answers_a_new_version_only_once_its_files_are_replaced() {
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    v.bao.kv_put("cfg", json!({"value": "v1"})).await;
+    let vol = tempfile::tempdir().expect("tempdir");
+    let dir = files_dir(vol.path(), "app");
+    let files: String = (0..4)
+        .map(|i| {
+            format!(
+                "  - {{name: f{i}, container: app, dir: {}, path: f{i}, secret: cfg, key: value}}\n",
+                dir.display()
+            )
+        })
+        .collect();
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        &format!(
+            "kv_refresh: 1s\nsecrets:\n  - {{name: cfg, path: secret/data/cfg}}\nfiles:\n{files}"
+        ),
+        &[],
+    );
+    ready(&b).await;
+    for n in 2..=6u64 {
+        let socket = b.socket.clone();
+        let poll = tokio::spawn(async move {
+            support::broker::get(
+                &socket,
+                &format!("/v1/secrets/cfg?index={}&wait=60s", n - 1),
+            )
+            .await
+        });
+        v.bao.kv_put("cfg", json!({"value": format!("v{n}")})).await;
+        let answer = poll.await.expect("long-poll");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["version"], n, "{}", answer.body);
+        for i in 0..4 {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(format!("f{i}"))).expect("file"),
+                format!("v{n}"),
+                "file f{i} when the long-poll answered version {n}"
+            );
+        }
+    }
+}
