@@ -561,3 +561,66 @@ fn every_metric_the_dashboard_and_alerts_query_exists_in_a_live_sidecar() {
         );
     }
 }
+
+#[test]
+fn vault_namespace_server_name_and_client_certificate_reach_the_injector_config() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let d = strict_docs(&render(
+        scratch.path(),
+        &[
+            "--set",
+            "sidecar.vault.namespace=team/orders",
+            "--set",
+            "sidecar.vault.tlsServerName=vault.vault.svc",
+            "--set",
+            "sidecar.vault.caConfigMap.name=vault-ca",
+            "--set",
+            "sidecar.vault.clientCertSecret.name=keyward-vault-client",
+        ],
+    ));
+    let cm = find(&d, "ConfigMap").expect("the injector's ConfigMap");
+    let text = cm["data"]["config.yaml"].as_str().expect("config.yaml");
+    let cfg = keyward_injector::config::InjectorConfig::from_yaml(text)
+        .unwrap_or_else(|e| panic!("the injector loads the rendered config: {e}\n{text}"));
+    assert_eq!(cfg.vault.namespace.as_deref(), Some("team/orders"));
+    assert_eq!(
+        cfg.vault.tls_server_name.as_deref(),
+        Some("vault.vault.svc")
+    );
+    let client = cfg.vault.client_cert_secret.expect("client certificate");
+    assert_eq!(
+        (
+            client.name.as_str(),
+            client.cert_key.as_str(),
+            client.key_key.as_str()
+        ),
+        ("keyward-vault-client", "tls.crt", "tls.key")
+    );
+    // Not set: not rendered (the injector's defaults).
+    let d = strict_docs(&render(scratch.path(), &[]));
+    let text = find(&d, "ConfigMap").expect("ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .expect("config.yaml")
+        .to_owned();
+    for key in ["namespace:", "tls_server_name", "client_cert_secret"] {
+        assert!(!text.contains(key), "{key} rendered by default:\n{text}");
+    }
+    // The schema refuses what the injector would refuse.
+    for set in [
+        "sidecar.vault.namespace=../root",
+        "sidecar.vault.tlsServerName=*.vault.svc",
+        "sidecar.vault.clientCertSecret.certKey=",
+    ] {
+        let out = helm_template(scratch.path(), "1.35.0", &["--set", set]);
+        assert!(!out.status.success(), "{set} rendered");
+        assert!(
+            text_of(&out).contains("values don't meet the specifications of the schema"),
+            "{set}: {}",
+            text_of(&out)
+        );
+    }
+}
+
+fn text_of(out: &Output) -> String {
+    text(out)
+}

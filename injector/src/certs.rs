@@ -233,20 +233,36 @@ fn gen_err(e: impl std::fmt::Display) -> CertError {
     CertError::Generate(e.to_string())
 }
 
-/// A new CA (ECDSA P-256) valid for [`CA_DAYS`]: (cert PEM, key PEM).
-pub fn new_ca(name: &str) -> Result<(String, String), CertError> {
+/// A new ECDSA P-256 key and the parameters both kinds of certificate share: common name
+/// `cn`, these key usages, valid from an hour ago (clock skew) for `days`.
+fn params(
+    cn: Option<&str>,
+    key_usages: Vec<rcgen::KeyUsagePurpose>,
+    days: i64,
+) -> Result<(rcgen::KeyPair, rcgen::CertificateParams), CertError> {
     let key = rcgen::KeyPair::generate().map_err(gen_err)?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    p.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{name}-ca"));
+    if let Some(cn) = cn {
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    }
+    p.key_usages = key_usages;
     let now = OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(CA_DAYS);
+    p.not_after = now + time::Duration::days(days);
+    Ok((key, p))
+}
+
+/// A new CA (ECDSA P-256) valid for [`CA_DAYS`]: (cert PEM, key PEM).
+pub fn new_ca(name: &str) -> Result<(String, String), CertError> {
+    let (key, mut p) = params(
+        Some(&format!("{name}-ca")),
+        vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ],
+        CA_DAYS,
+    )?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     let cert = p.self_signed(&key).map_err(gen_err)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -262,8 +278,11 @@ pub fn new_serving(
         .map_err(gen_err)?
         .self_signed(&ca_key)
         .map_err(gen_err)?;
-    let key = rcgen::KeyPair::generate().map_err(gen_err)?;
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    let (key, mut p) = params(
+        names.first().map(String::as_str),
+        vec![rcgen::KeyUsagePurpose::DigitalSignature],
+        SERVING_DAYS,
+    )?;
     for n in names {
         p.subject_alt_names
             .push(match n.parse::<std::net::IpAddr>() {
@@ -271,15 +290,7 @@ pub fn new_serving(
                 Err(_) => rcgen::SanType::DnsName(n.clone().try_into().map_err(gen_err)?),
             });
     }
-    if let Some(first) = names.first() {
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, first.clone());
-    }
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    let now = OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(SERVING_DAYS);
     let cert = p.signed_by(&key, &ca, &ca_key).map_err(gen_err)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -628,6 +639,48 @@ mod tests {
         assert_eq!(needs_renewal(&broken, &names(), now), Some(Renewal::Ca));
         let old_ca = now + time::Duration::days(CA_DAYS - 399);
         assert_eq!(needs_renewal(&m, &names(), old_ca), Some(Renewal::Ca));
+    }
+
+    #[test]
+    fn ca_and_serving_certificates_keep_their_usages_names_and_lifetimes() {
+        let (ca, ca_key) = new_ca("kw").expect("CA");
+        let (leaf, _) = new_serving(&names(), &ca, &ca_key).expect("serving");
+        let now = OffsetDateTime::now_utc();
+        for (pem, days, is_ca, cn) in [
+            (&ca, CA_DAYS, true, "kw-ca".to_owned()),
+            (&leaf, SERVING_DAYS, false, names()[0].clone()),
+        ] {
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+            let cert = p.parse_x509().expect("X.509");
+            let v = cert.validity();
+            let back = now - v.not_before.to_datetime();
+            assert!(
+                back > time::Duration::minutes(59) && back < time::Duration::minutes(61),
+                "valid from an hour ago: {back}"
+            );
+            let life = v.not_after.to_datetime() - v.not_before.to_datetime();
+            assert!(
+                (life - time::Duration::days(days) - time::Duration::hours(1)).abs()
+                    < time::Duration::minutes(1),
+                "{days} days: {life}"
+            );
+            assert_eq!(cert.is_ca(), is_ca);
+            let subject_cn = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok())
+                .map(str::to_owned);
+            assert_eq!(subject_cn, Some(cn));
+            let ku = cert.key_usage().expect("KU").expect("key usage").value;
+            if is_ca {
+                assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+            } else {
+                assert!(ku.digital_signature() && !ku.key_cert_sign());
+                let eku = cert.extended_key_usage().expect("EKU").expect("eku").value;
+                assert!(eku.server_auth && !eku.client_auth);
+            }
+        }
     }
 
     #[test]

@@ -177,6 +177,15 @@ impl PolicyConfig {
     }
 }
 
+/// The sidecar image when the config names none: the release `release/image.json` pins (a test
+/// fails when the two differ).
+pub const DEFAULT_IMAGE: &str =
+    "ghcr.io/keyward/keyward@sha256:2bb441f912910a4c1e0484e66ae468adf692c4ea72c5e0fdbc91119e7981d386";
+
+/// The lowest `sidecar_contract_version` accepted: every injected pod's config uses
+/// per-container sockets and the metrics listener (contract version 2).
+pub const MIN_SIDECAR_CONTRACT_VERSION: u32 = 2;
+
 /// Vault address and CA.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,6 +199,38 @@ pub struct VaultConfig {
     /// an `http://` address, and written into the sidecar config, which refuses `http://`
     /// without it.
     pub allow_insecure_http: bool,
+    /// Vault Enterprise / OpenBao namespace every sidecar logs in and reads in
+    /// (`X-Vault-Namespace`); absent: the root namespace.
+    pub namespace: Option<String>,
+    /// The name Vault's certificate is verified against instead of the host of `addr`
+    /// (sidecar config contract version 3).
+    pub tls_server_name: Option<String>,
+    /// A Secret, present in every injected namespace, holding the client certificate and key
+    /// the sidecar presents to Vault (mutual TLS); mounted into the sidecar only (contract
+    /// version 3).
+    pub client_cert_secret: Option<ClientCertSecret>,
+}
+
+/// A Secret with a PEM client certificate (chain) and its key, e.g. a `kubernetes.io/tls` one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertSecret {
+    /// Secret name.
+    pub name: String,
+    /// Key of the certificate chain, default `tls.crt`.
+    #[serde(default = "default_cert_key")]
+    pub cert_key: String,
+    /// Key of the private key, default `tls.key`.
+    #[serde(default = "default_key_key")]
+    pub key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".to_owned()
+}
+
+fn default_key_key() -> String {
+    "tls.key".to_owned()
 }
 
 /// A ConfigMap key holding a PEM CA bundle.
@@ -272,7 +313,7 @@ pub struct SocketConfig {
 impl Default for InjectorConfig {
     fn default() -> Self {
         Self {
-            image: "ghcr.io/keyward/keyward@sha256:0000000000000000000000000000000000000000000000000000000000000000".to_owned(),
+            image: DEFAULT_IMAGE.to_owned(),
             mode: SidecarMode::Native,
             vault: VaultConfig::default(),
             auth: AuthConfig::default(),
@@ -299,6 +340,9 @@ impl Default for VaultConfig {
             addr: "https://vault.vault.svc:8200".to_owned(),
             ca_config_map: None,
             allow_insecure_http: false,
+            namespace: None,
+            tls_server_name: None,
+            client_cert_secret: None,
         }
     }
 }
@@ -460,6 +504,73 @@ impl InjectorConfig {
                 ));
             }
         }
+        if let Some(ns) = &self.vault.namespace {
+            if !keyward_config::valid_vault_namespace(ns) {
+                return Err(invalid(
+                    "vault.namespace",
+                    format!("expected path segments of [A-Za-z0-9_.-] joined by '/', got '{ns}'"),
+                ));
+            }
+        }
+        if let Some(name) = &self.vault.tls_server_name {
+            if !keyward_config::valid_server_name(name) {
+                return Err(invalid(
+                    "vault.tls_server_name",
+                    format!("expected a DNS name or an IP address, got '{name}'"),
+                ));
+            }
+        }
+        if let Some(c) = &self.vault.client_cert_secret {
+            if !crate::annotations::is_dns_subdomain(&c.name) {
+                return Err(invalid(
+                    "vault.client_cert_secret.name",
+                    format!("'{}' is not a Secret name", c.name),
+                ));
+            }
+            for (field, key) in [
+                ("vault.client_cert_secret.cert_key", &c.cert_key),
+                ("vault.client_cert_secret.key_key", &c.key_key),
+            ] {
+                if key.is_empty() || key.contains('/') || key == ".." {
+                    return Err(invalid(field, format!("'{key}' is not a Secret key")));
+                }
+            }
+            if c.cert_key == c.key_key {
+                return Err(invalid(
+                    "vault.client_cert_secret.key_key",
+                    "must differ from cert_key",
+                ));
+            }
+        }
+        let tls_settings = [
+            (
+                "vault.tls_server_name",
+                self.vault.tls_server_name.is_some(),
+            ),
+            (
+                "vault.client_cert_secret",
+                self.vault.client_cert_secret.is_some(),
+            ),
+        ];
+        for (field, set) in tls_settings {
+            if set && !self.vault.addr.starts_with("https://") {
+                return Err(invalid(
+                    field,
+                    "only for an https:// vault.addr (there is no TLS to a plain http:// one)",
+                ));
+            }
+            if set && self.sidecar_contract_version < 3 {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "needs a sidecar that reads config contract version 3, and \
+                         sidecar_contract_version is {}: upgrade the sidecar image and raise \
+                         sidecar_contract_version, or leave {field} unset",
+                        self.sidecar_contract_version
+                    ),
+                ));
+            }
+        }
         if self.auth.mount.is_empty() || self.auth.mount.starts_with('/') {
             return Err(invalid(
                 "auth.mount",
@@ -555,6 +666,24 @@ impl InjectorConfig {
                 format!(
                     "this injector writes config contract versions 1 to {}, got {v}",
                     keyward_config::CONTRACT_VERSION
+                ),
+            ));
+        }
+        if v < MIN_SIDECAR_CONTRACT_VERSION {
+            // Every pod this injector writes has per-container sockets (its app containers
+            // mount only their own socket directory) and the metrics listener (the port it
+            // declares and Prometheus scrapes): a version-1 sidecar has neither, so a
+            // version-1 document would leave the apps without a socket. Refused here, once,
+            // instead of on every pod.
+            return Err(invalid(
+                "sidecar_contract_version",
+                format!(
+                    "{v} is below {MIN_SIDECAR_CONTRACT_VERSION}: every pod this injector \
+                     injects needs contract version {MIN_SIDECAR_CONTRACT_VERSION} (per-container \
+                     sockets, the metrics listener), which a sidecar image reading only version \
+                     1 cannot run; run the injector release that matches that sidecar image, or \
+                     upgrade the sidecar image and set sidecar_contract_version to \
+                     {MIN_SIDECAR_CONTRACT_VERSION} or more"
                 ),
             ));
         }

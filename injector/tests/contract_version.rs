@@ -38,8 +38,8 @@ fn a_config_the_sidecar_image_cannot_read_is_refused_naming_both_versions() {
         sidecar_contract_version: 1,
         ..InjectorConfig::default()
     };
-    cfg.validate()
-        .expect("version 1 is a version this injector can write");
+    // Refused at load (`sidecar_contract_version_1_is_refused_at_load_naming_why`); a config
+    // that skipped validation is still refused per pod.
     let e = inject(&cfg).expect_err("an image that reads only version 1");
     let text = e.to_string();
     assert!(
@@ -62,5 +62,31 @@ fn a_sidecar_contract_version_this_injector_does_not_know_is_refused() {
             e.to_string().contains("sidecar_contract_version"),
             "{v}: {e}"
         );
+    }
+}
+
+#[test]
+fn sidecar_contract_version_1_is_refused_at_load_naming_why() {
+    // Every pod needs version 2 (per-container sockets, the metrics listener): a setting of 1
+    // would refuse every pod, so the config itself is refused, saying what to do.
+    let cfg = InjectorConfig {
+        sidecar_contract_version: 1,
+        ..InjectorConfig::default()
+    };
+    let e = cfg.validate().expect_err("version 1").to_string();
+    assert!(
+        e.contains("sidecar_contract_version")
+            && e.contains("per-container sockets")
+            && e.contains("metrics listener")
+            && e.contains("injector release that matches"),
+        "{e}"
+    );
+    for v in 2..=keyward_config::CONTRACT_VERSION {
+        let cfg = InjectorConfig {
+            sidecar_contract_version: v,
+            ..InjectorConfig::default()
+        };
+        cfg.validate().unwrap_or_else(|e| panic!("{v}: {e}"));
+        inject(&cfg).unwrap_or_else(|e| panic!("{v}: every pod is injected: {e}"));
     }
 }

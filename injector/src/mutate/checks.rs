@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::PodSpec;
 
 use super::sidecar::{
-    CA_VOLUME, MESH_INBOUND, MESH_LABEL, SIDECAR_NAME, SOCKET_DIR, SOCKET_VOLUME, TOKEN_VOLUME,
+    CA_VOLUME, CLIENT_CERT_VOLUME, MESH_INBOUND, MESH_LABEL, SIDECAR_NAME, SOCKET_DIR,
+    SOCKET_VOLUME, TOKEN_VOLUME,
 };
 use super::{MutateError, PodView};
 use crate::annotations::{self, AnnotationError, PodSettings};
@@ -178,7 +179,7 @@ pub(super) fn conflicts(
         )));
     }
     for v in spec.volumes.as_deref().unwrap_or(&[]) {
-        if [TOKEN_VOLUME, SOCKET_VOLUME, CA_VOLUME].contains(&v.name.as_str()) {
+        if [TOKEN_VOLUME, SOCKET_VOLUME, CA_VOLUME, CLIENT_CERT_VOLUME].contains(&v.name.as_str()) {
             return Err(MutateError::Conflict(format!(
                 "pod already has a volume named '{}', which the injector adds",
                 v.name

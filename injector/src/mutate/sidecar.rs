@@ -36,6 +36,10 @@ pub const AUDIT_PATH: &str = "/run/keyward/audit.log";
 pub const TOKEN_DIR: &str = "/var/run/secrets/keyward";
 /// Where the Vault CA volume is mounted (sidecar only).
 pub const CA_DIR: &str = "/etc/keyward/vault-ca";
+/// Volume holding the client certificate presented to Vault, when configured.
+pub const CLIENT_CERT_VOLUME: &str = "keyward-vault-client";
+/// Where the client certificate volume is mounted (sidecar only): `tls.crt` and `tls.key`.
+pub const CLIENT_CERT_DIR: &str = "/etc/keyward/vault-client";
 /// Env var naming the socket, set in the sidecar and every selected app container.
 pub const SOCKET_ENV: &str = "KEYWARD_SOCKET";
 /// Label set on injected pods that accept inbound mTLS, value [`MESH_INBOUND`], so that a
@@ -64,6 +68,18 @@ pub fn sidecar_config(
                 .as_ref()
                 .map(|_| PathBuf::from(format!("{CA_DIR}/ca.crt"))),
             allow_insecure_http: cfg.vault.allow_insecure_http,
+            namespace: cfg.vault.namespace.clone(),
+            tls_server_name: cfg.vault.tls_server_name.clone(),
+            client_cert_file: cfg
+                .vault
+                .client_cert_secret
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{CLIENT_CERT_DIR}/tls.crt"))),
+            client_key_file: cfg
+                .vault
+                .client_cert_secret
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{CLIENT_CERT_DIR}/tls.key"))),
             ..VaultConfig::new(cfg.vault.addr.clone())
         },
         auth: AuthConfig {
@@ -164,6 +180,21 @@ pub(super) fn volumes(cfg: &InjectorConfig) -> Vec<Value> {
             "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}], "defaultMode": 0o444},
         }));
     }
+    if let Some(c) = &cfg.vault.client_cert_secret {
+        volumes.push(json!({
+            "name": CLIENT_CERT_VOLUME,
+            // Readable by the sidecar's uid whatever the pod's fsGroup (the kubelet writes
+            // Secret files as root); only the sidecar container mounts it.
+            "secret": {
+                "secretName": c.name,
+                "items": [
+                    {"key": c.cert_key, "path": "tls.crt"},
+                    {"key": c.key_key, "path": "tls.key"},
+                ],
+                "defaultMode": 0o444,
+            },
+        }));
+    }
     volumes
 }
 
@@ -240,6 +271,11 @@ pub(super) fn container(
     ];
     if cfg.vault.ca_config_map.is_some() {
         mounts.push(json!({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": true}));
+    }
+    if cfg.vault.client_cert_secret.is_some() {
+        mounts.push(
+            json!({"name": CLIENT_CERT_VOLUME, "mountPath": CLIENT_CERT_DIR, "readOnly": true}),
+        );
     }
     let mut c = json!({
         "name": SIDECAR_NAME,

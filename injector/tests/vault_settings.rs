@@ -1,0 +1,191 @@
+//! The injector's Vault connection settings (issue 15 §3): namespace, `tls_server_name` and a
+//! client certificate Secret reach every sidecar's config, the Secret is mounted into the
+//! sidecar only, each wrong setting is refused at load naming it, and the built-in default
+//! image is the release `release/image.json` pins.
+
+use keyward_config::SidecarConfig;
+use keyward_injector::config::{InjectorConfig, DEFAULT_IMAGE};
+use keyward_injector::mutate::{mutate, Outcome, PodView};
+use serde_json::{json, Value};
+
+/// The patch for a one-container pod with one secret, as JSON values.
+fn inject(cfg: &InjectorConfig) -> Vec<Value> {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))
+    .expect("pod");
+    let spec = pod.spec.clone().expect("spec");
+    let view = PodView {
+        namespace: Some("shop"),
+        metadata: &pod.metadata,
+        spec: &spec,
+    };
+    match mutate(view, cfg).expect("injected") {
+        Outcome::Patch(ops) => serde_json::to_value(&ops)
+            .expect("json")
+            .as_array()
+            .expect("ops")
+            .clone(),
+        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
+    }
+}
+
+/// Every object the patch adds whose `name` is `name`, anywhere in its values.
+fn named<'a>(v: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(m) => {
+            if m.get("name").and_then(Value::as_str) == Some(name) {
+                out.push(v);
+            }
+            m.values().for_each(|x| named(x, name, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| named(x, name, out)),
+        _ => {}
+    }
+}
+
+fn sidecar_config(ops: &[Value]) -> SidecarConfig {
+    let mut envs = Vec::new();
+    for op in ops {
+        named(&op["value"], "KEYWARD_CONFIG", &mut envs);
+    }
+    let text = envs[0]["value"].as_str().expect("KEYWARD_CONFIG");
+    let c = SidecarConfig::from_yaml(text).expect("a config the sidecar reads");
+    c.validate().expect("valid");
+    c
+}
+
+fn tls_config() -> InjectorConfig {
+    InjectorConfig::from_yaml(
+        "vault:\n  addr: https://10.0.0.7:8200\n  namespace: team/orders\n  \
+         tls_server_name: vault.vault.svc\n  ca_config_map: {name: vault-ca}\n  \
+         client_cert_secret: {name: keyward-vault-client}\n",
+    )
+    .expect("valid injector config")
+}
+
+#[test]
+fn namespace_server_name_and_client_certificate_reach_every_sidecar_config() {
+    let ops = inject(&tls_config());
+    let c = sidecar_config(&ops);
+    assert_eq!(c.vault.namespace.as_deref(), Some("team/orders"));
+    assert_eq!(c.vault.tls_server_name.as_deref(), Some("vault.vault.svc"));
+    assert_eq!(
+        c.vault.client_cert_file.as_deref(),
+        Some(std::path::Path::new("/etc/keyward/vault-client/tls.crt"))
+    );
+    assert_eq!(
+        c.vault.client_key_file.as_deref(),
+        Some(std::path::Path::new("/etc/keyward/vault-client/tls.key"))
+    );
+    assert_eq!(c.version, 3, "the TLS settings are contract version 3");
+    // Without them the document is what it was.
+    let plain = sidecar_config(&inject(&InjectorConfig::default()));
+    assert_eq!(plain.version, 2);
+    assert!(plain.vault.namespace.is_none() && plain.vault.tls_server_name.is_none());
+}
+
+#[test]
+fn the_client_certificate_secret_is_mounted_into_the_sidecar_only() {
+    let ops = inject(&tls_config());
+    let all = Value::Array(ops.clone());
+    let mut vols = Vec::new();
+    named(&all, "keyward-vault-client", &mut vols);
+    let volume = vols
+        .iter()
+        .find(|v| v.get("secret").is_some())
+        .expect("the Secret volume");
+    assert_eq!(volume["secret"]["secretName"], "keyward-vault-client");
+    assert_eq!(
+        volume["secret"]["items"],
+        json!([{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}])
+    );
+    // Mounted once: by the sidecar container, read-only.
+    let mounts: Vec<_> = vols
+        .iter()
+        .filter(|v| v.get("mountPath").is_some())
+        .collect();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0]["mountPath"], "/etc/keyward/vault-client");
+    assert_eq!(mounts[0]["readOnly"], true);
+    let mut sidecars = Vec::new();
+    named(&all, "keyward", &mut sidecars);
+    let sidecar = sidecars
+        .iter()
+        .find(|c| c.get("image").is_some())
+        .expect("the sidecar container");
+    assert!(sidecar["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .any(|m| m["name"] == "keyward-vault-client"));
+}
+
+#[test]
+fn each_wrong_vault_setting_is_refused_at_load_naming_it() {
+    for (vault, setting) in [
+        ("namespace: '../x'", "vault.namespace"),
+        ("namespace: 'a b'", "vault.namespace"),
+        ("tls_server_name: '*.vault.svc'", "vault.tls_server_name"),
+        (
+            "client_cert_secret: {name: 'Not_A_Name'}",
+            "vault.client_cert_secret.name",
+        ),
+        (
+            "client_cert_secret: {name: c, cert_key: 'a/b'}",
+            "vault.client_cert_secret.cert_key",
+        ),
+        (
+            "client_cert_secret: {name: c, cert_key: k, key_key: k}",
+            "vault.client_cert_secret.key_key",
+        ),
+    ] {
+        let text = format!("vault:\n  addr: https://vault:8200\n  {vault}\n");
+        let e = InjectorConfig::from_yaml(&text)
+            .expect_err(vault)
+            .to_string();
+        assert!(e.contains(setting), "{vault}: names {setting}: {e}");
+    }
+    // Only with TLS, and only for a sidecar image that reads contract version 3.
+    let http =
+        "vault: {addr: 'http://vault:8200', allow_insecure_http: true, tls_server_name: v}\n";
+    let e = InjectorConfig::from_yaml(http)
+        .expect_err("http")
+        .to_string();
+    assert!(
+        e.contains("vault.tls_server_name") && e.contains("https://"),
+        "{e}"
+    );
+    let old_image = "vault: {addr: 'https://vault:8200', client_cert_secret: {name: c}}\n\
+                     sidecar_contract_version: 2\n";
+    let e = InjectorConfig::from_yaml(old_image)
+        .expect_err("v2")
+        .to_string();
+    assert!(
+        e.contains("vault.client_cert_secret") && e.contains("contract version 3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_built_in_default_image_is_the_release_digest() {
+    let release: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../release/image.json"
+        ))
+        .expect("release/image.json"),
+    )
+    .expect("JSON");
+    let digest = release["digest"].as_str().expect("digest");
+    assert_eq!(
+        DEFAULT_IMAGE,
+        format!("ghcr.io/keyward/keyward@{digest}"),
+        "injector/src/config.rs DEFAULT_IMAGE must be the image release/image.json pins"
+    );
+    assert_eq!(InjectorConfig::default().image, DEFAULT_IMAGE);
+    InjectorConfig::default()
+        .validate()
+        .expect("the default validates");
+}
