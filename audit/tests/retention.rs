@@ -1,12 +1,13 @@
 //! The local log on the pod: size-bounded segments whose chain verifies across them, a write
 //! failure that flips the health flag and recovers by itself, routine records summarised.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use keyward_audit::{
     AuditConfig, AuditLog, ChainVerifier, Decision, PodIdentity, Record, Retention, SegmentedFile,
 };
+use keyward_testkit::disk::SmallDisk;
 use serde_json::Value;
 
 fn config(path: &Path) -> AuditConfig {
@@ -135,8 +136,8 @@ fn rotation_keeps_the_log_under_its_budget_and_the_chain_verifies_across_segment
 
 #[test]
 fn the_default_budget_is_half_the_volume_the_log_is_on() {
-    let disk = Tmpfs::mount("1m");
-    let path = disk.path().join("audit.log");
+    let disk = SmallDisk::mount("1m");
+    let path = disk.dir.path().join("audit.log");
     let log = AuditLog::open(config(&path)).expect("open");
     assert_eq!(log.budget(), 512 * 1024);
     let retention = Retention {
@@ -154,8 +155,8 @@ fn the_default_budget_is_half_the_volume_the_log_is_on() {
 
 #[test]
 fn a_write_failure_flips_the_health_flag_and_writing_resumes_by_itself() {
-    let disk = Tmpfs::mount("256k");
-    let path = disk.path().join("audit.log");
+    let disk = SmallDisk::mount("256k");
+    let path = disk.dir.path().join("audit.log");
     let log = AuditLog::open_with(
         config(&path),
         Retention {
@@ -292,61 +293,4 @@ fn routine_records_after_the_interval_are_written_in_full_again() {
         3,
         "each interval begins with a full record"
     );
-}
-
-/// A tmpfs mounted for one test (the tests run as root, as CI does).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test mounts a tmpfs and must run as root (CI does)"
-        );
-        let dir = tempfile::tempdir().expect("tmp");
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
-
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.dir.path().join("filler")).expect("filler");
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        // A last partial block takes the bytes a 4 KiB write could not.
-        while f.write_all(&[0u8]).is_ok() {}
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.dir.path().join("filler")).expect("remove filler");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .output();
-    }
 }
