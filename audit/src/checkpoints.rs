@@ -142,7 +142,7 @@ impl Seen {
         }
     }
 
-    fn record(&mut self, p: &crate::verify::Parsed<'_>) {
+    pub(crate) fn record(&mut self, p: &crate::verify::Parsed<'_>) {
         let Some(chain) = p.chain.as_deref() else {
             return;
         };
@@ -201,6 +201,10 @@ pub struct PodCheckpoints {
 pub struct ChainVerdict {
     pub chain: String,
     pub pod: String,
+    /// The chain's checkpoint with the highest seq in Vault (what the log must reach).
+    pub last: Option<Checkpoint>,
+    /// The checkpoint with the highest seq that the records read agree with.
+    pub anchored: Option<Checkpoint>,
     pub findings: Vec<String>,
     pub notes: Vec<String>,
 }
@@ -246,6 +250,12 @@ pub fn compare(
             }
             continue;
         };
+        v.last = cps
+            .iter()
+            .map(|(_, c)| *c)
+            .filter(|c| c.seq > 0)
+            .max_by_key(|c| (c.seq, c.version))
+            .cloned();
         let mut anchored: Option<&Checkpoint> = None;
         for (_, cp) in cps {
             let at = format!("checkpoint version {} ({})", cp.version, cp.created);
@@ -286,6 +296,7 @@ pub fn compare(
                 )),
             }
         }
+        v.anchored = anchored.cloned();
         match anchored {
             Some(a) if a.seq < c.last_seq => v.notes.push(format!(
                 "anchored up to seq {} (checkpoint version {}, {}); seq {}-{} after it are not \
@@ -322,6 +333,8 @@ pub fn compare(
             ChainVerdict {
                 chain: (*id).to_owned(),
                 pod: format!("{ns}/{pod}"),
+                last: Some((*last).clone()),
+                anchored: None,
                 findings: vec![format!(
                     "seq 1-{} missing: checkpointed up to seq {} (version {}, {}) but no record \
                      of this chain is in the input (chain removed)",
@@ -539,16 +552,14 @@ impl VaultReader {
     }
 }
 
-/// Reads the checkpoints of every pod in `seen` (and `--checkpoint-pod`), compares, prints the
-/// verdicts; returns whether nothing was found. Errors reading Vault are findings.
-pub fn run(args: &CheckpointArgs, seen: &Seen, window: bool) -> bool {
-    let reader = match VaultReader::new(args) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("FAILED: checkpoints: {e}");
-            return false;
-        }
-    };
+/// Reads the checkpoints of every pod in `seen` (and `--checkpoint-pod`) from Vault and
+/// compares them with the chains read. An error names what could not be read (never the token).
+pub fn verdicts(
+    args: &CheckpointArgs,
+    seen: &Seen,
+    window: bool,
+) -> Result<Vec<ChainVerdict>, String> {
+    let reader = VaultReader::new(args).map_err(|e| format!("checkpoints: {e}"))?;
     let mut pods: Vec<(String, String)> = seen
         .chains
         .values()
@@ -561,40 +572,42 @@ pub fn run(args: &CheckpointArgs, seen: &Seen, window: bool) -> bool {
                 pods.push((ns.to_owned(), pod.to_owned()));
             }
             _ => {
-                eprintln!("FAILED: --checkpoint-pod: expected NAMESPACE/POD_NAME, got {p:?}");
-                return false;
+                return Err(format!(
+                    "--checkpoint-pod: expected NAMESPACE/POD_NAME, got {p:?}"
+                ))
             }
         }
     }
     pods.sort();
     pods.dedup();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
+        .map_err(|e| format!("checkpoints: cannot start the runtime: {e}"))?;
+    let mut read = BTreeMap::new();
+    for (ns, pod) in pods {
+        let p = rt.block_on(reader.read(&ns, &pod)).map_err(|e| {
+            format!(
+                "checkpoints of {}: {}",
+                crate::cli::printable(&format!("{ns}/{pod}")),
+                crate::cli::printable(&e.to_string())
+            )
+        })?;
+        read.insert((ns, pod), p);
+    }
+    Ok(compare(seen, &read, window))
+}
+
+/// Reads the checkpoints of every pod in `seen` (and `--checkpoint-pod`), compares, prints the
+/// verdicts; returns whether nothing was found. Errors reading Vault are findings.
+pub fn run(args: &CheckpointArgs, seen: &Seen, window: bool) -> bool {
+    let verdicts = match verdicts(args, seen, window) {
+        Ok(v) => v,
         Err(e) => {
-            eprintln!("FAILED: checkpoints: cannot start the runtime: {e}");
+            eprintln!("FAILED: {e}");
             return false;
         }
     };
-    let mut read = BTreeMap::new();
-    for (ns, pod) in pods {
-        match rt.block_on(reader.read(&ns, &pod)) {
-            Ok(p) => {
-                read.insert((ns, pod), p);
-            }
-            Err(e) => {
-                eprintln!(
-                    "FAILED: checkpoints of {}: {}",
-                    crate::cli::printable(&format!("{ns}/{pod}")),
-                    crate::cli::printable(&e.to_string())
-                );
-                return false;
-            }
-        }
-    }
-    let verdicts = compare(seen, &read, window);
     let findings: usize = verdicts.iter().map(|v| v.findings.len()).sum();
     for v in &verdicts {
         let head = format!(

@@ -56,7 +56,8 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Write one self-contained HTML page (no network access): per-secret access over time,
-    /// denials, top callers per container, chains with gaps or hash breaks.
+    /// denials, top callers per container, chains with gaps or hash breaks, and with
+    /// --checkpoints the agreement with the Vault checkpoints.
     Report {
         /// Audit logs or pipeline exports (none or `-`: stdin).
         files: Vec<PathBuf>,
@@ -69,6 +70,10 @@ pub enum AuditCommand {
         /// As for verify: records out of order within one input are not findings.
         #[arg(long)]
         any_order: bool,
+        /// As for verify: the page shows, per chain, the last checkpoint in Vault and whether
+        /// the log agrees with the checkpoints.
+        #[command(flatten)]
+        checkpoints: crate::checkpoints::CheckpointArgs,
     },
 }
 
@@ -166,7 +171,8 @@ pub fn run(args: AuditArgs) -> ExitCode {
             out,
             window,
             any_order,
-        } => crate::report::run(&files, out.as_deref(), window, any_order),
+            checkpoints,
+        } => crate::report::run(&files, out.as_deref(), window, any_order, &checkpoints),
     }
 }
 

@@ -9,12 +9,13 @@
 //! characters and bidirectional overrides as visible `\u{..}` escapes ([`printable`]), then
 //! HTML's special characters as entities, so a name like `<script>` is shown, never run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::BufRead;
 
 use serde_json::{Map, Value};
 
+use crate::checkpoints::{ChainVerdict, CheckpointArgs, Seen};
 use crate::cli::printable;
 use crate::ChainReport;
 
@@ -26,59 +27,6 @@ pub const MAX_SECRETS: usize = 60;
 pub const MAX_DENIALS: usize = 500;
 /// Callers listed per container.
 pub const TOP_CALLERS: usize = 10;
-
-/// What the sidecar wrote to Vault as a checkpoint of a chain (chain id, seq, head hash,
-/// time), and where the reviewer read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub chain: String,
-    pub seq: u64,
-    pub hash: String,
-    pub time: String,
-    /// Where it was read, e.g. `secret/data/keyward-audit/shop/orders-7c9f` version 12.
-    pub source: String,
-}
-
-/// One checkpoint compared with the records read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointCheck {
-    pub checkpoint: Checkpoint,
-    /// The records read hold this seq of this chain with this hash.
-    pub agrees: bool,
-    /// Why it does not agree (`seq 812 not in the input`, `hash differs`), or empty.
-    pub what: String,
-}
-
-/// Checks a checkpoint against the records read: the chain's record at the checkpoint's seq
-/// must be there, with the checkpoint's hash. `hashes` maps (chain, seq) to the hash read.
-pub fn check_checkpoint(
-    cp: Checkpoint,
-    hashes: &HashMap<(String, u64), String>,
-) -> CheckpointCheck {
-    let (agrees, what) = match hashes.get(&(cp.chain.clone(), cp.seq)) {
-        None => (
-            false,
-            format!(
-                "seq {} of chain {} is not in the input (removed or not collected)",
-                cp.seq, cp.chain
-            ),
-        ),
-        Some(h) if *h != cp.hash => (
-            false,
-            format!(
-                "seq {} of chain {}: the record read has another hash than the checkpoint \
-                 (rewritten)",
-                cp.seq, cp.chain
-            ),
-        ),
-        Some(_) => (true, String::new()),
-    };
-    CheckpointCheck {
-        checkpoint: cp,
-        agrees,
-        what,
-    }
-}
 
 /// One denial, as shown in the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +76,9 @@ pub struct ReportData {
     last_us: Option<i64>,
     /// The verify engine's per-chain reports (set by [`ReportData::chains`]).
     pub chains: Vec<ChainReport>,
-    /// Vault checkpoints compared with the records; `None`: no checkpoints were given.
-    pub checkpoints: Option<Vec<CheckpointCheck>>,
+    /// Per chain, the Vault checkpoints compared with the records read (the verdicts of
+    /// `keyward audit verify --checkpoints`); `None`: no checkpoints were asked for.
+    pub checkpoints: Option<Vec<ChainVerdict>>,
 }
 
 fn micros(t: &str) -> Option<i64> {
@@ -316,10 +265,10 @@ text-align:left;vertical-align:top}th{background:#f3f4f6}td.n{text-align:right}\
 pub fn render(data: &ReportData, generated: &str) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let findings: usize = data.chains.iter().map(|c| c.findings.len()).sum();
-    let cp_bad = data
+    let cp_bad: usize = data
         .checkpoints
         .as_ref()
-        .map_or(0, |c| c.iter().filter(|c| !c.agrees).count());
+        .map_or(0, |c| c.iter().map(|v| v.findings.len()).sum());
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -344,14 +293,14 @@ pub fn render(data: &ReportData, generated: &str) -> String {
             "Chains intact.".to_owned()
         } else {
             format!(
-                "{findings} finding{} in {} chain{}; {cp_bad} checkpoint mismatch{}.",
+                "{findings} finding{} in {} chain{}; {cp_bad} checkpoint finding{}.",
                 if findings == 1 { "" } else { "s" },
                 data.chains
                     .iter()
                     .filter(|c| !c.findings.is_empty())
                     .count(),
                 if data.chains.len() == 1 { "" } else { "s" },
-                if cp_bad == 1 { "" } else { "es" },
+                if cp_bad == 1 { "" } else { "s" },
             )
         }
     );
@@ -483,40 +432,77 @@ fn chains_section(h: &mut String, data: &ReportData) {
 
 fn checkpoints_section(h: &mut String, data: &ReportData) {
     h.push_str("<h2 id=\"checkpoints\">Vault checkpoints</h2>\n");
-    let Some(checks) = &data.checkpoints else {
+    let Some(verdicts) = &data.checkpoints else {
         h.push_str(
             "<p id=\"no-checkpoints\">No checkpoints given: the chains above were checked \
              against each other only. A consistent rewrite of a whole chain is detected only \
-             against the checkpoints the sidecars wrote to Vault.</p>\n",
+             against the checkpoints the sidecars wrote to Vault (<code>--checkpoints</code>).\
+             </p>\n",
         );
         return;
     };
-    if checks.is_empty() {
-        h.push_str("<p>No checkpoints found for these chains.</p>\n");
+    if verdicts.is_empty() {
+        h.push_str("<p id=\"checkpoint-none\">No chains to compare.</p>\n");
         return;
     }
     h.push_str(
-        "<table id=\"checkpoint-table\"><thead><tr><th>chain</th><th>seq</th><th>time</th>\
-         <th>source</th><th>result</th></tr></thead><tbody>\n",
+        "<p class=\"muted\">Per chain: the last checkpoint its sidecar wrote to Vault (the \
+         highest seq, its head hash, the KV version and when Vault stored it), the last one the \
+         records read agree with, and whether the log agrees with every checkpoint \
+         (the same comparison as <code>keyward audit verify --checkpoints</code>).</p>\n\
+         <table id=\"checkpoint-table\"><thead><tr><th>chain</th><th>pod</th>\
+         <th>last checkpoint: seq</th><th>head</th><th>version, stored</th>\
+         <th>anchored up to</th><th>log agrees</th></tr></thead><tbody>\n",
     );
-    for c in checks {
-        let cp = &c.checkpoint;
-        let _ = writeln!(
+    for v in verdicts {
+        let agrees = v.findings.is_empty();
+        let _ = write!(
             h,
-            "<tr class=\"checkpoint {}\"><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td>\
-             <td>{}</td><td class=\"{}\">{}</td></tr>",
-            if c.agrees { "agrees" } else { "mismatch" },
-            esc(&cp.chain),
-            cp.seq,
-            esc(&cp.time),
-            esc(&cp.source),
-            if c.agrees { "ok" } else { "bad" },
-            if c.agrees {
-                "agrees".to_owned()
-            } else {
-                esc(&c.what)
-            }
+            "<tr class=\"checkpoint {}\" data-chain=\"{}\"><td><code>{}</code></td><td>{}</td>",
+            if agrees { "agrees" } else { "mismatch" },
+            esc(&v.chain),
+            esc(&v.chain),
+            esc(&v.pod),
         );
+        match &v.last {
+            Some(c) => {
+                let _ = write!(
+                    h,
+                    "<td class=\"n last-seq\">{}</td><td><code class=\"last-head\">{}</code></td>\
+                     <td>{} ({})</td>",
+                    c.seq,
+                    esc(short(&c.head)),
+                    c.version,
+                    esc(&c.created)
+                );
+            }
+            None => h.push_str(
+                "<td class=\"n last-seq\"><span class=\"muted\">none</span></td><td></td><td></td>",
+            ),
+        }
+        match &v.anchored {
+            Some(a) => {
+                let _ = write!(h, "<td class=\"n anchored\">{}</td>", a.seq);
+            }
+            None => h.push_str("<td class=\"n anchored\"><span class=\"muted\">-</span></td>"),
+        }
+        h.push_str("<td>");
+        if agrees {
+            h.push_str("<span class=\"ok\">yes</span>");
+        } else {
+            h.push_str("<span class=\"bad\">no</span>");
+        }
+        if !v.findings.is_empty() || !v.notes.is_empty() {
+            h.push_str("<ul>");
+            for f in &v.findings {
+                let _ = write!(h, "<li class=\"checkpoint-finding bad\">{}</li>", esc(f));
+            }
+            for n in &v.notes {
+                let _ = write!(h, "<li class=\"checkpoint-note muted\">{}</li>", esc(n));
+            }
+            h.push_str("</ul>");
+        }
+        h.push_str("</td></tr>\n");
     }
     h.push_str("</tbody></table>\n");
 }
@@ -707,28 +693,41 @@ pub fn run(
     out: Option<&std::path::Path>,
     window: bool,
     any_order: bool,
+    checkpoints: &CheckpointArgs,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
     let mut v = crate::ChainVerifier::new();
     v.window = window;
     v.any_order = any_order;
     let mut data = ReportData::new();
+    let mut seen = Seen::default();
     let read = crate::cli::read_inputs(files, |name, reader| {
         let s = v.source(name.clone());
         data.inputs.push(name);
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let line = line?;
-            let text = String::from_utf8_lossy(&line);
-            v.line(s, i as u64 + 1, &text);
-            data.line(&text);
-        }
-        Ok(())
+        crate::verify::each_line(reader, |n, text| {
+            if let Some(p) = v.take(s, n, text) {
+                if checkpoints.checkpoints {
+                    seen.record(&p);
+                }
+            }
+            data.line(text);
+        })
     });
     if let Err(e) = read {
         eprintln!("FAILED: {e}");
         return ExitCode::FAILURE;
     }
     data.chains = v.finish();
+    if checkpoints.checkpoints {
+        // Asked for and not read: no page that could pass for one checked against Vault.
+        match crate::checkpoints::verdicts(checkpoints, &seen, window) {
+            Ok(verdicts) => data.checkpoints = Some(verdicts),
+            Err(e) => {
+                eprintln!("FAILED: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -748,8 +747,12 @@ pub fn run(
         return ExitCode::FAILURE;
     }
     let findings: usize = data.chains.iter().map(|c| c.findings.len()).sum();
+    let cp = data.checkpoints.as_ref().map_or(String::new(), |c| {
+        let n: usize = c.iter().map(|v| v.findings.len()).sum();
+        format!(", {n} checkpoint finding{}", if n == 1 { "" } else { "s" })
+    });
     eprintln!(
-        "report: {} records in {} chains, {} finding{}, {} denial{}{}",
+        "report: {} records in {} chains, {} finding{}{cp}, {} denial{}{}",
         data.records,
         data.chains.len(),
         findings,
@@ -826,16 +829,22 @@ mod tests {
             }],
         });
         d.inputs.push(canary.into());
-        d.checkpoints = Some(vec![check_checkpoint(
-            Checkpoint {
-                chain: canary.into(),
-                seq: 1,
-                hash: "h".into(),
-                time: canary.into(),
-                source: canary.into(),
-            },
-            &HashMap::new(),
-        )]);
+        let cp = crate::checkpoints::Checkpoint {
+            version: 1,
+            created: canary.into(),
+            chain: canary.into(),
+            seq: 1,
+            head: canary.into(),
+            time: canary.into(),
+        };
+        d.checkpoints = Some(vec![ChainVerdict {
+            chain: canary.into(),
+            pod: canary.into(),
+            last: Some(cp.clone()),
+            anchored: Some(cp),
+            findings: vec![canary.into()],
+            notes: vec![canary.into()],
+        }]);
         let html = render(&d, canary);
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<img"), "{html}");
@@ -891,26 +900,130 @@ mod tests {
         );
     }
 
+    /// The checkpoint section shows, per chain, the last checkpoint (seq, head, version, when
+    /// stored), how far the records agree, and the comparison's findings, from the same
+    /// comparison `verify --checkpoints` makes.
     #[test]
-    fn a_checkpoint_agrees_only_with_the_same_hash_at_its_seq() {
-        let cp = |seq, hash: &str| Checkpoint {
-            chain: "c".into(),
-            seq,
-            hash: hash.into(),
-            time: "t".into(),
-            source: "kv".into(),
+    fn checkpoint_agreement_is_shown_per_chain() {
+        use crate::checkpoints::{compare, Checkpoint, PodCheckpoints};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        let log = crate::AuditLog::open(crate::AuditConfig {
+            path: path.clone(),
+            stdout: false,
+            hmac_key: None,
+            fsync: false,
+        })
+        .expect("open");
+        log.set_pod(crate::PodIdentity {
+            namespace: "shop".into(),
+            service_account: "orders".into(),
+            pod_name: "orders-1".into(),
+            pod_uid: "u1".into(),
+        });
+        for i in 0..6 {
+            log.record(
+                &crate::Record::new("secret.read", crate::Decision::Allow).reason(format!("r{i}")),
+            )
+            .expect("record");
+        }
+        let chain = log.chain_id().to_owned();
+        drop(log);
+        let lines: Vec<String> = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let head = |seq: usize| -> String {
+            let v: Value = serde_json::from_str(&lines[seq - 1]).expect("json");
+            v["hash"].as_str().expect("hash").to_owned()
         };
-        let hashes = HashMap::from([(("c".to_owned(), 3), "h3".to_owned())]);
-        assert!(check_checkpoint(cp(3, "h3"), &hashes).agrees);
-        let other = check_checkpoint(cp(3, "hX"), &hashes);
+        let pods = |heads: &[(u64, String)]| {
+            BTreeMap::from([(
+                ("shop".to_owned(), "orders-1".to_owned()),
+                PodCheckpoints {
+                    path: "keyward-audit/data/checkpoints/shop/orders-1".into(),
+                    checkpoints: heads
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (seq, head))| Checkpoint {
+                            version: i as u64 + 1,
+                            created: format!("2026-12-01T00:00:0{i}Z"),
+                            chain: chain.clone(),
+                            seq: *seq,
+                            head: head.clone(),
+                            time: "t".into(),
+                        })
+                        .collect(),
+                    ..PodCheckpoints::default()
+                },
+            )])
+        };
+        let page = |lines: &[String], heads: &[(u64, String)]| {
+            let mut seen = Seen::default();
+            let mut d = ReportData::new();
+            for l in lines {
+                seen.line(l);
+                d.line(l);
+            }
+            d.checkpoints = Some(compare(&seen, &pods(heads), false));
+            render(&d, "now")
+        };
+        let row = |html: &str| -> String {
+            let at = html
+                .find("<tr class=\"checkpoint ")
+                .expect("a checkpoint row");
+            html[at..at + html[at..].find("</tr>").expect("row end")].to_owned()
+        };
+
+        // Agreeing: the last checkpoint (seq 5, its head, version 2) and anchored up to it.
+        let html = page(&lines, &[(3, head(3)), (5, head(5))]);
+        let r = row(&html);
         assert!(
-            !other.agrees && other.what.contains("another hash"),
-            "{other:?}"
+            r.starts_with(&format!(
+                "<tr class=\"checkpoint agrees\" data-chain=\"{chain}\""
+            )),
+            "{r}"
         );
-        let gone = check_checkpoint(cp(4, "h4"), &hashes);
+        assert!(r.contains("<td class=\"n last-seq\">5</td>"), "{r}");
         assert!(
-            !gone.agrees && gone.what.contains("not in the input"),
-            "{gone:?}"
+            r.contains(&format!(
+                "<code class=\"last-head\">{}</code>",
+                &head(5)[..16]
+            )),
+            "{r}"
+        );
+        assert!(r.contains("<td>2 (2026-12-01T00:00:01Z)</td>"), "{r}");
+        assert!(r.contains("<td class=\"n anchored\">5</td>"), "{r}");
+        assert!(
+            r.contains("<span class=\"ok\">yes</span>")
+                && r.contains("seq 6-6 after it are not anchored"),
+            "{r}"
+        );
+        assert!(html.contains("<p id=\"verdict\" class=\"ok\">"), "{html}");
+
+        // A record rewritten at a checkpointed seq: the log does not agree, named in the row
+        // and in the verdict; truncated before the last checkpoint: named too.
+        let mut rewritten = lines.clone();
+        rewritten[4] = rewritten[4].replace("\"r4\"", "\"rX\"");
+        let html = page(&rewritten, &[(3, head(3)), (5, head(5))]);
+        let r = row(&html);
+        assert!(r.starts_with("<tr class=\"checkpoint mismatch\""), "{r}");
+        assert!(r.contains("<td class=\"n anchored\">3</td>"), "{r}");
+        assert!(
+            r.contains("<span class=\"bad\">no</span>") && r.contains("seq 5: hash"),
+            "{r}"
+        );
+        assert!(html.contains("1 checkpoint finding."), "{html}");
+        let html = page(&lines[..3], &[(5, head(5))]);
+        let r = row(&html);
+        assert!(
+            r.contains("seq 4-5 missing") && r.contains("truncated"),
+            "{r}"
+        );
+        assert!(
+            r.contains("<td class=\"n anchored\"><span class=\"muted\">-</span></td>"),
+            "{r}"
         );
     }
 }

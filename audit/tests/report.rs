@@ -191,6 +191,7 @@ fn report_in_headless_chromium_shows_counts_denials_gaps_and_markup_as_text() {
             out: Some(html_path.clone()),
             window: false,
             any_order: false,
+            checkpoints: Default::default(),
         },
     });
     assert_eq!(code, ExitCode::SUCCESS);
