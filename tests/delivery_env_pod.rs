@@ -253,3 +253,170 @@ async fn an_env_only_app_under_keyward_exec_in_an_injected_pod_gets_exactly_its_
         assert_eq!(r["caller"]["uid"], APP_UID, "{name}: {r}");
     }
 }
+
+/// The injected pod specs of a stream, with their sidecar's config (`KEYWARD_CONFIG`) read and
+/// checked as the sidecar checks it at start.
+fn injected_pods(
+    injected: &str,
+) -> Vec<(
+    keyward_e2e::manifest::PodDef,
+    keyward_broker::config::SidecarConfig,
+)> {
+    let parsed = keyward_e2e::manifest::Manifests::parse(injected).expect("injected stream");
+    parsed
+        .pods
+        .into_iter()
+        .map(|p| {
+            let sidecar = p.spec["initContainers"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == "keyward"))
+                .unwrap_or_else(|| panic!("{}: no keyward sidecar", p.name))
+                .clone();
+            let text = sidecar["env"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["name"] == "KEYWARD_CONFIG"))
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_else(|| panic!("{}: no KEYWARD_CONFIG", p.name));
+            let config = keyward_broker::config::SidecarConfig::from_yaml(text)
+                .unwrap_or_else(|e| panic!("{}: the sidecar config: {e}", p.name));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: the sidecar would refuse its config: {e}", p.name));
+            (p, config)
+        })
+        .collect()
+}
+
+/// The mounts of a container, as `(volume, mountPath, readOnly)`.
+fn mounts(c: &Value) -> Vec<(String, String, bool)> {
+    c["volumeMounts"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or_default().to_owned(),
+                        m["mountPath"].as_str().unwrap_or_default().to_owned(),
+                        m["readOnly"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_example_of_examples_delivery_is_admitted_and_delivers_its_kind() {
+    let dir = delivery_pods::examples().join("delivery");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("examples/delivery") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let kind = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name")
+            .to_owned();
+        let text = std::fs::read_to_string(&path).expect("example");
+        let (code, injected, err) = delivery_pods::inject_output(&text);
+        assert_eq!(code, 0, "{kind}: keyward inject refused it: {err}");
+        let pods = injected_pods(&injected);
+        assert_eq!(pods.len(), 1, "{kind}: one app");
+        let (pod, config) = &pods[0];
+        let app = app_container(&pod.spec);
+        let command: Vec<&str> = app["command"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let wrapped = command.first() == Some(&"/keyward/bin/keyward");
+        let app_mounts = mounts(app);
+        let files_mount = app_mounts
+            .iter()
+            .find(|(_, p, _)| p == "/keyward/files")
+            .cloned();
+        // Every app reaches its own socket.
+        assert!(
+            app["env"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["name"] == "KEYWARD_SOCKET")),
+            "{kind}: {app:#}"
+        );
+        assert!(
+            app_mounts
+                .iter()
+                .any(|(v, p, ro)| v == "keyward-socket" && p == "/run/keyward" && *ro),
+            "{kind}: {app:#}"
+        );
+        match kind.as_str() {
+            "socket" => {
+                assert!(!wrapped && files_mount.is_none() && config.files.is_empty());
+            }
+            "file" => {
+                assert!(!wrapped, "{kind}: a file needs no wrapper");
+                let (volume, _, ro) = files_mount.expect("the files volume in the app");
+                assert!(ro, "{kind}: read-only in the app");
+                assert_eq!(config.files.len(), 1);
+                let f = &config.files[0];
+                assert_eq!((f.container.as_str(), f.path.as_str()), ("app", "db.dsn"));
+                assert!(f.template.is_some());
+                // The sidecar writes where the app reads: the same volume.
+                let sidecar = pod.spec["initContainers"][0].clone();
+                assert!(
+                    mounts(&sidecar)
+                        .iter()
+                        .any(|(v, p, ro)| *v == volume && p == "/run/keyward-files/app" && !ro),
+                    "{kind}: {sidecar:#}"
+                );
+            }
+            "env" => {
+                assert_eq!(
+                    command[..4],
+                    [
+                        "/keyward/bin/keyward",
+                        "exec",
+                        "--env=API_TOKEN=api#token",
+                        "--"
+                    ],
+                    "{kind}"
+                );
+                assert!(files_mount.is_none() && config.files.is_empty());
+                assert!(app_mounts
+                    .iter()
+                    .any(|(v, p, ro)| v == "keyward-bin" && p == "/keyward/bin" && *ro));
+                assert!(
+                    pod.spec["initContainers"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["name"] == "keyward-install")),
+                    "{kind}: the binary is copied in"
+                );
+            }
+            "cert" => {
+                assert!(wrapped, "{kind}: nginx runs under keyward exec");
+                assert!(
+                    command.contains(&"--on-change=web=signal:HUP"),
+                    "{kind}: {command:?}"
+                );
+                let web = config
+                    .secrets
+                    .iter()
+                    .find(|s| s.name == "web")
+                    .expect("the certificate's secret");
+                assert!(web.issue.is_some(), "{kind}: issued from PKI");
+                let mut paths: Vec<&str> = config.files.iter().map(|f| f.path.as_str()).collect();
+                paths.sort_unstable();
+                assert_eq!(paths, ["web.ca.crt", "web.crt", "web.key"], "{kind}");
+                assert!(files_mount.is_some_and(|(_, _, ro)| ro), "{kind}");
+            }
+            other => panic!("examples/delivery/{other}.yaml: which delivery kind is it?"),
+        }
+        seen.push(kind);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["cert", "env", "file", "socket"],
+        "one app of each kind"
+    );
+}
