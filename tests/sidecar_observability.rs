@@ -228,3 +228,135 @@ async fn an_injected_sidecar_serves_only_metrics_on_its_metrics_port_without_sec
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+/// The value of the sample `name{secret="SECRET"}` (or `name` without labels) in `metrics`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<i64> {
+    let prefix = format!("{name}{labels} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_end_of_each_secret_and_socket_refusals_at_the_limit_are_in_metrics() {
+    use support::pg::Postgres;
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    let mut pg = Postgres::start();
+    pg.configure_vault(&v.bao, "6s", "1h").await;
+    v.bao.kv_put("app", json!({"password": "kv"})).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("token"), v.token("shop", "orders")).expect("token");
+    let admin = free_port();
+    std::fs::write(
+        p("config.yaml"),
+        format!(
+            "vault: {{addr: \"{}\", allow_insecure_http: true, timeout: 2s}}\n\
+             auth: {{token_file: {}, max_backoff: 1s}}\n\
+             secrets:\n  - {{name: db, path: database/creds/app}}\n  - {{name: kv, path: secret/data/app}}\n\
+             audit: {{file: {}}}\n\
+             socket: {{path: {}, max_connections: 2}}\n\
+             proxy: {{admin: \"127.0.0.1:{admin}\"}}\n",
+            v.bao.addr(),
+            p("token").display(),
+            p("audit.log").display(),
+            p("broker.sock").display(),
+        ),
+    )
+    .expect("config");
+    let stderr = std::fs::File::create(p("stderr.log")).expect("stderr");
+    let mut child = Command::new(support::keyward_bin())
+        .args(["sidecar", "--config"])
+        .arg(p("config.yaml"))
+        .env("KEYWARD_MEMORY_LIMIT", "none")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start keyward sidecar");
+    let log = || std::fs::read_to_string(p("stderr.log")).unwrap_or_default();
+    let metrics = || async move {
+        http_get(admin, "/metrics")
+            .await
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    };
+    let socket = p("broker.sock");
+    eventually(Duration::from_secs(30), "the db secret served", || {
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "exited: {}",
+            log()
+        );
+        let socket = socket.clone();
+        async move {
+            if !socket.exists() {
+                return None;
+            }
+            (get(&socket, "/v1/secrets/db/username").await.status == 200).then_some(())
+        }
+    })
+    .await;
+
+    // The lease end, per leased secret; none for a KV secret.
+    let body = metrics().await.expect("/metrics");
+    let name = "keyward_secret_lease_expiry_timestamp_seconds";
+    let ends = sample(&body, name, "{secret=\"db\"}").expect("the db lease's end");
+    let now = unix_now();
+    assert!(
+        ends > now && ends <= now + 8,
+        "a 6 s lease ends within 6 s: {ends} vs now {now}\n{body}"
+    );
+    assert!(sample(&body, name, "{secret=\"kv\"}").is_none(), "{body}");
+
+    // At socket.max_connections (2, no memory derivation), a third client is refused and
+    // counted; the two held stay served.
+    let refused = "keyward_socket_connections_refused_total";
+    assert_eq!(sample(&body, refused, ""), Some(0), "{body}");
+    let held = [
+        tokio::net::UnixStream::connect(&socket).await.expect("1"),
+        tokio::net::UnixStream::connect(&socket).await.expect("2"),
+    ];
+    eventually(Duration::from_secs(10), "a refusal counted", || async {
+        let mut third = tokio::net::UnixStream::connect(&socket).await.ok()?;
+        let mut answer = String::new();
+        third.read_to_string(&mut answer).await.ok()?;
+        assert!(answer.contains("too_many_connections"), "{answer}");
+        let body = metrics().await?;
+        (sample(&body, refused, "")? >= 1).then_some(())
+    })
+    .await;
+    drop(held);
+
+    // Postgres gone: renewals and re-fetches fail, the lease runs out, and the gauge is left
+    // behind time(): the alert's condition (keyward_secret_lease_expiry_timestamp_seconds <
+    // time()) holds while the app is refused.
+    pg.stop();
+    let past = eventually(
+        Duration::from_secs(40),
+        "the lease past its end",
+        || async {
+            let body = metrics().await?;
+            let ends = sample(&body, name, "{secret=\"db\"}")?;
+            (ends < unix_now()).then_some(ends)
+        },
+    )
+    .await;
+    assert!(
+        past > now,
+        "the gauge followed the renewals: {past} vs {now}"
+    );
+    let a = get(&socket, "/v1/secrets/db/username").await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    let _ = child.kill();
+    let _ = child.wait();
+}

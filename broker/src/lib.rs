@@ -278,6 +278,9 @@ impl Broker {
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);
         registry.register_collector(Box::new(metrics::AuditLastSeq(self.inner.audit.clone())));
+        registry.register_collector(Box::new(metrics::SecretLeases(
+            self.inner.entries.values().cloned().collect(),
+        )));
     }
 
     /// Serves one connection from `caller` on any byte stream, as the socket does for each

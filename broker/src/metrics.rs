@@ -44,6 +44,44 @@ impl prometheus_client::collector::Collector for AuditLastSeq {
     }
 }
 
+/// `keyward_secret_lease_expiry_timestamp_seconds{secret}`: when the lease of each leased
+/// secret's cached value ends (Unix seconds, as last renewed), read at scrape time. Past
+/// `time()` the value is no longer served (`503`) until a new one is fetched: the "secret past
+/// its lease" alert. Secrets without a lease (KV) have no sample; the family is always
+/// declared.
+#[derive(Debug)]
+pub struct SecretLeases(pub Vec<std::sync::Arc<crate::cache::Entry>>);
+
+impl prometheus_client::collector::Collector for SecretLeases {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::TypedMetric;
+        let mut metric = encoder.encode_descriptor(
+            "keyward_secret_lease_expiry_timestamp_seconds",
+            "Unix time the lease of the secret's cached value ends (as last renewed); past it the value is not served",
+            None,
+            ConstGauge::<i64>::TYPE,
+        )?;
+        for entry in &self.0 {
+            let Some(lease) = entry.value().and_then(|v| v.lease) else {
+                continue;
+            };
+            let at = lease
+                .expires_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let label = [("secret", entry.spec.name.clone())];
+            ConstGauge::new(at).encode(metric.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
@@ -74,6 +112,8 @@ pub struct BrokerMetrics {
     pub checkpoint_failures: Counter,
     /// `seq` of the last checkpoint written to Vault (0: none yet).
     pub checkpoint_last_seq: Gauge,
+    /// Socket connections refused at `socket.max_connections` (`503 too_many_connections`).
+    pub socket_refused: Counter,
 }
 
 impl BrokerMetrics {
@@ -127,6 +167,11 @@ impl BrokerMetrics {
             "keyward_audit_checkpoint_last_seq",
             "Sequence number of the last audit record anchored by a checkpoint in Vault",
             self.checkpoint_last_seq.clone(),
+        );
+        r.register(
+            "keyward_socket_connections_refused",
+            "Socket connections refused because socket.max_connections were open (503 too_many_connections)",
+            self.socket_refused.clone(),
         );
     }
 

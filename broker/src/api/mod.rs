@@ -157,6 +157,7 @@ async fn serve(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            inner.metrics.socket_refused.inc();
             warn!(
                 max_connections = inner.config.socket.max_connections,
                 "Socket connection refused: too many open connections"
