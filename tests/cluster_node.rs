@@ -875,3 +875,157 @@ async fn injected_pod_logs_in_by_kubernetes_auth_with_its_projected_token() {
     .expect("kubectl delete pod orders");
     node.stop(Duration::from_secs(5)).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Probes and restarts (the kubelet's prober and restart manager in the node agent).
+
+/// The app appends to `runs` at each start (and clears `dead`); its readiness probe passes
+/// once `ready` exists (each probe appends to `probes`), its liveness probe fails while `dead`
+/// exists. The test writes those files through the emptyDir's host directory.
+const PROBED: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: probed, namespace: kw-probe}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+    - name: app
+      image: example.invalid/tools:1
+      command: ["sh", "-c", "trap 'exit 0' TERM; rm -f /srv/d/dead; echo run >> /srv/d/runs; while :; do sleep 0.2; done"]
+      volumeMounts: [{name: d, mountPath: /srv/d}]
+      readinessProbe:
+        exec: {command: ["sh", "-c", "echo x >> /srv/d/probes; test -f /srv/d/ready"]}
+        periodSeconds: 1
+        failureThreshold: 1
+      livenessProbe:
+        exec: {command: ["sh", "-c", "test ! -f /srv/d/dead"]}
+        periodSeconds: 1
+        failureThreshold: 2
+  volumes: [{name: d, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: once, namespace: kw-probe}
+spec:
+  restartPolicy: OnFailure
+  containers:
+    - name: app
+      image: example.invalid/tools:1
+      command: ["sh", "-c", "if [ -f /srv/d/once ]; then exit 0; fi; touch /srv/d/once; exit 4"]
+      volumeMounts: [{name: d, mountPath: /srv/d}]
+  volumes: [{name: d, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never, namespace: kw-probe}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: example.invalid/tools:1
+      command: ["sh", "-c", "while :; do sleep 0.2; done"]
+      livenessProbe:
+        tcpSocket: {port: 8080}
+        periodSeconds: 1
+        failureThreshold: 1
+"#;
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn condition(pod: &Value, t: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == t))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probes_gate_ready_and_liveness_failures_restart_by_the_restart_policy() {
+    let t0 = Instant::now();
+    let cluster = start_cluster();
+    let node = start_node(&cluster, 0.8).await;
+    namespace(&cluster, "kw-probe", &[]);
+    apply(&cluster, PROBED);
+    let get = |name: &str| get_json(&cluster, &["-n", "kw-probe", "pod", name]);
+    let wait = |args: &[&str]| {
+        let mut a = vec!["-n", "kw-probe", "wait", "--timeout=90s"];
+        a.extend_from_slice(args);
+        kubectl(&cluster, &a)
+    };
+
+    // Readiness: the container runs and its probe keeps failing, so the pod is not Ready.
+    let dir = support::eventually(WAIT, "the probed pod's volume", || {
+        let v = node.volume("kw-probe", "probed", "d");
+        async move { v.filter(|d| d.join("runs").exists()) }
+    })
+    .await;
+    support::eventually(WAIT, "two readiness probes", || {
+        let n = lines(&dir.join("probes"));
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let pod = get("probed");
+    let c = &pod["status"]["containerStatuses"][0];
+    assert!(c["state"]["running"].is_object(), "{pod:#}");
+    assert_eq!(c["started"], true, "{pod:#}");
+    assert_eq!(c["ready"], false, "readiness failing, yet ready: {pod:#}");
+    assert_eq!(condition(&pod, "Ready"), "False", "{pod:#}");
+    // ...and once it passes, Ready.
+    std::fs::write(dir.join("ready"), "").expect("ready file");
+    wait(&["--for=condition=Ready", "pod/probed"]).unwrap_or_else(|e| panic!("Ready: {e}"));
+    let pid = node
+        .pids("kw-probe", "probed")
+        .first()
+        .map(|p| p.1)
+        .expect("pid");
+
+    // Liveness: two failures kill the container; restartPolicy Always starts it again at once
+    // (the first restart has no back-off), counted in restartCount with its last state.
+    std::fs::write(dir.join("dead"), "").expect("dead file");
+    wait(&[
+        "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+        "pod/probed",
+    ])
+    .unwrap_or_else(|e| panic!("restartCount 1: {e}\n{:#}", get("probed")["status"]));
+    assert_eq!(lines(&dir.join("runs")), 2, "the app ran again");
+    wait(&["--for=condition=Ready", "pod/probed"]).unwrap_or_else(|e| panic!("Ready again: {e}"));
+    let pod = get("probed");
+    let c = &pod["status"]["containerStatuses"][0];
+    assert_eq!(c["restartCount"], 1, "{pod:#}");
+    assert!(
+        c["lastState"]["terminated"]["finishedAt"].is_string(),
+        "{pod:#}"
+    );
+    let new_pid = node.pids("kw-probe", "probed").first().map(|p| p.1);
+    assert!(
+        new_pid.is_some() && new_pid != Some(pid),
+        "{pid} -> {new_pid:?}"
+    );
+
+    // OnFailure: exit 4, restarted, exit 0: Succeeded with one restart.
+    wait(&["--for=jsonpath={.status.phase}=Succeeded", "pod/once"])
+        .unwrap_or_else(|e| panic!("once Succeeded: {e}\n{:#}", get("once")["status"]));
+    let once = get("once");
+    let c = &once["status"]["containerStatuses"][0];
+    assert_eq!(c["restartCount"], 1, "{once:#}");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 4, "{once:#}");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 0, "{once:#}");
+
+    // Never: a failed liveness probe (nothing listens on 8080) stops the container for good
+    // (SIGTERM, which its PID 1 ignores, then SIGKILL after the 1 s grace: exit 137).
+    wait(&["--for=jsonpath={.status.phase}=Failed", "pod/never"])
+        .unwrap_or_else(|e| panic!("never Failed: {e}\n{:#}", get("never")["status"]));
+    let never = get("never");
+    let c = &never["status"]["containerStatuses"][0];
+    assert_eq!(c["restartCount"], 0, "{never:#}");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 137, "{never:#}");
+
+    node.stop(Duration::from_secs(5)).await;
+    eprintln!("timing: total {:?}", t0.elapsed());
+}

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// each missing one on the host as an empty mountpoint (left in place, as the runner leaves
     /// `/keyward`), the stand-in for the image's root filesystem.
     pub image_dirs: Vec<PathBuf>,
+    /// The delay before restarting a container that exited again: the first restart is at
+    /// once, then this doubles up to the second value (the kubelet's 10 s and 5 min).
+    pub restart_backoff: (Duration, Duration),
 }
 
 impl NodeConfig {
@@ -94,6 +97,7 @@ impl NodeConfig {
             token_refresh_fraction: 0.8,
             egress_socket: None,
             image_dirs: Vec::new(),
+            restart_backoff: (Duration::from_secs(10), Duration::from_secs(300)),
         }
     }
 }
@@ -1027,6 +1031,7 @@ impl StatusWriter {
         phase: Phase,
         initialized: bool,
         states: &[ContainerState],
+        trackers: &[lifecycle::Tracker],
         message: Option<&str>,
     ) {
         let spec = self.spec.clone();
@@ -1038,7 +1043,8 @@ impl StatusWriter {
                 .map(|c| {
                     let name = c["name"].as_str().unwrap_or_default();
                     let st = states.iter().find(|s| s.name == name && s.init == init);
-                    container_status(c, st, init, initialized)
+                    let t = trackers.iter().find(|t| t.name == name);
+                    container_status(c, st, init, initialized, t)
                 })
                 .collect()
         };
@@ -1105,6 +1111,7 @@ fn container_status(
     st: Option<&ContainerState>,
     init: bool,
     initialized: bool,
+    tracker: Option<&lifecycle::Tracker>,
 ) -> Value {
     let name = c["name"].as_str().unwrap_or_default();
     let image = c["image"].as_str().unwrap_or_default();
@@ -1119,12 +1126,16 @@ fn container_status(
             (json!({"waiting": {"reason": reason}}), false, false)
         }
         Some(s) => match s.exit {
-            None => (
-                json!({"running": {"startedAt": rfc3339(s.started_at, false)}}),
-                // An app (or a sidecar) is ready once started: no readiness probes here.
-                s.started,
-                s.started,
-            ),
+            None => {
+                // Started once its startupProbe passed; ready once its readinessProbe passes
+                // too (without one: once started).
+                let (started, ready) = tracker.map_or((s.started, s.started), |t| t.view(s));
+                (
+                    json!({"running": {"startedAt": rfc3339(s.started_at, false)}}),
+                    ready,
+                    started,
+                )
+            }
             Some((code, finished)) => (
                 json!({"terminated": {
                     "exitCode": code,
@@ -1144,10 +1155,13 @@ fn container_status(
         "image": image,
         "imageID": format!("podrun://{image}"),
         "ready": ready,
-        "restartCount": 0,
+        "restartCount": tracker.map_or(0, |t| t.restarts),
         "started": started,
         "state": state,
     });
+    if let Some(last) = tracker.and_then(|t| t.last_state.clone()) {
+        v["lastState"] = last;
+    }
     if st.is_some() {
         v["containerID"] = json!(format!("podrun://{name}"));
     }
@@ -1256,7 +1270,7 @@ async fn run_pod(
         conditions: BTreeMap::new(),
         last: Value::Null,
     };
-    status.write(Phase::Pending, false, &[], None).await;
+    status.write(Phase::Pending, false, &[], &[], None).await;
 
     let env = PodEnv {
         images: s.images.clone(),
@@ -1271,24 +1285,38 @@ async fn run_pod(
         host_ip: Some(s.node_host.ip),
         refresh_fraction: Some(s.config.token_refresh_fraction),
     };
-    let restart_always = def.spec["restartPolicy"].as_str().unwrap_or("Always") == "Always";
-    let started = tokio::select! {
-        r = Pod::start_with(def.clone(), host.clone(), &env, opts) => Some(r),
-        _ = delete.wait_for(Option::is_some) => None,
+    let policy = def.spec["restartPolicy"]
+        .as_str()
+        .unwrap_or("Always")
+        .to_owned();
+    let restart_always = policy == "Always";
+    let spec_grace = Duration::from_secs(
+        def.spec["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30),
+    );
+    let trackers = lifecycle::trackers(&def.spec);
+    let started = match &trackers {
+        Err(e) => Some(Err(Error::Setup(format!("pod {host_name}: {e}")))),
+        Ok(_) => tokio::select! {
+            r = Pod::start_with(def.clone(), host.clone(), &env, opts) => Some(r),
+            _ = delete.wait_for(Option::is_some) => None,
+        },
     };
+    let mut trackers = trackers.unwrap_or_default();
     let mut running = match started {
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
             eprintln!("node agent: pod {host_name}: {e}");
             status
-                .write(Phase::Failed, false, &[], Some(&e.to_string()))
+                .write(Phase::Failed, false, &[], &[], Some(&e.to_string()))
                 .await;
             None
         }
         // Deleted while starting: dropping the start stopped what it had started.
         None => None,
     };
-    if let Some(p) = running.as_mut() {
+    let update_pids = |p: &mut Pod| {
         let states = p.container_states();
         if let Ok(mut v) = pids.lock() {
             *v = states
@@ -1296,23 +1324,37 @@ async fn run_pod(
                 .filter_map(|c| Some((c.name.clone(), p.pid(&c.name)?)))
                 .collect();
         }
+    };
+    if let Some(p) = running.as_mut() {
+        update_pids(p);
     }
-    // Running: report changes until the apps complete (restartPolicy Never/OnFailure) or the
-    // pod is deleted. Container restarts are not emulated.
+    let round = lifecycle::Round {
+        node: &s.node_host,
+        pod_ip: host.ip,
+        policy: &policy,
+        grace: spec_grace,
+        backoff: s.config.restart_backoff,
+        label: &host_name,
+    };
+    // Running: probes, restarts by the restartPolicy, and status changes, until the apps
+    // complete (restartPolicy Never/OnFailure) or the pod is deleted.
     let mut finished = false;
     while let Some(p) = running.as_mut() {
         if delete.borrow().is_some() {
             break;
         }
+        if !finished && lifecycle::tick(&mut trackers, p, &round).await {
+            update_pids(p);
+        }
         let states = p.container_states();
-        if !finished && !restart_always && p.apps_exited() {
+        if !finished
+            && !restart_always
+            && p.apps_exited()
+            && !lifecycle::app_restart_pending(&trackers)
+        {
             // As the kubelet does once a pod's regular containers completed: stop the
             // sidecars, then report the pod's terminal phase.
-            p.set_grace(Duration::from_secs(
-                def.spec["terminationGracePeriodSeconds"]
-                    .as_u64()
-                    .unwrap_or(30),
-            ));
+            p.set_grace(spec_grace);
             let _ = p.stop().await;
             let states = p.container_states();
             let ok = states
@@ -1320,11 +1362,13 @@ async fn run_pod(
                 .filter(|c| !c.init)
                 .all(|c| c.exit.is_some_and(|(code, _)| code == 0));
             let phase = if ok { Phase::Succeeded } else { Phase::Failed };
-            status.write(phase, true, &states, None).await;
+            status.write(phase, true, &states, &trackers, None).await;
             finished = true;
         }
         if !finished {
-            status.write(Phase::Running, true, &states, None).await;
+            status
+                .write(Phase::Running, true, &states, &trackers, None)
+                .await;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -1348,7 +1392,7 @@ async fn run_pod(
             } else {
                 Phase::Succeeded
             };
-            status.write(phase, true, &states, None).await;
+            status.write(phase, true, &states, &trackers, None).await;
         }
         drop(p);
     }
@@ -1474,12 +1518,534 @@ fn token_fn(api: Api) -> TokenFn {
     })
 }
 
+/// Probes and restarts: the kubelet's prober and restart manager for the pods the agent runs.
+/// httpGet probes are sent from the node's network namespace to the pod's address (curl, no
+/// certificate check, as the kubelet does not check one), tcpSocket probes connect from there,
+/// exec probes run in the container. An exec startupProbe is the pod runner's (it gates the
+/// next container's start); any other startupProbe is run here before readiness and liveness.
+mod lifecycle {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::rfc3339;
+    use crate::net::Host;
+    use crate::pod::{ContainerState, Pod};
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(super) enum Action {
+        Http {
+            https: bool,
+            path: String,
+            port: u16,
+            headers: Vec<(String, String)>,
+        },
+        Tcp {
+            port: u16,
+        },
+        Exec(Vec<String>),
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(super) struct ProbeSpec {
+        pub action: Action,
+        pub initial_delay: Duration,
+        pub period: Duration,
+        pub timeout: Duration,
+        pub success_threshold: u32,
+        pub failure_threshold: u32,
+    }
+
+    /// A probe's port: a number, or the name of one of the container's ports.
+    fn port(c: &Value, v: &Value) -> Result<u16, String> {
+        if let Some(n) = v.as_u64() {
+            return u16::try_from(n).map_err(|_| format!("port {n} is out of range"));
+        }
+        let name = v.as_str().ok_or("the probe names no port")?;
+        if let Ok(n) = name.parse::<u16>() {
+            return Ok(n);
+        }
+        c["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| format!("no containerPort named {name:?}"))
+    }
+
+    /// `kind` (`readinessProbe`, ...) of container `c`, with the API's defaults.
+    pub(super) fn probe_spec(c: &Value, kind: &str) -> Result<Option<ProbeSpec>, String> {
+        let p = &c[kind];
+        if p.is_null() {
+            return Ok(None);
+        }
+        let secs = |k: &str, default: u64, min: u64| {
+            Duration::from_secs(p[k].as_u64().unwrap_or(default).max(min))
+        };
+        let count = |k: &str, default: u64| p[k].as_u64().unwrap_or(default).clamp(1, 1000) as u32;
+        let action = if let Some(cmd) = p["exec"]["command"].as_array() {
+            Action::Exec(
+                cmd.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect(),
+            )
+        } else if p["httpGet"].is_object() {
+            let h = &p["httpGet"];
+            Action::Http {
+                https: h["scheme"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https")),
+                path: h["path"].as_str().unwrap_or("/").to_owned(),
+                port: port(c, &h["port"])?,
+                headers: h["httpHeaders"]
+                    .as_array()
+                    .map(|hs| {
+                        hs.iter()
+                            .filter_map(|x| {
+                                Some((
+                                    x["name"].as_str()?.to_owned(),
+                                    x["value"].as_str()?.to_owned(),
+                                ))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        } else if p["tcpSocket"].is_object() {
+            Action::Tcp {
+                port: port(c, &p["tcpSocket"]["port"])?,
+            }
+        } else {
+            return Err(format!(
+                "{kind}: only exec, httpGet and tcpSocket probes are run by the node agent"
+            ));
+        };
+        Ok(Some(ProbeSpec {
+            action,
+            initial_delay: secs("initialDelaySeconds", 0, 0),
+            period: secs("periodSeconds", 10, 1),
+            timeout: secs("timeoutSeconds", 1, 1),
+            success_threshold: count("successThreshold", 1),
+            failure_threshold: count("failureThreshold", 3),
+        }))
+    }
+
+    /// Runs one probe; Err carries why it failed.
+    async fn run(
+        action: &Action,
+        timeout: Duration,
+        pod: &Pod,
+        container: &str,
+        node: &Host,
+        pod_ip: Ipv4Addr,
+    ) -> Result<(), String> {
+        match action {
+            Action::Exec(argv) => {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                match tokio::time::timeout(timeout, pod.exec(container, &argv)).await {
+                    Ok(Ok(o)) if o.status.success() => Ok(()),
+                    Ok(Ok(o)) => Err(format!(
+                        "{}: {}",
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                }
+            }
+            Action::Tcp { port } => {
+                match tokio::time::timeout(timeout, node.connect((pod_ip, *port).into())).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                }
+            }
+            Action::Http {
+                https,
+                path,
+                port,
+                headers,
+            } => {
+                let scheme = if *https { "https" } else { "http" };
+                let url = format!("{scheme}://{pod_ip}:{port}{path}");
+                let mut argv = node.nsenter_args();
+                argv.extend(
+                    [
+                        "curl",
+                        "-sS",
+                        "-k",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-A",
+                        "kube-probe/1.37",
+                    ]
+                    .map(str::to_owned),
+                );
+                argv.push("--max-time".into());
+                argv.push(format!("{:.1}", timeout.as_secs_f64()));
+                for (k, v) in headers {
+                    argv.push("-H".into());
+                    argv.push(format!("{k}: {v}"));
+                }
+                argv.push(url.clone());
+                let out = tokio::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|e| format!("running curl for {url}: {e}"))?;
+                let code: u16 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                // The kubelet's rule: 200 <= code < 400 is a success.
+                if (200..400).contains(&code) {
+                    Ok(())
+                } else if code == 0 {
+                    Err(format!(
+                        "GET {url}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                } else {
+                    Err(format!("GET {url}: HTTP {code}"))
+                }
+            }
+        }
+    }
+
+    #[derive(Default, Debug)]
+    struct State {
+        successes: u32,
+        failures: u32,
+        next: Option<Instant>,
+        last_error: String,
+    }
+
+    impl State {
+        /// Whether the probe is due now (its initial delay from `since`, then every period).
+        fn due(&mut self, spec: &ProbeSpec, since: Instant, now: Instant) -> bool {
+            let next = *self.next.get_or_insert(since + spec.initial_delay);
+            if now < next {
+                return false;
+            }
+            self.next = Some(now + spec.period);
+            true
+        }
+
+        /// Counts a result; Some(verdict) once a threshold is reached.
+        fn record(&mut self, spec: &ProbeSpec, r: Result<(), String>) -> Option<bool> {
+            match r {
+                Ok(()) => {
+                    self.failures = 0;
+                    self.successes = self.successes.saturating_add(1);
+                    (self.successes >= spec.success_threshold).then_some(true)
+                }
+                Err(e) => {
+                    self.successes = 0;
+                    self.failures = self.failures.saturating_add(1);
+                    self.last_error = e;
+                    (self.failures >= spec.failure_threshold).then_some(false)
+                }
+            }
+        }
+    }
+
+    /// The delay before a container's next restart: none for the first, then `initial`
+    /// doubling up to `max` (the kubelet's CrashLoopBackOff: 10 s to 5 min).
+    pub(super) fn backoff(restarts: u32, initial: Duration, max: Duration) -> Duration {
+        if restarts == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32
+            .checked_shl(restarts.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX);
+        initial.saturating_mul(factor).min(max)
+    }
+
+    /// What the agent tracks of one restartable container (an app or a native sidecar).
+    #[derive(Debug)]
+    pub(super) struct Tracker {
+        pub name: String,
+        sidecar: bool,
+        /// A startupProbe the agent runs (not exec: those are the runner's).
+        startup: Option<ProbeSpec>,
+        readiness: Option<ProbeSpec>,
+        liveness: Option<ProbeSpec>,
+        st_startup: State,
+        st_ready: State,
+        st_live: State,
+        /// Its startupProbe (the agent's) passed, or it has none.
+        pub started: bool,
+        pub ready: bool,
+        pub restarts: u32,
+        /// `lastState` for the status: the run before the current one.
+        pub last_state: Option<Value>,
+        since: Instant,
+        /// When the exited container starts again.
+        pub restart_at: Option<Instant>,
+    }
+
+    /// The trackers of a pod's apps and native sidecars; an unsupported probe is an error
+    /// naming it.
+    pub(super) fn trackers(spec: &Value) -> Result<Vec<Tracker>, String> {
+        let mut out = Vec::new();
+        for (list, init) in [("initContainers", true), ("containers", false)] {
+            for c in spec[list].as_array().cloned().unwrap_or_default() {
+                let sidecar = init && c["restartPolicy"] == "Always";
+                if init && !sidecar {
+                    continue;
+                }
+                let name = c["name"].as_str().unwrap_or_default().to_owned();
+                let named = |e: String| format!("container {name}: {e}");
+                let startup = probe_spec(&c, "startupProbe")
+                    .map_err(named)?
+                    .filter(|p| !matches!(p.action, Action::Exec(_)));
+                out.push(Tracker {
+                    sidecar,
+                    started: startup.is_none(),
+                    startup,
+                    readiness: probe_spec(&c, "readinessProbe").map_err(named)?,
+                    liveness: probe_spec(&c, "livenessProbe").map_err(named)?,
+                    st_startup: State::default(),
+                    st_ready: State::default(),
+                    st_live: State::default(),
+                    ready: false,
+                    restarts: 0,
+                    last_state: None,
+                    since: Instant::now(),
+                    restart_at: None,
+                    name,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    impl Tracker {
+        /// Ready for the status: started, and its readiness probe passing (or none).
+        pub fn view(&self, s: &ContainerState) -> (bool, bool) {
+            let started = s.started && self.started;
+            (started, started && self.ready)
+        }
+
+        fn restarted(&mut self) {
+            self.restarts = self.restarts.saturating_add(1);
+            self.started = self.startup.is_none();
+            self.ready = false;
+            self.st_startup = State::default();
+            self.st_ready = State::default();
+            self.st_live = State::default();
+            self.since = Instant::now();
+            self.restart_at = None;
+        }
+    }
+
+    /// What one round needs of the pod.
+    pub(super) struct Round<'a> {
+        pub node: &'a Host,
+        pub pod_ip: Ipv4Addr,
+        /// The pod's restartPolicy.
+        pub policy: &'a str,
+        pub grace: Duration,
+        pub backoff: (Duration, Duration),
+        pub label: &'a str,
+    }
+
+    /// One round: the probes due now, then the restarts due now. Returns whether a container
+    /// was restarted (its pid changed).
+    pub(super) async fn tick(trackers: &mut [Tracker], pod: &mut Pod, r: &Round<'_>) -> bool {
+        let mut restarted = false;
+        let states = pod.container_states();
+        for t in trackers.iter_mut() {
+            let Some(st) = states.iter().find(|s| s.name == t.name) else {
+                continue;
+            };
+            let now = Instant::now();
+            if let Some((code, finished)) = st.exit {
+                t.ready = false;
+                let restart = t.sidecar
+                    || match r.policy {
+                        "Never" => false,
+                        "OnFailure" => code != 0,
+                        _ => true,
+                    };
+                if !restart {
+                    continue;
+                }
+                let at = match t.restart_at {
+                    Some(at) => at,
+                    None => {
+                        t.last_state = Some(json!({"terminated": {
+                            "exitCode": code,
+                            "reason": if code == 0 { "Completed" } else { "Error" },
+                            "startedAt": rfc3339(st.started_at, false),
+                            "finishedAt": rfc3339(finished, false),
+                            "containerID": format!("podrun://{}", t.name),
+                        }}));
+                        let at = now + backoff(t.restarts, r.backoff.0, r.backoff.1);
+                        t.restart_at = Some(at);
+                        at
+                    }
+                };
+                if now >= at {
+                    match pod.restart(&t.name, r.grace).await {
+                        Ok(()) => {
+                            eprintln!(
+                                "node agent: pod {}: container {} restarted ({} restarts)",
+                                r.label,
+                                t.name,
+                                t.restarts + 1
+                            );
+                            t.restarted();
+                            restarted = true;
+                        }
+                        Err(e) => {
+                            eprintln!("node agent: pod {}: restarting {}: {e}", r.label, t.name);
+                            t.restarts = t.restarts.saturating_add(1);
+                            t.restart_at = None;
+                        }
+                    }
+                }
+                continue;
+            }
+            if !st.started {
+                continue;
+            }
+            if !t.started {
+                let Some(spec) = t.startup.clone() else {
+                    continue;
+                };
+                if !t.st_startup.due(&spec, t.since, now) {
+                    continue;
+                }
+                let res = run(&spec.action, spec.timeout, pod, &t.name, r.node, r.pod_ip).await;
+                match t.st_startup.record(&spec, res) {
+                    Some(true) => t.started = true,
+                    Some(false) => {
+                        eprintln!(
+                            "node agent: pod {}: container {} failed its startupProbe: {}; killing it",
+                            r.label, t.name, t.st_startup.last_error
+                        );
+                        let _ = pod.stop_container(&t.name, r.grace).await;
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+            match t.readiness.clone() {
+                None => t.ready = true,
+                Some(spec) => {
+                    if t.st_ready.due(&spec, t.since, now) {
+                        let res =
+                            run(&spec.action, spec.timeout, pod, &t.name, r.node, r.pod_ip).await;
+                        if let Some(v) = t.st_ready.record(&spec, res) {
+                            t.ready = v;
+                        }
+                    }
+                }
+            }
+            if let Some(spec) = t.liveness.clone() {
+                if t.st_live.due(&spec, t.since, now) {
+                    let res = run(&spec.action, spec.timeout, pod, &t.name, r.node, r.pod_ip).await;
+                    if t.st_live.record(&spec, res) == Some(false) {
+                        eprintln!(
+                            "node agent: pod {}: container {} failed its livenessProbe {} times ({}); killing it",
+                            r.label, t.name, spec.failure_threshold, t.st_live.last_error
+                        );
+                        t.ready = false;
+                        let _ = pod.stop_container(&t.name, r.grace).await;
+                    }
+                }
+            }
+        }
+        restarted
+    }
+
+    /// Whether an app container will start again (its restart is scheduled).
+    pub(super) fn app_restart_pending(trackers: &[Tracker]) -> bool {
+        trackers
+            .iter()
+            .any(|t| !t.sidecar && t.restart_at.is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{connect_target, rfc3339, slice_entry, with_service_env, HostsTable};
     use crate::manifest::PodDef;
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn probes_take_the_api_defaults_and_resolve_named_ports() {
+        use super::lifecycle::{probe_spec, Action};
+        let c = json!({"name": "injector", "ports": [{"name": "webhook", "containerPort": 8443}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "webhook", "scheme": "HTTPS",
+                                           "httpHeaders": [{"name": "X-A", "value": "b"}]}},
+            "livenessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 2, "failureThreshold": 1,
+                              "initialDelaySeconds": 4, "timeoutSeconds": 3, "successThreshold": 1},
+            "startupProbe": {"grpc": {"port": 1}},
+            "badPort": {"tcpSocket": {"port": "metrics"}}});
+        let r = probe_spec(&c, "readinessProbe")
+            .expect("valid")
+            .expect("present");
+        assert_eq!(
+            r.action,
+            Action::Http {
+                https: true,
+                path: "/healthz".into(),
+                port: 8443,
+                headers: vec![("X-A".into(), "b".into())]
+            }
+        );
+        assert_eq!(
+            (
+                r.period,
+                r.timeout,
+                r.initial_delay,
+                r.success_threshold,
+                r.failure_threshold
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(1),
+                Duration::ZERO,
+                1,
+                3
+            )
+        );
+        let l = probe_spec(&c, "livenessProbe")
+            .expect("valid")
+            .expect("present");
+        assert_eq!(l.action, Action::Tcp { port: 9090 });
+        assert_eq!(
+            (l.period, l.timeout, l.initial_delay, l.failure_threshold),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                Duration::from_secs(4),
+                1
+            )
+        );
+        assert!(probe_spec(&c, "none").expect("absent is fine").is_none());
+        let e = probe_spec(&c, "startupProbe").expect_err("grpc is not run");
+        assert!(e.contains("startupProbe") && e.contains("httpGet"), "{e}");
+        let e = probe_spec(&c, "badPort").expect_err("unknown port name");
+        assert!(e.contains("metrics"), "{e}");
+    }
+
+    #[test]
+    fn restarts_back_off_like_the_kubelet() {
+        use super::lifecycle::backoff;
+        let (i, m) = (Duration::from_secs(10), Duration::from_secs(300));
+        let got: Vec<u64> = (0..8).map(|n| backoff(n, i, m).as_secs()).collect();
+        assert_eq!(got, vec![0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(u32::MAX, i, m), m);
+    }
 
     #[test]
     fn egress_tunnels_only_connect_requests_to_an_address() {

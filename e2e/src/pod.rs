@@ -1080,6 +1080,43 @@ impl Pod {
             .all(|c| c.poll().is_some())
     }
 
+    /// Starts a container again in place, as a kubelet restarts one (same spec, volumes and
+    /// network; its log appended): a running one is stopped first (SIGTERM to its main
+    /// process, SIGKILL after `grace`), as after a failed liveness probe. Returns once it has
+    /// started and its exec startupProbe (if any) passed.
+    pub async fn restart(&mut self, name: &str, grace: Duration) -> Result<()> {
+        let i = self
+            .containers
+            .iter()
+            .position(|c| c.spec.name == name)
+            .ok_or_else(|| perr(&self.def, format!("no container {name}")))?;
+        if self.containers[i].poll().is_none() {
+            self.terminate(&[i], Instant::now() + grace).await;
+        }
+        let old = self.containers.remove(i);
+        let _ = std::fs::remove_file(self.started_marker(name));
+        self.spawn(old.spec.clone(), old.sidecar, old.init)?;
+        if let Some(new) = self.containers.pop() {
+            self.containers.insert(i, new);
+        }
+        self.wait_started(name).await?;
+        self.wait_startup(name).await?;
+        self.running(name)?.probe_passed = true;
+        Ok(())
+    }
+
+    /// Stops one container (SIGTERM to its main process, SIGKILL after `grace`), as a kubelet
+    /// does after its liveness probe failed; [`Pod::restart`] starts it again.
+    pub async fn stop_container(&mut self, name: &str, grace: Duration) -> Result<()> {
+        let i = self
+            .containers
+            .iter()
+            .position(|c| c.spec.name == name)
+            .ok_or_else(|| perr(&self.def, format!("no container {name}")))?;
+        self.terminate(&[i], Instant::now() + grace).await;
+        Ok(())
+    }
+
     /// Sets the grace period of the next [`Pod::stop`] (a deletion's own grace period).
     pub fn set_grace(&mut self, grace: Duration) {
         self.grace = grace;
