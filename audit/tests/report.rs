@@ -5,9 +5,12 @@
 //! process named like markup — shows the per-secret counts, the denials, the chain with the gap
 //! and the markup as text.
 //!
-//! Outputs kept: `$CARGO_TARGET_TMPDIR/audit-report/` (under the target dir: `tmp/audit-report/`)
-//! holds `export.jsonl`, `report.html`, `dom.html` (what Chromium parsed) and `report.png` (its
-//! screenshot).
+//! With `--checkpoints`, against a real OpenBao holding the sidecars' checkpoints: per chain, the
+//! last checkpoint and whether the log agrees, a recomputed rewrite shown as a mismatch.
+//!
+//! Outputs kept: `$CARGO_TARGET_TMPDIR/audit-report/` and `audit-report-checkpoints/` (under the
+//! target dir: `tmp/audit-report/`...) hold `export.jsonl`, `report.html`, `dom.html` (what
+//! Chromium parsed) and `report.png` (its screenshot).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -303,4 +306,182 @@ fn report_in_headless_chromium_shows_counts_denials_gaps_and_markup_as_text() {
         dom.contains(&format!("<td>uid 1000 {shown}</td>")),
         "as a caller"
     );
+}
+
+/// What the sidecar writes to its pod's checkpoint path (docs/vault-setup.md §8), as one KV v2
+/// version.
+async fn checkpoint(bao: &keyward_testkit::bao::Bao, pod: &str, chain: &str, seq: u64, head: &str) {
+    bao.api(
+        "POST",
+        &format!("keyward-audit/data/checkpoints/shop/{pod}"),
+        Some(serde_json::json!({"data": {
+            "chain": chain, "seq": seq, "head": head, "time": "2026-12-02T00:00:00Z",
+            "pod_uid": format!("uid-{pod}"), "namespace": "shop", "pod_name": pod,
+        }})),
+    )
+    .await;
+}
+
+fn hash_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("record");
+    v["hash"].as_str().expect("hash").to_owned()
+}
+
+/// `keyward audit report --checkpoints` against a real OpenBao holding the checkpoints the
+/// sidecars wrote (the §8 mount, read with a reviewer's token): per chain, the last checkpoint
+/// (seq, head) and whether the log agrees; a chain rewritten and recomputed by an attacker,
+/// which verifies on its own, disagrees. Chromium shows it. Vault unreachable: no page.
+#[test]
+fn report_with_checkpoints_shows_per_chain_agreement_with_vault() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("audit-report-checkpoints");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("output dir");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let orders = open(dirs[0].path(), "orders");
+    access(&orders, "orders-db", 1000, "orders", true, 8);
+    let orders_chain = orders.chain_id().to_owned();
+    let shipping = open(dirs[1].path(), "shipping");
+    access(&shipping, "labels-api", 1000, "shipping", true, 6);
+    let shipping_chain = shipping.chain_id().to_owned();
+    drop((orders, shipping));
+    let o = lines(dirs[0].path());
+    let s = lines(dirs[1].path());
+
+    let bao = keyward_testkit::bao::Bao::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reviewer = rt.block_on(async {
+        bao.api(
+            "POST",
+            "sys/mounts/keyward-audit",
+            Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await;
+        checkpoint(&bao, "orders-7c9f", &orders_chain, 5, &hash_of(&o[4])).await;
+        checkpoint(&bao, "orders-7c9f", &orders_chain, 8, &hash_of(&o[7])).await;
+        checkpoint(&bao, "shipping-7c9f", &shipping_chain, 4, &hash_of(&s[3])).await;
+        bao.policy(
+            "keyward-audit-reviewer",
+            "path \"keyward-audit/data/checkpoints/*\" { capabilities = [\"read\"] }\n\
+             path \"keyward-audit/metadata/checkpoints/*\" { capabilities = [\"read\", \"list\"] }\n",
+        )
+        .await;
+        let t = bao
+            .api(
+                "POST",
+                "auth/token/create",
+                Some(serde_json::json!({"policies": ["keyward-audit-reviewer"], "no_default_policy": true})),
+            )
+            .await;
+        t["auth"]["client_token"].as_str().expect("token").to_owned()
+    });
+
+    // The attacker rewrites shipping's record 2 and recomputes the chain from there on.
+    let mut prev = keyward_audit::GENESIS.to_owned();
+    let rewritten: Vec<String> = s
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut m: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(l).expect("record");
+            if i == 1 {
+                m.insert("secret".into(), "nothing-to-see".into());
+            }
+            m.insert("prev".into(), prev.clone().into());
+            m.remove("hash");
+            let h = keyward_audit::record_hash(&m);
+            m.insert("hash".into(), h.clone().into());
+            prev = h;
+            serde_json::Value::Object(m).to_string()
+        })
+        .collect();
+    let file = out.join("export.jsonl");
+    std::fs::write(&file, [o, rewritten].concat().join("\n") + "\n").expect("export");
+
+    let report = |addr: String, html: &Path| {
+        run(AuditArgs {
+            command: AuditCommand::Report {
+                files: vec![file.clone()],
+                out: Some(html.to_owned()),
+                window: false,
+                any_order: false,
+                checkpoints: keyward_audit::checkpoints::CheckpointArgs {
+                    checkpoints: true,
+                    vault_addr: Some(addr),
+                    vault_token: Some(reviewer.clone()),
+                    checkpoint_mount: "keyward-audit".into(),
+                    checkpoint_prefix: "checkpoints".into(),
+                    allow_insecure_http: true,
+                    ..Default::default()
+                },
+            },
+        })
+    };
+    let html_path = out.join("report.html");
+    assert_eq!(report(bao.addr(), &html_path), ExitCode::SUCCESS);
+    let html = std::fs::read_to_string(&html_path).expect("report written");
+    assert!(
+        !html.contains(&reviewer),
+        "the reviewer's token is not on the page"
+    );
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let url = format!("file://{}", html_path.display());
+    let dom =
+        String::from_utf8(headless(&["--dump-dom".into(), url.clone()], profile.path()).stdout)
+            .expect("utf-8 DOM");
+    std::fs::write(out.join("dom.html"), &dom).expect("keep the DOM");
+    headless(
+        &[
+            format!("--screenshot={}", out.join("report.png").display()),
+            "--window-size=1400,2000".into(),
+            "--hide-scrollbars".into(),
+            url,
+        ],
+        profile.path(),
+    );
+    for page in [&html, &dom] {
+        // The rewritten chain verifies on its own: only the checkpoint shows it.
+        assert_eq!(rows(page, "class=\"chain intact\"").len(), 2, "{page}");
+        let agrees = rows(page, "class=\"checkpoint agrees\"");
+        assert_eq!(agrees.len(), 1, "{agrees:?}");
+        let r = agrees[0];
+        assert!(
+            r.contains(&format!("data-chain=\"{orders_chain}\""))
+                && r.contains("shop/orders-7c9f")
+                && r.contains("<td class=\"n last-seq\">8</td>")
+                && r.contains(&format!(
+                    "<code class=\"last-head\">{}</code>",
+                    &hash_of(&lines(dirs[0].path())[7])[..16]
+                ))
+                && r.contains("<td class=\"n anchored\">8</td>")
+                && r.contains("<span class=\"ok\">yes</span>"),
+            "{r}"
+        );
+        let bad = rows(page, "class=\"checkpoint mismatch\"");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        let r = bad[0];
+        assert!(
+            r.contains(&format!("data-chain=\"{shipping_chain}\""))
+                && r.contains("<td class=\"n last-seq\">4</td>")
+                && r.contains("<span class=\"bad\">no</span>")
+                && r.contains("seq 4: hash")
+                && r.contains("rewritten"),
+            "{r}"
+        );
+        assert!(
+            page.contains("1 checkpoint finding."),
+            "the verdict says so"
+        );
+    }
+
+    // Checkpoints asked for and Vault not answering: no page that could pass for checked.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let none = out.join("unreachable.html");
+    assert_eq!(report(addr, &none), ExitCode::FAILURE);
+    assert!(!none.exists(), "no page without the checkpoints asked for");
 }
