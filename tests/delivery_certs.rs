@@ -719,3 +719,106 @@ async fn a_long_poll_answers_a_new_version_only_once_its_files_are_replaced() {
         }
     }
 }
+
+/// The workload's SVID as files (issue 13 §4) in a real `keyward sidecar`: the certificate
+/// chain, its key and the trust bundle, rendered before the sidecar is ready, replaced when the
+/// proxy rotates the SVID (a 12 s TTL), one `file.render` record per render naming the SPIFFE
+/// ID, and no key material in the audit log or the logs.
+#[tokio::test]
+async fn the_workload_svid_as_files_is_rendered_and_kept_current() {
+    let (vault, _pki) = support::pki::shop_vault().await;
+    let vol = tempfile::tempdir().expect("tempdir");
+    let dir = files_dir(vol.path(), "app");
+    let extra = format!(
+        "files:\n  - {{name: svid-app-cert, container: app, dir: {d}, path: svid.crt, identity: certificate}}\n  - {{name: svid-app-key, container: app, dir: {d}, path: svid.key, identity: private_key}}\n  - {{name: svid-app-bundle, container: app, dir: {d}, path: svid-bundle.crt, identity: bundle}}\n",
+        d = dir.display()
+    );
+    let mut sc = support::pki::Sidecar::start(
+        &vault.bao.addr(),
+        support::pki::SidecarSpec {
+            ttl: "12s",
+            identity_uids: "[1000]",
+            extra: &extra,
+            ..support::pki::SidecarSpec::new("shop", "orders", vault.token("shop", "orders"))
+        },
+    );
+    sc.wait_ready().await;
+    let crt = dir.join("svid.crt");
+    let key = dir.join("svid.key");
+    let bundle = dir.join("svid-bundle.crt");
+    let check = || {
+        let crt_s = crt.to_str().expect("path");
+        let text = openssl(&["x509", "-noout", "-ext", "subjectAltName", "-in", crt_s]);
+        assert!(
+            text.contains("URI:spiffe://cluster.local/ns/shop/sa/orders"),
+            "{text}"
+        );
+        assert_eq!(
+            openssl(&["x509", "-noout", "-pubkey", "-in", crt_s]),
+            openssl(&["pkey", "-pubout", "-in", key.to_str().expect("path")]),
+            "the key file holds the SVID's key"
+        );
+        let verified = openssl(&[
+            "verify",
+            "-partial_chain",
+            "-CAfile",
+            bundle.to_str().expect("path"),
+            "-untrusted",
+            crt_s,
+            crt_s,
+        ]);
+        assert!(verified.trim().ends_with("OK"), "{verified}");
+        (
+            file_serial(&crt),
+            std::fs::read_to_string(&key).expect("key"),
+        )
+    };
+    // Ready only once the files are there.
+    let (serial1, key1) = check();
+    // The proxy rotates the SVID at about 2/3 of 12 s: the files follow.
+    eventually(LONG, "the rotated SVID's files", || async {
+        (file_serial(&crt) != serial1
+            && std::fs::read_to_string(&key)
+                .ok()
+                .is_some_and(|k| k != key1))
+        .then_some(())
+    })
+    .await;
+    let (_, key2) = eventually(LONG, "a matching pair after the rotation", || async {
+        std::panic::catch_unwind(check).ok()
+    })
+    .await;
+    let renders: Vec<serde_json::Value> = sc
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["action"] == "file.render" && r["secret"] == "identity")
+        .collect();
+    for path in ["svid.crt", "svid.key"] {
+        let mine: Vec<_> = renders
+            .iter()
+            .filter(|r| r["path"] == dir.join(path).display().to_string())
+            .collect();
+        assert!(mine.len() >= 2, "{path}: {renders:?}");
+        for r in mine {
+            assert_eq!(r["decision"], "ok", "{r}");
+            assert!(
+                r["reason"].as_str().is_some_and(|t| t
+                    .contains("for container app: SVID spiffe://cluster.local/ns/shop/sa/orders")),
+                "{r}"
+            );
+        }
+    }
+    let logs = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&sc.audit).expect("audit"),
+        sc.log()
+    );
+    for k in [&key1, &key2] {
+        for line in key_lines(k) {
+            assert!(
+                !logs.contains(&line),
+                "key material in the audit log or logs"
+            );
+        }
+    }
+}

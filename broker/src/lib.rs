@@ -79,6 +79,12 @@ impl std::fmt::Debug for SvidPem {
 /// the socket and is ready only once an SVID is held.
 pub trait IdentitySource: Send + Sync + 'static {
     fn current(&self) -> Option<SvidPem>;
+
+    /// A channel whose value moves each time the SVID is replaced, so the files of it
+    /// (`files[].identity`) are rendered again; `None`: they are rendered once.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The workload identity served on the socket and the uids that may read its private key.

@@ -125,10 +125,51 @@ impl CertIssue {
     }
 }
 
+/// `files[].identity`: which part of the workload's SVID a file holds (issue 13 §4: the SVID
+/// as files for apps that terminate their own mTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityPart {
+    /// The SVID's certificate chain (leaf first), PEM.
+    Certificate,
+    /// Its private key, PEM.
+    PrivateKey,
+    /// The trust bundle (the CAs that sign the trust domain's SVIDs), PEM.
+    Bundle,
+}
+
 impl SidecarConfig {
-    /// Whether some secret is a certificate (contract version 3).
+    /// Whether some secret is a certificate or some file holds the SVID (contract version 3).
     pub(crate) fn has_certs(&self) -> bool {
         self.secrets.iter().any(|s| s.issue.is_some())
+            || self.files.iter().any(|f| f.identity.is_some())
+    }
+
+    /// Checks a file of the workload's SVID (`files[i]`, `at`): no other content, and an
+    /// identity whose `allow_uids` names who may read the key (the injector admits such a file
+    /// only into a container running as one of them).
+    pub(crate) fn validate_identity_file(
+        &self,
+        f: &crate::FileSpec,
+        at: &str,
+    ) -> Result<(), ConfigError> {
+        if f.secret.is_some() || f.template.is_some() || f.key.is_some() {
+            return Err(ConfigError::invalid(
+                at,
+                "a file of the workload's SVID (identity) has no secret, key or template",
+            ));
+        }
+        match &self.identity {
+            None => Err(ConfigError::invalid(
+                format!("{at}.identity"),
+                "needs the identity section: there is no SVID without it",
+            )),
+            Some(id) if id.allow_uids.is_empty() => Err(ConfigError::invalid(
+                format!("{at}.identity"),
+                "identity.allow_uids is empty: nobody may read the SVID's key, so no file of it is written",
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Checks every certificate, and that a file of a certificate names one of its keys
@@ -226,5 +267,32 @@ mod tests {
             bad_path.validate().expect_err("path").setting(),
             Some("secrets[0].path")
         );
+    }
+
+    #[test]
+    fn a_file_of_the_svid_needs_an_identity_that_allows_some_uid() {
+        let yaml = |identity: &str, extra: &str| {
+            SidecarConfig::from_yaml(&format!(
+                "vault: {{addr: 'http://127.0.0.1:8200'}}\n{identity}files:\n  - {{name: s, container: app, dir: /run/f, path: svid.key, identity: private_key{extra}}}\n"
+            ))
+            .expect("parses")
+        };
+        let ok = yaml("identity: {trust_domain: td, allow_uids: [1000]}\n", "");
+        ok.validate().expect("valid");
+        assert_eq!(ok.required_version(), 3);
+        assert_eq!(ok.files[0].identity, Some(IdentityPart::PrivateKey));
+        assert!(ok.files[0].secrets(&ok.secrets).is_empty());
+        for (identity, extra, setting) in [
+            ("", "", "files[0].identity"),
+            ("identity: {trust_domain: td}\n", "", "files[0].identity"),
+            (
+                "identity: {trust_domain: td, allow_uids: [1000]}\nsecrets: [{name: x, path: secret/data/x}]\n",
+                ", secret: x",
+                "files[0]",
+            ),
+        ] {
+            let e = yaml(identity, extra).validate().expect_err(identity);
+            assert_eq!(e.setting(), Some(setting), "{identity}{extra}: {e}");
+        }
     }
 }

@@ -50,6 +50,10 @@ pub struct FileSpec {
     /// Content: a minijinja template over declared secrets (exclusive with `secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// Content: a part of the workload's SVID (exclusive with `secret` and `template`; needs
+    /// the `identity` section; contract version 3, see `keyward_config::IdentityPart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::IdentityPart>,
 }
 
 fn default_file_mode() -> String {
@@ -65,7 +69,8 @@ impl FileSpec {
         file_mode(&self.mode).unwrap_or(0o440)
     }
 
-    /// The declared secrets this file reads, in order: `secret`, or the ones its template names.
+    /// The declared secrets this file reads, in order: `secret`, or the ones its template names
+    /// (none for a file of the workload's SVID).
     pub fn secrets(&self, declared: &[crate::SecretSpec]) -> Vec<String> {
         if let Some(s) = &self.secret {
             return vec![s.clone()];
@@ -201,6 +206,10 @@ impl SidecarConfig {
                     ),
                 ));
             }
+            if f.identity.is_some() {
+                self.validate_identity_file(f, &at)?;
+                continue;
+            }
             match (&f.secret, &f.template) {
                 (Some(s), None) => {
                     if self.secret(s).is_none() {
@@ -242,7 +251,12 @@ impl SidecarConfig {
                         }
                     }
                 }
-                _ => return Err(invalid(at, "set exactly one of secret and template")),
+                _ => {
+                    return Err(invalid(
+                        at,
+                        "set exactly one of secret, template and identity",
+                    ))
+                }
             }
         }
         Ok(())

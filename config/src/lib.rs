@@ -26,7 +26,8 @@ mod validate;
 mod tests;
 
 pub use certs::{
-    is_pki_issue_path, valid_dns_name, CertIssue, CERT_KEYS, MAX_ALT_NAMES, MIN_CERT_TTL,
+    is_pki_issue_path, valid_dns_name, CertIssue, IdentityPart, CERT_KEYS, MAX_ALT_NAMES,
+    MIN_CERT_TTL,
 };
 pub use error::ConfigError;
 pub use files::{

@@ -92,7 +92,7 @@ pub struct MetricsConfig {
 /// The newest contract version this build reads and writes. Version 2 added
 /// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself);
 /// version 3 `vault.tls_server_name`, `vault.client_cert_file` and `vault.client_key_file`;
-/// certificates (`secrets[].issue`) are version 3 too.
+/// certificates (`secrets[].issue`) and files of the SVID (`files[].identity`) are version 3 too.
 pub const CONTRACT_VERSION: u32 = 3;
 
 fn version_1() -> u32 {

@@ -127,6 +127,7 @@ fn everything() -> SidecarConfig {
                     "postgres://u:{{ secrets.db.data.password }}@db/{{ secrets.api.version }}"
                         .into(),
                 ),
+                identity: None,
             },
             FileSpec {
                 name: "pw".into(),
@@ -137,6 +138,7 @@ fn everything() -> SidecarConfig {
                 secret: Some("db".into()),
                 key: Some("password".into()),
                 template: None,
+                identity: None,
             },
         ],
         metrics: Some(MetricsConfig {

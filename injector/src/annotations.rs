@@ -29,6 +29,7 @@ const FIXED_KEYS: &[&str] = &[
     "log-level",
     "kv-refresh",
     "identity-uids",
+    "identity-files",
     "containers",
     "cpu-request",
     "memory-request",
@@ -201,6 +202,8 @@ pub struct FileSettings {
     pub secret: Option<(String, Option<String>)>,
     /// `keyward.io/file-NAME-template`.
     pub template: Option<String>,
+    /// A part of the workload's SVID (`keyward.io/identity-files`).
+    pub identity: Option<keyward_config::IdentityPart>,
 }
 
 /// What the annotations say about injecting at all.
@@ -312,6 +315,7 @@ pub fn parse_settings(
     let mut inbound_allow: BTreeMap<u16, (String, String)> = BTreeMap::new();
     let mut files: BTreeMap<String, FileParts> = BTreeMap::new();
     let mut certs: BTreeMap<String, CertParts> = BTreeMap::new();
+    let mut identity_files: Option<(String, Vec<String>)> = None;
     let mut exec_keys: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
 
     for (key, value) in annotations {
@@ -334,6 +338,7 @@ pub fn parse_settings(
             "containers" => settings.containers = Some(parse_name_list(key, value)?),
             "kv-refresh" => settings.kv_refresh = Some(parse_kv_refresh(key, value)?),
             "identity-uids" => settings.identity_uids = Some(parse_uids(key, value)?),
+            "identity-files" => identity_files = Some((key.clone(), parse_name_list(key, value)?)),
             "cpu-request" => settings.resources.cpu_request = Some(parse_quantity(key, value)?),
             "memory-request" => {
                 settings.resources.memory_request = Some(parse_quantity(key, value)?)
@@ -450,14 +455,25 @@ pub fn parse_settings(
             .files
             .push(build_file(&name, parts, &settings.secrets)?);
     }
+    if let Some((key, containers)) = identity_files {
+        if settings.identity_uids.as_ref().is_none_or(|u| u.is_empty()) {
+            return Err(AnnotationError::new(
+                &key,
+                "needs keyward.io/identity-uids naming the uids the containers run as: the SVID's private key is theirs only",
+            ));
+        }
+        for c in containers {
+            cert_files.extend(identity_file_settings(&c));
+        }
+    }
     for f in cert_files {
         if settings.files.iter().any(|g| g.name == f.name) {
             return Err(AnnotationError::new(
                 &format!("{PREFIX}file-{}", f.name),
                 format!(
-                    "file {} is also a file of the certificate keyward.io/cert-{}: rename one",
+                    "file {} is also a file the injector adds for keyward.io/cert-{} or keyward.io/identity-files: rename it",
                     f.name,
-                    f.secret.as_ref().map_or("", |(s, _)| s.as_str())
+                    f.secret.as_ref().map_or("NAME", |(s, _)| s.as_str())
                 ),
             ));
         }
@@ -610,6 +626,7 @@ fn build_file(
         mode: keyward_config::DEFAULT_FILE_MODE.to_owned(),
         secret: None,
         template: None,
+        identity: None,
     };
     if let Some((k, v)) = parts.mode {
         if keyward_config::file_mode(&v).is_none() {
@@ -798,6 +815,7 @@ fn build_cert(
         mode: keyward_config::DEFAULT_FILE_MODE.to_owned(),
         secret: Some((name.to_owned(), Some(item.to_owned()))),
         template: None,
+        identity: None,
     };
     Ok((
         secret,
@@ -807,6 +825,30 @@ fn build_cert(
             file("chain", format!("{name}.ca.crt"), "ca_chain"),
         ],
     ))
+}
+
+/// The files of the workload's SVID in `container` (`keyward.io/identity-files`): `svid.crt`
+/// (the certificate chain), `svid.key` (its private key) and `svid-bundle.crt` (the trust
+/// bundle), files `svid-CONTAINER-cert`, `-key`, `-bundle`. Whether the container runs as a uid
+/// of `keyward.io/identity-uids` is checked against the pod spec (`mutate::delivery`).
+fn identity_file_settings(container: &str) -> Vec<FileSettings> {
+    use keyward_config::IdentityPart;
+    [
+        ("cert", "svid.crt", IdentityPart::Certificate),
+        ("key", "svid.key", IdentityPart::PrivateKey),
+        ("bundle", "svid-bundle.crt", IdentityPart::Bundle),
+    ]
+    .into_iter()
+    .map(|(suffix, path, part)| FileSettings {
+        name: format!("svid-{container}-{suffix}"),
+        container: container.to_owned(),
+        path: path.to_owned(),
+        mode: keyward_config::DEFAULT_FILE_MODE.to_owned(),
+        secret: None,
+        template: None,
+        identity: Some(part),
+    })
+    .collect()
 }
 
 /// A comma-separated list of numeric uids (`keyward.io/secret-NAME-uids`,

@@ -123,6 +123,10 @@ impl IdentitySource for StoreSource {
             expires_at: s.expires_at(),
         })
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.0.subscribe())
+    }
 }
 
 /// Everything validated and bound, before anything runs.

@@ -8,6 +8,7 @@
 //! container, and each secret with the version used. A render that fails leaves the previous
 //! file in place and is recorded as an error.
 
+mod identity;
 pub mod render;
 pub mod write;
 
@@ -51,6 +52,9 @@ pub(crate) fn readiness(config: &crate::config::Config) -> Result<(), String> {
 /// `lease_expires`) renders again, and writes and records only when the content changed (a
 /// template that shows the lease's expiry): an unchanged file is not rewritten.
 pub(crate) async fn file_loop(inner: Arc<Inner>, spec: FileSpec, shutdown: CancellationToken) {
+    if let Some(part) = spec.identity {
+        return identity::identity_loop(inner, spec, part, shutdown).await;
+    }
     let entries: Vec<Arc<Entry>> = spec
         .secrets(&inner.config.secrets)
         .iter()

@@ -137,6 +137,7 @@ mod tests {
             secret: secret.map(Into::into),
             key: key.map(Into::into),
             template: template.map(Into::into),
+            identity: None,
         }
     }
 

@@ -54,6 +54,7 @@ pub fn file_specs(settings: &PodSettings) -> Vec<keyward_config::FileSpec> {
             secret: f.secret.as_ref().map(|(s, _)| s.clone()),
             key: f.secret.as_ref().and_then(|(_, k)| k.clone()),
             template: f.template.clone(),
+            identity: f.identity,
         })
         .collect()
 }
@@ -129,11 +130,38 @@ pub(super) fn checks(
                 .iter()
                 .any(|d| &&d.name == s && d.issue.is_some())
         });
-        let key = match cert {
-            Some(c) => format!("{p}cert-{c}-container"),
-            None => format!("{p}file-{}", f.name),
+        let key = match (cert, f.identity) {
+            (_, Some(_)) => format!("{p}identity-files"),
+            (Some(c), None) => format!("{p}cert-{c}-container"),
+            (None, None) => format!("{p}file-{}", f.name),
         };
-        find(key.clone(), &f.container)?;
+        let c = find(key.clone(), &f.container)?;
+        if f.identity.is_some() {
+            // The rule of GET /v1/identity: only the uids of keyward.io/identity-uids may have
+            // the SVID's private key. A file cannot tell who opens it: the container must run
+            // as one of them (its runAsUser, else the pod's).
+            let uid = c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
+            let allowed = settings.identity_uids.as_deref().unwrap_or(&[]);
+            let ok = uid
+                .and_then(|u| u32::try_from(u).ok())
+                .is_some_and(|u| allowed.contains(&u));
+            if !ok {
+                return Err(AnnotationError {
+                    key,
+                    problem: format!(
+                        "container '{}' must run as a uid of keyward.io/identity-uids ({}) to get the SVID's files: set its securityContext.runAsUser (or the pod's), got {}",
+                        f.container,
+                        allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                        uid.map_or("none".to_owned(), |u| u.to_string())
+                    ),
+                }
+                .into());
+            }
+        }
         if !seen.insert((f.container.as_str(), f.path.as_str())) {
             return Err(AnnotationError {
                 key,
@@ -588,5 +616,44 @@ mod tests {
             assert_eq!(e.key, key, "{annotations:?}: {e}");
             assert!(e.problem.contains(says), "{annotations:?}: {e}");
         }
+    }
+
+    /// The SVID's files go only into a container that runs as a uid of identity-uids (the rule
+    /// of GET /v1/identity), and a certificate's into the container its -container names.
+    #[test]
+    fn svid_files_need_a_container_of_an_allowed_uid_and_cert_files_their_container() {
+        let mesh = [
+            ("inbound", "8443:8080"),
+            ("inbound-allow-8443", "spiffe://cluster.local/ns/shop/sa/*"),
+            ("identity-uids", "1000"),
+            ("identity-files", "app"),
+        ];
+        let as_uid = |uid: Option<i64>| {
+            let mut c = app();
+            if let Some(u) = uid {
+                c[0]["securityContext"] = json!({"runAsUser": u});
+            }
+            c
+        };
+        let pod = run(&mesh, as_uid(Some(1000))).expect("admitted");
+        let config = pod.to_string();
+        for f in ["svid.crt", "svid.key", "svid-bundle.crt"] {
+            assert!(config.contains(f), "{f}");
+        }
+        for uid in [Some(1001), None] {
+            let e = refused(&mesh, as_uid(uid));
+            assert_eq!(e.key, "keyward.io/identity-files", "{uid:?}: {e}");
+            assert!(e.problem.contains("identity-uids (1000)"), "{e}");
+        }
+        let e = refused(
+            &[
+                ("cert-web", "pki_web/issue/web"),
+                ("cert-web-common-name", "web.shop.svc"),
+                ("cert-web-container", "nope"),
+            ],
+            app(),
+        );
+        assert_eq!(e.key, "keyward.io/cert-web-container", "{e}");
+        assert!(e.problem.contains("no container named 'nope'"), "{e}");
     }
 }
