@@ -106,12 +106,13 @@ async fn psql_reconnects_as_the_new_role_after_the_lease_is_refetched_the_dsn_fi
     };
 
     // psql is connected as the role in the file.
-    let first = keyward_testkit::eventually(LONG, "psql connected as the file's role", || {
+    let first = keyward_e2e::eventually(LONG, "psql connected as the file's role", || {
         let s = sessions(&pg);
         let u = read_user();
         async move { (s.len() == 1 && Some(&s[0]) == u.as_ref()).then(|| s[0].clone()) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}: sessions {:?}\n{}", sessions(&pg), logs(&pods)));
     assert!(pg.vault_roles().contains(&first), "a role Vault created");
     let meta = std::fs::metadata(&file).expect("the DSN file");
     assert_eq!(meta.permissions().mode() & 0o777, 0o440);
@@ -119,13 +120,14 @@ async fn psql_reconnects_as_the_new_role_after_the_lease_is_refetched_the_dsn_fi
 
     // The lease is re-fetched: a new role, the file names it, psql was restarted and is
     // connected as it; the old session is gone.
-    let second = keyward_testkit::eventually(LONG, "psql reconnected as a new role", || {
+    let second = keyward_e2e::eventually(LONG, "psql reconnected as a new role", || {
         let s = sessions(&pg);
         let u = read_user();
         let new = s.len() == 1 && s[0] != first && Some(&s[0]) == u.as_ref();
         async move { new.then(|| s[0].clone()) }
     })
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{e}: sessions {:?}\n{}", sessions(&pg), logs(&pods)));
     let dsn = std::fs::read_to_string(&file).expect("the DSN file");
     assert!(dsn.contains(&format!("user={second} ")), "{}", logs(&pods));
 
