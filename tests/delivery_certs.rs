@@ -822,3 +822,42 @@ async fn the_workload_svid_as_files_is_rendered_and_kept_current() {
         }
     }
 }
+
+/// A name the PKI role does not allow: Vault refuses the issue, the sidecar is not ready and
+/// says why (the secret and Vault's reason), the refusal is recorded, and no file is written.
+#[tokio::test]
+async fn a_name_the_role_refuses_holds_readiness_naming_why_and_writes_nothing() {
+    let v = pki_vault().await;
+    let vol = tempfile::tempdir().expect("tempdir");
+    let dir = files_dir(vol.path(), "app");
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        &cert_config(&dir, "1h").replace("web.shop.svc.cluster.local", "web.elsewhere.example"),
+        &[],
+    );
+    let refused = eventually(LONG, "the refused issue recorded", || async {
+        b.audit_records()
+            .into_iter()
+            .find(|r| r["action"] == "vault.fetch" && r["decision"] == "error")
+    })
+    .await;
+    assert_eq!(refused["secret"], "web", "{refused}");
+    eventually(LONG, "the broker's socket listening", || async {
+        std::os::unix::net::UnixStream::connect(&b.socket).ok()
+    })
+    .await;
+    let ready = b.get("/v1/health/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("secret web not fetched yet")
+            && ready.body.contains("web.elsewhere.example"),
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "nothing written"
+    );
+}
