@@ -122,7 +122,8 @@ async fn configure_jwt(bao: &Bao, cluster: &Cluster) {
     .await;
 }
 
-/// docs/vault-setup.md section 3: a jwt role bound to the namespace and service account.
+/// docs/vault-setup.md section 3: a jwt role bound to the namespace and service account, one
+/// entity alias per pod (the token is bound to its Pod, whose uid is the user claim).
 async fn jwt_role(bao: &Bao, mount: &str, name: &str, ns: &str, sa: &str) {
     bao.api(
         "POST",
@@ -130,7 +131,8 @@ async fn jwt_role(bao: &Bao, mount: &str, name: &str, ns: &str, sa: &str) {
         Some(json!({
             "role_type": "jwt",
             "bound_audiences": ["vault"],
-            "user_claim": "sub",
+            "user_claim": "/kubernetes.io/pod/uid",
+            "user_claim_json_pointer": true,
             "bound_claims_type": "string",
             "bound_claims": {"/kubernetes.io/namespace": ns,
                              "/kubernetes.io/serviceaccount/name": sa},
