@@ -90,7 +90,15 @@ impl Network {
     /// namespaces are not available.
     pub fn create() -> Result<Network> {
         reap_stale();
-        let prefix = format!("kw{}", std::process::id());
+        // Several networks in one process (the shop's node host and a node agent's) get
+        // distinct namespace names; every name still starts `kw{pid}-`.
+        static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = if nth == 0 {
+            format!("kw{}", std::process::id())
+        } else {
+            format!("kw{}-n{nth}", std::process::id())
+        };
         let root = nix::unistd::Uid::effective().is_root();
         let has_ip = Command::new("ip")
             .arg("-V")

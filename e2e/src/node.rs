@@ -609,6 +609,78 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The agent's stand-in for `kubectl exec` (it serves no kubelet API): runs `argv` in a
+    /// running container's mount, UTS, network and PID namespaces with its main process's
+    /// environment, uid, gid and groups (read from /proc). (exit code, stdout, stderr).
+    pub async fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: &[&str],
+    ) -> Result<(i32, String, String)> {
+        let pid = self
+            .pids(namespace, pod)
+            .into_iter()
+            .find(|(n, _)| n == container)
+            .map(|p| p.1)
+            .ok_or_else(|| {
+                Error::Setup(format!(
+                    "no running container {container} in pod {namespace}/{pod} on this node"
+                ))
+            })?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(Error::io(format!("reading /proc/{pid}/status")))?;
+        let field = |name: &str| -> Vec<String> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let (uid, gid) = (field("Uid:"), field("Gid:"));
+        let (Some(uid), Some(gid)) = (uid.first(), gid.first()) else {
+            return Err(Error::Setup(format!("/proc/{pid}/status has no Uid/Gid")));
+        };
+        let groups = field("Groups:").join(",");
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))
+            .map_err(Error::io(format!("reading /proc/{pid}/environ")))?;
+        let env: Vec<(String, String)> = environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                let (k, v) = kv.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        let mut cmd = tokio::process::Command::new("nsenter");
+        cmd.arg(format!("--target={pid}"))
+            .args(["--mount", "--uts", "--net", "--pid", "--wd=/", "--"])
+            .arg("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"));
+        if groups.is_empty() {
+            cmd.arg("--clear-groups");
+        } else {
+            cmd.arg(format!("--groups={groups}"));
+        }
+        let out = cmd
+            .arg("--")
+            .args(argv)
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(Error::io("running nsenter"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// The `/etc/hosts` the pods see now.
     pub fn hosts_file(&self) -> String {
         std::fs::read_to_string(&self.shared.hosts_file).unwrap_or_default()

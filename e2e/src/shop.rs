@@ -138,6 +138,24 @@ impl Shop {
     /// Starts the node servers, configures OpenBao, injects the examples and runs the pods.
     /// `say` narrates each step.
     pub async fn up(tools: Tools, say: &dyn Fn(&str)) -> Result<Shop> {
+        let mut shop = Self::servers(tools, say).await?;
+        say(&format!(
+            "keyward inject --config {0}/injector-config.yaml -f {0}/shop/*.yaml",
+            shop.tools.examples.display()
+        ));
+        shop.injected = inject(&shop.tools)?;
+        let manifests = Manifests::parse(&shop.injected)?;
+        say(&format!(
+            "starting {} pods, each in its own network namespace: sidecar first, apps after its startupProbe",
+            manifests.pods.len()
+        ));
+        shop.cluster.apply(&manifests, NODE_NAMES).await?;
+        Ok(shop)
+    }
+
+    /// The shop without its pods: PostgreSQL and OpenBao on the node host, configured (the
+    /// pods run elsewhere, as on tests/cluster_shop.rs's node agent).
+    pub async fn servers(tools: Tools, say: &dyn Fn(&str)) -> Result<Shop> {
         let cluster = Cluster::new(&[(KEYWARD_IMAGE.to_owned(), tools.keyward.clone())])?;
         let node = cluster.node.clone();
         say(&format!(
@@ -172,7 +190,7 @@ impl Shop {
         let bao_proc = NodeProc { child: bao_child };
         let bao_fwd = Forward::start(node.clone(), SocketAddr::new(node.ip.into(), 8200)).await?;
         let bao = Bao::connect(&format!("http://{}", bao_fwd.local), "root");
-        let mut shop = Shop {
+        let shop = Shop {
             bao,
             pg_port,
             injected: String::new(),
@@ -211,17 +229,6 @@ impl Shop {
         )?;
         say("OpenBao: jwt auth trusting the runner's service-account issuer, roles frontend/orders/client, KV, database engine, PKI");
         shop.configure_vault().await?;
-        say(&format!(
-            "keyward inject --config {0}/injector-config.yaml -f {0}/shop/*.yaml",
-            shop.tools.examples.display()
-        ));
-        shop.injected = inject(&shop.tools)?;
-        let manifests = Manifests::parse(&shop.injected)?;
-        say(&format!(
-            "starting {} pods, each in its own network namespace: sidecar first, apps after its startupProbe",
-            manifests.pods.len()
-        ));
-        shop.cluster.apply(&manifests, NODE_NAMES).await?;
         Ok(shop)
     }
 
