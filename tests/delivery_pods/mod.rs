@@ -18,7 +18,7 @@ use keyward_e2e::net::Expose;
 use keyward_e2e::pod::Pod;
 use keyward_e2e::shop::{KEYWARD_IMAGE, NODE_NAMES};
 use keyward_testkit::bao::Bao;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub const KEYWARD: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -81,19 +81,7 @@ impl Pods {
             cluster,
         };
         pods.expose(8200, pods.bao.port()).await;
-        pods.bao
-            .api("POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
-            .await;
-        pods.bao
-            .api(
-                "POST",
-                "auth/jwt/config",
-                Some(json!({
-                    "jwt_validation_pubkeys": [pods.cluster.issuer.public_pem],
-                    "bound_issuer": keyward_testkit::jwt::ISSUER,
-                })),
-            )
-            .await;
+        pods.cluster.issuer.configure(&pods.bao).await;
         pods
     }
 
@@ -114,22 +102,7 @@ impl Pods {
             "{hcl}\npath \"sys/leases/renew\" {{ capabilities = [\"update\"] }}\npath \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n"
         );
         self.bao.policy(sa, &policy).await;
-        self.bao
-            .api(
-                "POST",
-                &format!("auth/jwt/role/{sa}"),
-                Some(json!({
-                    "role_type": "jwt",
-                    "bound_audiences": ["vault"],
-                    "user_claim": "sub",
-                    "bound_claims_type": "string",
-                    "bound_claims": {"/kubernetes.io/namespace": ns, "/kubernetes.io/serviceaccount/name": sa},
-                    "token_ttl": "10m",
-                    "token_max_ttl": "1h",
-                    "token_policies": [sa],
-                })),
-            )
-            .await;
+        keyward_testkit::jwt::role(&self.bao, sa, ns, sa, "10m", "1h", &[sa]).await;
     }
 
     /// Runs the pods of an injected stream (each started as a kubelet would: sidecar, its
