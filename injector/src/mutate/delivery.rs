@@ -656,4 +656,56 @@ mod tests {
         assert_eq!(e.key, "keyward.io/cert-web-container", "{e}");
         assert!(e.problem.contains("no container named 'nope'"), "{e}");
     }
+
+    /// A certificate: the sidecar's config (contract version 3, valid) has the secret with its
+    /// issue block and the three files in the container's volume, which only that container
+    /// mounts.
+    #[test]
+    fn a_certificate_gives_a_version_3_config_with_the_issue_and_its_files_in_the_container_volume()
+    {
+        let pod = run(
+            &[
+                ("cert-web", "pki_web/issue/web"),
+                ("cert-web-common-name", "web.shop.svc"),
+                ("cert-web-alt-names", "web"),
+                ("cert-web-ttl", "1h"),
+                ("cert-web-container", "other"),
+            ],
+            app(),
+        )
+        .expect("admitted");
+        let sidecar = &pod["spec"]["initContainers"][0];
+        let text = sidecar["env"][0]["value"].as_str().expect("config");
+        assert!(text.starts_with("version: 3\n"), "{text}");
+        let config = keyward_config::SidecarConfig::from_yaml(text).expect("loads");
+        config.validate().expect("valid");
+        let web = config.secret("web").expect("secret web");
+        assert_eq!(
+            web.issue.as_ref().map(|i| i.common_name.as_str()),
+            Some("web.shop.svc")
+        );
+        let files: Vec<(&str, &str)> = config
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.key.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("web.crt", "certificate"),
+                ("web.ca.crt", "ca_chain"),
+                ("web.key", "private_key"),
+            ]
+        );
+        assert!(config
+            .files
+            .iter()
+            .all(|f| f.dir.to_str() == Some("/run/keyward-files/other")));
+        let volume = format!("{FILES_VOLUME_PREFIX}1");
+        assert!(!pod["spec"]["containers"][0].to_string().contains(&volume));
+        assert!(pod["spec"]["containers"][1]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .contains(&json!({"name": volume, "mountPath": FILES_DIR, "readOnly": true})));
+    }
 }
