@@ -175,6 +175,57 @@ impl Named {
     }
 }
 
+/// The chain members of a local log's line that is exactly what the writer writes — a line in
+/// the writer's form ([`crate::written`]) from its first byte to its last, whose content
+/// matches its hash — without parsing it into a value. `None`: anything else, which
+/// [`checked_head`] then checks and names.
+fn written_intact(text: &str) -> Option<Head> {
+    if !(text.starts_with('{') && text.ends_with('}')) {
+        return None;
+    }
+    // Only the writer's form itself: no envelope, no other way of reading the line.
+    let w = crate::written::written_record(text)?;
+    let p = Parsed {
+        chain: w.chain,
+        seq: w.seq,
+        prev: w.prev,
+        hash: w.hash,
+        prev_chain: w.prev_chain.and_then(|t| serde_json::from_str(t).ok()),
+        pod: None,
+        content: w.content,
+    };
+    if !p.intact() {
+        return None;
+    }
+    // The body is the canonical text and the line ends with `,"hash":"<hex>"}`: the line is
+    // `line_of(body, hash)`, as `checked_head` requires.
+    Some(Head {
+        chain: p.chain.map(Cow::into_owned).unwrap_or_default(),
+        seq: p.seq,
+        prev: p.prev.into_owned(),
+        hash: p.hash.into_owned(),
+        prev_chain: p.prev_chain,
+    })
+}
+
+/// The chain members of a local log's line, parsed and canonicalised: the line must be a
+/// record whose content matches its hash, written in the canonical form.
+fn checked_head(text: &str) -> Result<Head, String> {
+    let map: Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| format!("not an audit record: {e}"))?;
+    let head = head_of(&map).ok_or_else(|| {
+        "not an audit record: no numeric seq, or no prev or hash string".to_owned()
+    })?;
+    let body = canonical_without_hash(&map);
+    if record_hash(&map) != head.hash {
+        return Err("content does not match its hash (the line was edited)".into());
+    }
+    if line_of(&body, &head.hash) != text {
+        return Err("not in the canonical form the log writes (the line was rewritten)".into());
+    }
+    Ok(head)
+}
+
 /// Verifies the log file at `path`.
 pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
     let file = std::fs::File::open(path)?;
@@ -201,22 +252,10 @@ pub fn verify_reader(reader: impl BufRead) -> Result<VerifyReport, VerifyError> 
         if text.is_empty() {
             return Err(broken("empty line".into()));
         }
-        let map: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| broken(format!("not an audit record: {e}")))?;
-        let head = head_of(&map).ok_or_else(|| {
-            broken("not an audit record: no numeric seq, or no prev or hash string".into())
-        })?;
-        let body = canonical_without_hash(&map);
-        if record_hash(&map) != head.hash {
-            return Err(broken(
-                "content does not match its hash (the line was edited)".into(),
-            ));
-        }
-        if line_of(&body, &head.hash) != text {
-            return Err(broken(
-                "not in the canonical form the log writes (the line was rewritten)".into(),
-            ));
-        }
+        let head = match written_intact(text) {
+            Some(head) => head,
+            None => checked_head(text).map_err(broken)?,
+        };
         match &current {
             Some(c) if c.chain == head.chain => {
                 if head.seq != c.seq + 1 {
@@ -927,7 +966,8 @@ mod tests {
     /// What `crate::written` promises: a line read in place gives the same record, chain
     /// members and hash as parsing it and canonicalising it through the JCS crate; the writer's
     /// lines are all read in place; and no change to a line (each byte changed, characters
-    /// put in or taken out) makes the two ways disagree.
+    /// put in or taken out) makes the two ways disagree. The same for the local log's check
+    /// (`verify_reader`): what it accepts without parsing, the full check accepts.
     #[test]
     fn the_written_form_reads_as_the_general_way() {
         let written = varied_lines();
@@ -997,6 +1037,8 @@ mod tests {
             format!("{},\"hash\":\"{}\",\"z\":1}}", &first[..hash_at], "a".repeat(64)),
             format!("{{\"hash\":\"x\",{}", &first[1..]),
             format!("{first}x"),
+            format!("{first} "),
+            format!("{first}\r"),
             format!("{first}\u{b}"),
             format!("{first}}}"),
             format!("x{{{first}"),
@@ -1031,8 +1073,26 @@ mod tests {
             }
         }
         let mut read_in_place = 0;
+        for l in &written {
+            assert!(written_intact(l).is_some(), "the local log's own line: {l}");
+        }
         for v in &variants {
             read_in_place += usize::from(same_both_ways(v));
+            // The local log's check without parsing accepts only what the full check accepts.
+            if let Some(h) = written_intact(v) {
+                let full = checked_head(v).unwrap_or_else(|e| panic!("{e}: {v}"));
+                assert_eq!(
+                    (&h.chain, h.seq, &h.prev, &h.hash, &h.prev_chain),
+                    (
+                        &full.chain,
+                        full.seq,
+                        &full.prev,
+                        &full.hash,
+                        &full.prev_chain
+                    ),
+                    "{v}"
+                );
+            }
             // Whatever way it is read, the verifier takes the same record.
             assert_eq!(
                 parse_line(v).map(|p| (p.seq, p.content)),
