@@ -305,6 +305,31 @@ fn mounts(c: &Value) -> Vec<(String, String, bool)> {
         .unwrap_or_default()
 }
 
+/// `kubernetes-validate --strict` (scripts/deps.sh all installs it) passes every object of `file`.
+#[track_caller]
+fn kube_validate(file: &std::path::Path) {
+    let tool = keyward_testkit::tools::tool(
+        "KEYWARD_KUBE_VALIDATE",
+        "kubevalidate-venv/bin/kubernetes-validate",
+        "scripts/deps.sh all",
+    );
+    let out = std::process::Command::new(tool)
+        .arg("--strict")
+        .arg(file)
+        .output()
+        .expect("run kubernetes-validate");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && all.lines().all(|l| l.is_empty() || l.starts_with("INFO")),
+        "kubernetes-validate --strict {}:\n{all}",
+        file.display()
+    );
+}
+
 #[test]
 fn every_example_of_examples_delivery_is_admitted_and_delivers_its_kind() {
     let dir = delivery_pods::examples().join("delivery");
@@ -322,6 +347,12 @@ fn every_example_of_examples_delivery_is_admitted_and_delivers_its_kind() {
         let text = std::fs::read_to_string(&path).expect("example");
         let (code, injected, err) = delivery_pods::inject_output(&text);
         assert_eq!(code, 0, "{kind}: keyward inject refused it: {err}");
+        // The example and what the injector made of it are valid Kubernetes objects.
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(out.path(), &injected).expect("write the injected stream");
+        for file in [path.as_path(), out.path()] {
+            kube_validate(file);
+        }
         let pods = injected_pods(&injected);
         assert_eq!(pods.len(), 1, "{kind}: one app");
         let (pod, config) = &pods[0];
