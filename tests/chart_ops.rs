@@ -669,3 +669,23 @@ fn vault_namespace_server_name_and_client_certificate_reach_the_injector_config(
 fn text_of(out: &Output) -> String {
     text(out)
 }
+
+#[test]
+fn a_pods_vault_namespace_annotation_is_allowed_only_by_the_charts_policy_value() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let config = |args: &[&str]| {
+        let d = strict_docs(&render(scratch.path(), args));
+        let text = find(&d, "ConfigMap").expect("ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .expect("config.yaml")
+            .to_owned();
+        keyward_injector::config::InjectorConfig::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("the injector loads the rendered config: {e}\n{text}"))
+    };
+    assert!(!config(&[]).policy.allow_pod_vault_namespace);
+    assert!(
+        config(&["--set", "policy.allowPodVaultNamespace=true"])
+            .policy
+            .allow_pod_vault_namespace
+    );
+}

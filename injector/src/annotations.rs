@@ -25,6 +25,7 @@ const FIXED_KEYS: &[&str] = &[
     "inject",
     "status",
     "role",
+    "vault-namespace",
     "inbound",
     "log-level",
     "kv-refresh",
@@ -141,6 +142,9 @@ pub struct ResourceOverrides {
 pub struct PodSettings {
     /// Vault role (`keyward.io/role`); the sidecar defaults to the service account name.
     pub role: Option<String>,
+    /// Vault namespace (`keyward.io/vault-namespace`), where the injector's
+    /// `policy.allow_pod_vault_namespace` allows it; else the injector's `vault.namespace`.
+    pub vault_namespace: Option<String>,
     /// Secrets, ordered by name.
     pub secrets: Vec<SecretSpec>,
     /// Inbound mTLS ports, ordered by TLS port.
@@ -326,6 +330,18 @@ pub fn parse_settings(
         match suffix {
             "inject" | "status" => {}
             "role" => settings.role = Some(parse_role(key, value)?),
+            "vault-namespace" => {
+                if !keyward_config::valid_vault_namespace(value) {
+                    return Err(AnnotationError::new(
+                        key,
+                        format!(
+                            "expected a Vault namespace (path segments of [A-Za-z0-9_.-] joined \
+                             by '/'), got '{value}'"
+                        ),
+                    ));
+                }
+                settings.vault_namespace = Some(value.clone());
+            }
             "inbound" => inbound_value = Some(entry),
             "log-level" => {
                 settings.log_level = Some(LogLevel::parse(value).ok_or_else(|| {

@@ -156,6 +156,9 @@ pub struct PolicyConfig {
     /// annotation is refused (and the chart drops the label opt-out from the webhook's
     /// objectSelector).
     pub allow_opt_out: bool,
+    /// Let a pod choose its Vault namespace with `keyward.io/vault-namespace` (default false:
+    /// the annotation is refused and every sidecar uses `vault.namespace`).
+    pub allow_pod_vault_namespace: bool,
 }
 
 impl Default for PolicyConfig {
@@ -165,6 +168,7 @@ impl Default for PolicyConfig {
             min_kv_refresh: "1s".to_owned(),
             allow_trust_domain_wide_patterns: false,
             allow_opt_out: true,
+            allow_pod_vault_namespace: false,
         }
     }
 }

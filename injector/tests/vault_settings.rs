@@ -189,3 +189,61 @@ fn the_built_in_default_image_is_the_release_digest() {
         .validate()
         .expect("the default validates");
 }
+
+/// The outcome of a pod with `annotations` under `cfg`: the sidecar config, or the error.
+fn try_inject(cfg: &InjectorConfig, annotations: Value) -> Result<SidecarConfig, String> {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }))
+    .expect("pod");
+    let spec = pod.spec.clone().expect("spec");
+    let view = PodView {
+        namespace: Some("shop"),
+        metadata: &pod.metadata,
+        spec: &spec,
+    };
+    match mutate(view, cfg).map_err(|e| e.to_string())? {
+        Outcome::Patch(ops) => Ok(sidecar_config(
+            serde_json::to_value(&ops)
+                .expect("json")
+                .as_array()
+                .expect("ops"),
+        )),
+        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
+    }
+}
+
+#[test]
+fn a_pods_vault_namespace_is_refused_unless_the_operator_allows_it_and_then_replaces_the_clusters()
+{
+    let pod_ns =
+        json!({"keyward.io/secret-db": "secret/data/db", "keyward.io/vault-namespace": "team-b"});
+    let cfg = InjectorConfig::from_yaml("vault: {addr: 'https://vault:8200', namespace: team-a}\n")
+        .expect("config");
+    let e = try_inject(&cfg, pod_ns.clone()).expect_err("not allowed by default");
+    assert!(
+        e.contains("keyward.io/vault-namespace") && e.contains("policy.allow_pod_vault_namespace"),
+        "{e}"
+    );
+    // Without the annotation: the cluster's namespace.
+    let c = try_inject(&cfg, json!({"keyward.io/secret-db": "secret/data/db"})).expect("pod");
+    assert_eq!(c.vault.namespace.as_deref(), Some("team-a"));
+    let allowed = InjectorConfig::from_yaml(
+        "vault: {addr: 'https://vault:8200', namespace: team-a}\npolicy: {allow_pod_vault_namespace: true}\n",
+    )
+    .expect("config");
+    let c = try_inject(&allowed, pod_ns).expect("allowed");
+    assert_eq!(c.vault.namespace.as_deref(), Some("team-b"));
+    assert_eq!(c.version, 2, "the namespace was in contract version 1");
+    // A value that is not a namespace is refused naming the annotation, allowed or not.
+    let e = try_inject(
+        &allowed,
+        json!({"keyward.io/secret-db": "secret/data/db", "keyward.io/vault-namespace": "../root"}),
+    )
+    .expect_err("not a namespace");
+    assert!(
+        e.contains("keyward.io/vault-namespace") && e.contains("../root"),
+        "{e}"
+    );
+}

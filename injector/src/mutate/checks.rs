@@ -53,6 +53,16 @@ pub(super) fn policy(
             }
         }
     }
+    if settings.vault_namespace.is_some() && !policy.allow_pod_vault_namespace {
+        return Err(AnnotationError {
+            key: format!("{}vault-namespace", annotations::PREFIX),
+            problem: "a per-pod Vault namespace is not allowed in this cluster (the injector's \
+                      policy.allow_pod_vault_namespace is false; every sidecar uses its \
+                      vault.namespace)"
+                .to_owned(),
+        }
+        .into());
+    }
     if let Some(d) = settings.kv_refresh {
         let min = policy.min_kv_refresh();
         if d < min {

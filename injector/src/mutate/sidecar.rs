@@ -68,7 +68,12 @@ pub fn sidecar_config(
                 .as_ref()
                 .map(|_| PathBuf::from(format!("{CA_DIR}/ca.crt"))),
             allow_insecure_http: cfg.vault.allow_insecure_http,
-            namespace: cfg.vault.namespace.clone(),
+            // The pod's annotation (allowed by policy.allow_pod_vault_namespace, checked
+            // before), else the injector's.
+            namespace: settings
+                .vault_namespace
+                .clone()
+                .or_else(|| cfg.vault.namespace.clone()),
             tls_server_name: cfg.vault.tls_server_name.clone(),
             client_cert_file: cfg
                 .vault
