@@ -7,7 +7,8 @@
 # Not part of scripts/test.sh (it is slow: each mutant is a build plus a test run).
 #
 # Usage: scripts/mutants.sh [SCOPE...]     SCOPE: audit identity config injector authz svid policy
-#                                          access (default: all), audit-claims (a part of audit)
+#                                          access (default: all); parts of audit: audit-claims =
+#                                          audit-verify audit-checkpoints audit-segments audit-writer
 #   scripts/mutants.sh --install-only       only install cargo-mutants
 # Environment:
 #   KEYWARD_MUTANTS_JOBS   parallel mutant builds (default 1: the machine is shared)
@@ -62,13 +63,19 @@ install_mutants
 # cost a build and a link per mutant.
 declare -A scope=(
   [audit]="-p keyward-audit"
-  # The files behind the audit claims (the chain and its verify, RFC 8785 hashing, segments and
-  # retention, checkpoint comparison), without the report/query CLI: the quick audit pass.
-  # Reading checkpoints from Vault (VaultReader, checkpoints::run) is left to the OpenBao tests
-  # in tests/, which cargo-mutants does not run for this crate.
+  # The files behind the audit claims, without the report/query CLI: audit-claims is all four
+  # parts below (one run: cargo-mutants takes files in module order, so verify.rs comes last;
+  # the parts let the most important run first on a busy machine). Reading checkpoints from
+  # Vault (VaultReader, checkpoints::run) is left to the OpenBao tests in tests/, which
+  # cargo-mutants does not run for this crate.
   [audit-claims]="-p keyward-audit --file audit/src/canon.rs --file audit/src/verify.rs
     --file audit/src/checkpoints.rs --file audit/src/sink.rs --file audit/src/lib.rs
     --exclude-re VaultReader|CheckpointArgs|\srun\s|in\srun$"
+  [audit-verify]="-p keyward-audit --file audit/src/verify.rs --file audit/src/canon.rs"
+  [audit-checkpoints]="-p keyward-audit --file audit/src/checkpoints.rs
+    --exclude-re VaultReader|CheckpointArgs|\srun\s|in\srun$"
+  [audit-segments]="-p keyward-audit --file audit/src/sink.rs"
+  [audit-writer]="-p keyward-audit --file audit/src/lib.rs"
   [identity]="-p keyward-identity"
   [config]="-p keyward-config"
   [injector]="-p keyward-injector --file injector/src/annotations.rs --cargo-arg=--lib
@@ -81,7 +88,7 @@ declare -A scope=(
   [access]="-p keyward-broker --file broker/src/access.rs"
 )
 all=(audit identity config injector authz svid policy access)
-known=("${all[@]}" audit-claims)
+known=("${all[@]}" audit-claims audit-verify audit-checkpoints audit-segments audit-writer)
 order=("${all[@]}")
 [ $# -gt 0 ] && order=("$@")
 for c in "${order[@]}"; do [ -n "${scope[$c]:-}" ] || die "unknown scope '$c' (${known[*]})"; done

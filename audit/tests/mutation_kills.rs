@@ -1,0 +1,256 @@
+//! Tests added for the mutants `scripts/mutants.sh audit-claims` found alive (docs/testing.md,
+//! "Mutation testing"): each names the behaviour a surviving mutant broke without a test failing.
+
+use std::path::{Path, PathBuf};
+
+use keyward_audit::{AuditConfig, AuditLog, Decision, Record, Retention};
+
+fn config(path: &Path) -> AuditConfig {
+    AuditConfig {
+        path: path.to_owned(),
+        stdout: false,
+        hmac_key: None,
+        fsync: false,
+    }
+}
+
+/// `open_with` creates the log's directory before it measures the volume (`!` deleted in its
+/// parent filter: the volume of a directory not created yet cannot be read, and the budget
+/// fell back to 64 MiB on a 1 MiB volume).
+#[test]
+fn the_budget_is_taken_from_the_volume_even_when_the_logs_directory_does_not_exist_yet() {
+    let disk = Tmpfs::mount("1m");
+    let path = disk.path().join("not/yet/there/audit.log");
+    let log = AuditLog::open(config(&path)).expect("open");
+    assert_eq!(log.budget(), 512 * 1024, "half of the 1 MiB volume");
+    let log = AuditLog::open_with(
+        config(&disk.path().join("also/new/audit.log")),
+        Retention {
+            volume_percent: 25,
+            ..Retention::default()
+        },
+    )
+    .expect("open");
+    assert_eq!(log.budget(), 256 * 1024);
+    log.record(&Record::new("secret.read", Decision::Allow))
+        .expect("record");
+}
+
+/// A tmpfs mounted for one test (the tests run as root, as CI does).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test mounts a tmpfs and must run as root (CI does)"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// The records of the log's active file, parsed.
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("read log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record"))
+        .collect()
+}
+
+/// `head` is what a Vault checkpoint anchors: the seq and hash of this chain's last record
+/// (`Ok((0, ""))` survived: nothing compared it with the file).
+#[test]
+fn head_is_the_seq_and_hash_of_the_last_record_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("audit.log");
+    let log = AuditLog::open(config(&path)).expect("open");
+    assert_eq!(
+        log.head().expect("head"),
+        (0, keyward_audit::GENESIS.to_owned()),
+        "before the first record"
+    );
+    for _ in 0..3 {
+        log.record(&Record::new("secret.read", Decision::Allow))
+            .expect("record");
+    }
+    let written = lines(&path);
+    let last = written.last().expect("three records");
+    assert_eq!(
+        log.head().expect("head"),
+        (3, last["hash"].as_str().expect("hash").to_owned())
+    );
+}
+
+/// Hand-made records in the writer's form (canonical body, `hash` last), chained.
+struct Chain {
+    id: String,
+    lines: Vec<String>,
+    head: String,
+}
+
+/// The line the writer writes for `body` (a record without `hash`).
+fn line(body: serde_json::Map<String, serde_json::Value>) -> (String, String) {
+    let hash = keyward_audit::record_hash(&body);
+    let text = keyward_audit::canonical(&serde_json::Value::Object(body));
+    let line = format!(
+        "{},\"hash\":\"{hash}\"}}",
+        text.strip_suffix('}').expect("an object")
+    );
+    (line, hash)
+}
+
+/// A chain `id` of `n` records; its first names `prev_chain` when given.
+fn chain(id: &str, n: u64, prev_chain: Option<serde_json::Value>) -> Chain {
+    let mut prev = keyward_audit::GENESIS.to_owned();
+    let mut lines = Vec::new();
+    for seq in 1..=n {
+        let mut body = serde_json::Map::new();
+        body.insert("action".into(), "secret.read".into());
+        body.insert("chain".into(), id.into());
+        body.insert("decision".into(), "allow".into());
+        body.insert("prev".into(), prev.clone().into());
+        body.insert("seq".into(), seq.into());
+        if seq == 1 {
+            if let Some(l) = &prev_chain {
+                body.insert("prev_chain".into(), l.clone());
+            }
+        }
+        let (text, hash) = line(body);
+        lines.push(text);
+        prev = hash;
+    }
+    Chain {
+        id: id.to_owned(),
+        lines,
+        head: prev,
+    }
+}
+
+fn verify_lines(lines: &[&Chain]) -> Result<keyward_audit::VerifyReport, String> {
+    let text: String = lines
+        .iter()
+        .flat_map(|c| c.lines.iter())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    keyward_audit::verify_reader(std::io::Cursor::new(text)).map_err(|e| e.to_string())
+}
+
+/// A new chain must name the chain before it by id, last seq *and* hash (`&&` → `||` before
+/// the hash survived: a link with the right hash and a wrong seq or chain was accepted).
+#[test]
+fn a_chain_link_naming_the_right_hash_but_another_seq_or_chain_is_refused() {
+    let a = chain("aaaa", 2, None);
+    let good = chain(
+        "bbbb",
+        2,
+        Some(serde_json::json!({"chain": a.id, "seq": 2, "hash": a.head})),
+    );
+    let report = verify_lines(&[&a, &good]).expect("a correct link verifies");
+    assert_eq!(report.records, 4);
+    assert_eq!(report.head, good.head);
+
+    let wrong_seq = chain(
+        "bbbb",
+        2,
+        Some(serde_json::json!({"chain": a.id, "seq": 7, "hash": a.head})),
+    );
+    let err = verify_lines(&[&a, &wrong_seq]).expect_err("a link to seq 7 of a 2-record chain");
+    assert!(err.starts_with("line 3: "), "{err}");
+    assert!(err.contains("ended at seq 7"), "{err}");
+
+    let wrong_chain = chain(
+        "bbbb",
+        2,
+        Some(serde_json::json!({"chain": "cccc", "seq": 2, "hash": a.head})),
+    );
+    let err = verify_lines(&[&a, &wrong_chain]).expect_err("a link naming another chain");
+    assert!(err.starts_with("line 3: "), "{err}");
+
+    let wrong_hash = chain(
+        "bbbb",
+        2,
+        Some(serde_json::json!({"chain": a.id, "seq": 2, "hash": keyward_audit::GENESIS})),
+    );
+    verify_lines(&[&a, &wrong_hash]).expect_err("a link naming another hash");
+}
+
+/// Inputs are numbered in the order they are registered, and findings name them (`len() - 1`
+/// → `+ 1` or `/ 1`, and `source_name` → `""`, survived: nothing read the numbers or names).
+#[test]
+fn each_input_is_numbered_in_order_and_findings_name_it() {
+    let mut v = keyward_audit::ChainVerifier::new();
+    assert_eq!(v.source("first.log"), 0);
+    assert_eq!(v.source("second.log"), 1);
+    assert_eq!(v.source("third.log"), 2);
+    assert_eq!(v.source_name(0), "first.log");
+    assert_eq!(v.source_name(1), "second.log");
+    assert_eq!(v.source_name(2), "third.log");
+    assert_eq!(v.source_name(3), "?", "an input never registered");
+    // seq 2 removed: the gap names the two lines around it, in the input they came from.
+    let c = chain("aaaa", 3, None);
+    v.line(1, 1, &c.lines[0]);
+    v.line(1, 2, &c.lines[2]);
+    let reports = v.finish();
+    let what = &reports[0].findings[0].what;
+    assert!(
+        what.contains("between second.log line 1 and second.log line 2"),
+        "{what}"
+    );
+}
+
+/// `read` numbers lines from 1 (`+ 1` → `* 1` survived), and lines that hold no record are
+/// counted as skipped, blank ones not (`!` deleted, `+=` → `*=` survived: nothing read
+/// `skipped`).
+#[test]
+fn read_numbers_lines_from_one_and_counts_only_non_blank_lines_without_a_record() {
+    let c = chain("aaaa", 3, None);
+    let text = format!(
+        "another program's log line\n\n{}\n   \nnot json either\n{}\n",
+        c.lines[0], c.lines[2]
+    );
+    let mut v = keyward_audit::ChainVerifier::new();
+    let s = v.source("app.log");
+    v.read(s, std::io::Cursor::new(text)).expect("read");
+    assert_eq!(
+        v.skipped, 2,
+        "two lines that are not records; blank lines not counted"
+    );
+    let reports = v.finish();
+    let what = &reports[0].findings[0].what;
+    assert!(
+        what.contains("between app.log line 3 and app.log line 6"),
+        "{what}"
+    );
+}
