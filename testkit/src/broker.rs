@@ -112,11 +112,14 @@ impl BrokerProc {
         get(&self.socket, path).await
     }
 
-    /// Waits until `/v1/health/ready` answers 200.
+    /// Waits until `/v1/health/ready` answers 200. The socket file appears when the broker binds
+    /// it, a moment before it listens: a refused connection then means not ready yet.
     pub async fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if self.socket.exists() {
+            let listening = self.socket.exists()
+                && tokio::net::UnixStream::connect(&self.socket).await.is_ok();
+            if listening {
                 let a = self.get("/v1/health/ready").await;
                 if a.status == 200 {
                     return;
@@ -130,7 +133,11 @@ impl BrokerProc {
                     );
                 }
             } else if std::time::Instant::now() > deadline {
-                panic!("broker socket never appeared\nlog:\n{}", self.log());
+                panic!(
+                    "broker socket never accepted a connection ({})\nlog:\n{}",
+                    self.socket.display(),
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
