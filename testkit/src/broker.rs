@@ -117,8 +117,8 @@ impl BrokerProc {
     pub async fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let listening = self.socket.exists()
-                && tokio::net::UnixStream::connect(&self.socket).await.is_ok();
+            let listening =
+                self.socket.exists() && tokio::net::UnixStream::connect(&self.socket).await.is_ok();
             if listening {
                 let a = self.get("/v1/health/ready").await;
                 if a.status == 200 {
