@@ -11,7 +11,8 @@
 //!        audit --generate-only [--records N] [--chains C] [--cache DIR]   (only the export)
 //!
 //! Reports wall time, the CPU time of the child (user + system, from the `cutime`/`cstime` of
-//! `/proc/self/stat`), records per second and records per CPU-second, and the ratios.
+//! `/proc/self/stat`), records per second and records per CPU-second, the ratios, and the load
+//! average before and after the runs (the machine may be shared).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -218,6 +219,15 @@ fn timed(mut cmd: Command, out: &Path) -> Run {
     }
 }
 
+/// The load average (1, 5 and 15 minutes) from `/proc/loadavg`: how much else the machine was
+/// doing, for the record of a run.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |e| format!("unknown ({e})"),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -255,6 +265,7 @@ fn main() {
     ];
     let jq_filter =
         r#"select(.pod.namespace == "shop" and .secret == "s12" and .decision == "deny")"#;
+    let load_before = load_average();
     let outs = tempfile::tempdir_in(&o.cache).expect("outputs");
     let mut cases: Vec<(&str, Vec<Run>)> = vec![
         ("keyward audit verify", vec![]),
@@ -328,5 +339,9 @@ fn main() {
     println!(
         "verify: {:.0} records per CPU-second (target >= 200,000 per core; verify is single-threaded)",
         records as f64 / med[0].1.max(0.01)
+    );
+    println!(
+        "load average (1, 5, 15 min): {load_before} before the runs, {} after",
+        load_average()
     );
 }
