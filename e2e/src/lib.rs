@@ -8,6 +8,7 @@
 //! with the container's uid, gid and the pod's fsGroup. Nothing on the host is mounted over.
 
 pub mod cluster;
+pub mod kube_shop;
 pub mod manifest;
 pub mod net;
 pub mod node;
