@@ -247,3 +247,27 @@ fn a_pods_vault_namespace_is_refused_unless_the_operator_allows_it_and_then_repl
         "{e}"
     );
 }
+
+#[test]
+fn an_app_container_mounting_the_client_certificate_volume_is_refused() {
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1",
+            "volumeMounts": [{"name": "keyward-vault-client", "mountPath": "/x"}]}]},
+    }))
+    .expect("pod");
+    let spec = pod.spec.clone().expect("spec");
+    let view = PodView {
+        namespace: Some("shop"),
+        metadata: &pod.metadata,
+        spec: &spec,
+    };
+    let e = mutate(view, &tls_config())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("spec.containers[0].volumeMounts[0]") && e.contains("keyward-vault-client"),
+        "{e}"
+    );
+}

@@ -119,6 +119,12 @@ pub(super) fn policy(
                         c.name
                     )));
                 }
+                if m.name == CLIENT_CERT_VOLUME {
+                    return Err(MutateError::Conflict(format!(
+                        "{field}: container '{}' mounts the volume '{CLIENT_CERT_VOLUME}', the sidecar's client certificate and key for Vault; only the sidecar may mount it",
+                        c.name
+                    )));
+                }
                 if m.name == SOCKET_VOLUME && m.read_only != Some(true) {
                     return Err(MutateError::Conflict(format!(
                         "{field}: container '{}' mounts the volume '{SOCKET_VOLUME}' read-write; mount it with readOnly: true (connecting to the socket works on a read-only mount)",
