@@ -192,6 +192,14 @@ pub(super) fn checks(
             )));
         }
         for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
+            // A files volume is its container's own (docs/delivery.md "Who can read a file"),
+            // and the binary's is what wrapped containers run: no other mount of either.
+            if m.name == BIN_VOLUME || m.name.starts_with(FILES_VOLUME_PREFIX) {
+                return Err(MutateError::Conflict(format!(
+                    "container '{}' mounts the volume '{}', which the injector adds for keyward's files or wrapper; only the containers it is made for may mount it",
+                    c.name, m.name
+                )));
+            }
             let path = m.mount_path.trim_end_matches('/');
             if path == "/keyward" || path.starts_with("/keyward/") {
                 return Err(MutateError::Conflict(format!(
@@ -615,6 +623,53 @@ mod tests {
             let e = refused(&annotations, app());
             assert_eq!(e.key, key, "{annotations:?}: {e}");
             assert!(e.problem.contains(says), "{annotations:?}: {e}");
+        }
+    }
+
+    /// A container (regular or init) that mounts another container's files volume (or the
+    /// wrapper's) by its name would read files it did not declare, the SVID's key among them:
+    /// the volume is the file's protection, so such a mount is refused.
+    #[test]
+    fn a_container_mounting_another_containers_files_volume_by_name_is_refused() {
+        let mesh = [
+            ("inbound", "8443:8080"),
+            ("inbound-allow-8443", "spiffe://cluster.local/ns/shop/sa/*"),
+            ("identity-uids", "1000"),
+            ("identity-files", "app"),
+        ];
+        let thief = |mount: &str| {
+            json!([
+                {"name": "app", "image": "app:1", "command": ["/app"],
+                 "securityContext": {"runAsUser": 1000}},
+                {"name": "other", "image": "other:1", "command": ["/other"],
+                 "securityContext": {"runAsUser": 2000},
+                 "volumeMounts": [{"name": mount, "mountPath": "/steal"}]},
+            ])
+        };
+        for mount in [format!("{FILES_VOLUME_PREFIX}0"), BIN_VOLUME.to_owned()] {
+            match run(&mesh, thief(&mount)) {
+                Err(MutateError::Conflict(m)) => {
+                    assert!(m.contains("'other'") && m.contains(&mount), "{m}")
+                }
+                other => panic!("{mount}: expected a conflict, got {other:?}"),
+            }
+        }
+        // The same from an init container (it runs after the native sidecar has rendered).
+        let (metadata, mut spec) = pod(&mesh, thief("unrelated"));
+        spec.containers[1].volume_mounts = None;
+        spec.init_containers = Some(vec![serde_json::from_value(json!({
+            "name": "prep", "image": "prep:1",
+            "volumeMounts": [{"name": format!("{FILES_VOLUME_PREFIX}0"), "mountPath": "/steal"}],
+        }))
+        .expect("container")]);
+        let view = PodView {
+            namespace: Some("shop"),
+            metadata: &metadata,
+            spec: &spec,
+        };
+        match mutate(view, &InjectorConfig::default()) {
+            Err(MutateError::Conflict(m)) => assert!(m.contains("'prep'"), "{m}"),
+            other => panic!("expected a conflict, got {other:?}"),
         }
     }
 
