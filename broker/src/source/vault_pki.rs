@@ -161,8 +161,15 @@ fn from_response(
         if !ca_chain.is_empty() {
             ca_chain.push('\n');
         }
-        let ends = UNIX_EPOCH + Duration::from_secs(expiration);
-        let ttl = ends.duration_since(now).unwrap_or_default();
+        // A time the clock cannot hold is refused (no panic); a lifetime longer than any Vault
+        // lease is capped like one, so `now + ttl` stays on the clock too.
+        let ends = UNIX_EPOCH
+            .checked_add(Duration::from_secs(expiration))
+            .ok_or_else(|| unusable(format!("{path} answered an expiration out of range")))?;
+        let ttl = ends
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(crate::vault::MAX_LEASE_DURATION);
         let mut value = Map::new();
         value.insert("certificate".into(), Value::String(pem_text(certificate)));
         // Moved, not copied (nor grown: a reallocation would leave a copy in freed memory):
@@ -267,6 +274,36 @@ mod tests {
         assert_eq!(lease.ttl, Duration::from_secs(90));
         assert_eq!(lease.id.expose(), "1a:2b");
         assert_eq!(resp.data, Value::Null, "the answer's data was taken");
+    }
+
+    /// An expiration the clock cannot hold is refused naming it (no panic), and one far ahead
+    /// gives a lease no longer than any Vault lease, so `now + ttl` cannot overflow either.
+    #[test]
+    fn an_expiration_beyond_the_clock_is_refused_or_capped_not_a_panic() {
+        let now = SystemTime::now();
+        for expiration in [u64::MAX, i64::MAX as u64, 1u64 << 40] {
+            let mut resp = answer(json!({
+                "certificate": "C",
+                "private_key": "hunter2",
+                "serial_number": "1a",
+                "expiration": expiration,
+            }));
+            match from_response(&mut resp, "p/issue/r", now) {
+                Ok(f) => {
+                    let ttl = f.lease.as_ref().expect("lease").ttl;
+                    assert!(
+                        ttl <= crate::vault::MAX_LEASE_DURATION,
+                        "{expiration}: {ttl:?}"
+                    );
+                    assert!(now.checked_add(ttl).is_some(), "{expiration}");
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.contains("p/issue/r answered an expiration"), "{e}");
+                    assert!(!e.contains("hunter2"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
