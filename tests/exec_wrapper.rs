@@ -2,7 +2,9 @@
 //! variables gets the declared ones (and no others), its exit code and death by signal are the
 //! wrapper's, signals reach it, orphans are reaped; a new KV version signals or restarts it as
 //! declared (audited through `POST /v1/events`), a change during a restart is not lost, quick
-//! restarts back off; bad declarations and unknown secrets fail before the app starts.
+//! restarts back off; bad declarations and unknown secrets fail before the app starts. An app
+//! that gets its secret only as a rendered file (`--on-change` without `--env`) is restarted or
+//! signalled on a new version, and finds the file already replaced.
 
 mod support;
 
@@ -454,11 +456,6 @@ async fn an_unknown_secret_or_a_malformed_declaration_fails_before_the_app_start
             2,
             "unknown signal",
         ),
-        (
-            vec!["--env", "X=cfg", "--on-change", "app=restart"],
-            2,
-            "not read by any --env",
-        ),
         (vec!["--bogus"], 2, "unexpected argument"),
     ] {
         let mut w = Wrapper::start(&b, &flags, app);
@@ -602,4 +599,137 @@ async fn the_events_endpoint_records_only_declared_events_for_readable_secrets()
     )
     .await;
     assert_eq!(put.status, 405);
+}
+
+/// A broker that renders `cfg`'s value into `cfg.txt` in its own directory (the app's files
+/// volume), as the sidecar does for `keyward.io/file-NAME`.
+async fn setup_with_file() -> (TestVault, BrokerProc, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let v = TestVault::start("shop", "orders", "1h", "2h").await;
+    v.bao.kv_put("cfg", json!({"value": "v1"})).await;
+    let files = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let b = BrokerProc::start(
+        &v.bao.addr(),
+        &v.token("shop", "orders"),
+        &format!(
+            "kv_refresh: 1s\nsecrets:\n  - {{name: cfg, path: secret/data/cfg}}\n  - {{name: locked, path: secret/data/cfg, allow_uids: [4242]}}\nfiles:\n  - {{name: cfg-file, container: app, dir: {}, path: cfg.txt, secret: cfg, key: value}}\n",
+            files.path().display()
+        ),
+        &[],
+    );
+    b.wait_ready().await;
+    (v, b, files)
+}
+
+/// A long-running app that reads its secret only from the file `$F`: records the file's
+/// content at each start (`starts`) and at each SIGHUP (`hups`); exits 0 on SIGTERM.
+const FILE_APP: &str = r#"
+trap 'cat "$F" >> "$D/hups"; echo >> "$D/hups"' HUP
+trap 'echo term >> "$D/terms"; kill $S 2>/dev/null; exit 0' TERM
+cat "$F" >> "$D/starts"; echo >> "$D/starts"
+while :; do sleep 1000 & S=$!; wait $S; kill $S 2>/dev/null; done
+"#;
+
+fn file_app(files: &tempfile::TempDir) -> String {
+    format!("F={}; {FILE_APP}", files.path().join("cfg.txt").display())
+}
+
+#[tokio::test]
+async fn a_file_only_app_without_env_is_restarted_when_its_secret_changes_and_finds_the_new_file() {
+    let (v, b, files) = setup_with_file().await;
+    let mut w = Wrapper::start(&b, &["--on-change", "cfg=restart"], &file_app(&files));
+    assert_eq!(
+        w.wait_lines("starts", 1).await,
+        vec!["v1"],
+        "log:\n{}",
+        w.log()
+    );
+    let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    // The restarted app reads the file: it was replaced before the wrapper was told.
+    assert_eq!(
+        w.wait_lines("starts", 2).await,
+        vec!["v1", "v2"],
+        "log:\n{}",
+        w.log()
+    );
+    assert_eq!(w.lines("terms"), vec!["term"], "the old app got SIGTERM");
+    let ev = records(&b, "exec.restart");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["secret"], &ev[0]["version"], &ev[0]["decision"]),
+        (&json!("cfg"), &json!(version), &json!("ok"))
+    );
+    assert_eq!(ev[0]["caller"]["uid"], me());
+    let reads = records(&b, "secret.read");
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["secret"] == "cfg" && r["caller"]["uid"] == me()),
+        "the wrapper's version checks are audited: {reads:?}"
+    );
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(w.exit().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_the_signal_is_audited(
+) {
+    let (v, b, files) = setup_with_file().await;
+    let w = Wrapper::start(&b, &["--on-change", "cfg=signal:HUP"], &file_app(&files));
+    w.wait_lines("starts", 1).await;
+    let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    // On SIGHUP the app re-reads the file, already replaced.
+    assert_eq!(
+        w.wait_lines("hups", 1).await,
+        vec!["v2"],
+        "log:\n{}",
+        w.log()
+    );
+    assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
+    let ev = records(&b, "exec.signal");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["secret"], &ev[0]["version"], &ev[0]["decision"]),
+        (&json!("cfg"), &json!(version), &json!("ok"))
+    );
+    assert!(
+        ev[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
+        "{ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_or_denied_secret_in_on_change_is_refused_naming_it_before_the_app_starts() {
+    let (_v, b) = setup().await;
+    let app = r#"echo started > "$D/started""#;
+    for (flags, says) in [
+        (vec!["--on-change", "nope=restart"], "secret nope"),
+        (
+            vec!["--env", "X=cfg", "--on-change", "nope=signal:HUP"],
+            "secret nope",
+        ),
+        (vec!["--on-change", "locked=restart"], "secret locked"),
+        (vec![], "nothing to set or watch"),
+    ] {
+        let mut w = Wrapper::start(&b, &flags, app);
+        let status = w.exit().await;
+        assert_eq!(status.code(), Some(2), "{flags:?}: log:\n{}", w.log());
+        assert!(w.log().contains(says), "{flags:?}: log:\n{}", w.log());
+        assert!(
+            !w.path("started").exists(),
+            "{flags:?}: the app must not start"
+        );
+    }
+    let unknown = records(&b, "secret.read")
+        .into_iter()
+        .filter(|r| r["secret"] == "nope")
+        .count();
+    assert!(unknown >= 1, "the refused look-ups are audited");
+    // Without --env but with a known secret, the app starts.
+    let mut w = Wrapper::start(&b, &["--on-change", "cfg=restart"], app);
+    assert_eq!(w.exit().await.code(), Some(0), "log:\n{}", w.log());
+    assert!(w.path("started").exists());
 }

@@ -251,6 +251,18 @@ impl Client {
         })
     }
 
+    /// The current version of `name` (`HEAD /v1/secrets/NAME`: audited by the broker as a read,
+    /// but no value crosses the socket), for a secret the wrapper only watches.
+    pub async fn version(&self, name: &str) -> Result<u64, ClientError> {
+        let a = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.request(Method::HEAD, &format!("/v1/secrets/{name}"), None),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))??;
+        Self::head_version(name, &a)
+    }
+
     /// Waits until `name`'s version is above `index` or `wait` has passed, and returns the
     /// version then (`HEAD /v1/secrets/NAME?index=N&wait=W`: the broker audits it as a read,
     /// but no value crosses the socket).
@@ -260,7 +272,6 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<u64, ClientError> {
-        let what = format!("secret {name}");
         let limit = wait + REQUEST_TIMEOUT;
         let a = tokio::time::timeout(
             limit,
@@ -272,12 +283,30 @@ impl Client {
         )
         .await
         .map_err(|_| ClientError::Timeout(limit))??;
+        Self::head_version(name, &a)
+    }
+
+    /// The version of a `HEAD` answer. A refusal has no body to carry the API's error code:
+    /// the status tells it (docs/socket-api.md, errors), so that an unknown or denied secret
+    /// is told from an unavailable one.
+    fn head_version(name: &str, a: &Answer) -> Result<u64, ClientError> {
+        let what = format!("secret {name}");
         if a.status != StatusCode::OK {
+            let (code, detail) = match a.status.as_u16() {
+                404 => ("unknown_secret", "no secret of that name is declared"),
+                403 => ("denied", "the caller's uid may not read it"),
+                400 => ("bad_request", "the request was refused as malformed"),
+                503 => (
+                    "unavailable",
+                    "not fetched yet, or the broker cannot serve it now",
+                ),
+                _ => ("", "(HEAD: no detail)"),
+            };
             return Err(ClientError::Status {
                 what,
                 status: a.status.as_u16(),
-                code: String::new(),
-                detail: "(HEAD: no detail)".into(),
+                code: code.into(),
+                detail: detail.into(),
             });
         }
         a.version.ok_or(ClientError::Malformed {

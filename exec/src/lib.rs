@@ -4,7 +4,9 @@
 //! socket (each read audited and attributed to the container by the broker), sets the declared
 //! environment variables, and runs the app as its child. It stays the app's parent: it forwards
 //! signals, reaps every child (it may be PID 1), exits with the app's status, and on a new
-//! version of a secret signals or restarts the app as declared.
+//! version of a secret signals or restarts the app as declared — also of a secret the app only
+//! gets as a rendered file (`--on-change` without `--env`: its version is watched, its value
+//! never read by the wrapper).
 //!
 //! - [`spec`]: the `--env` / `--on-change` declarations and their checks;
 //! - [`policy`]: the pure decisions (exit code, reaction to a change, restart backoff);
@@ -40,7 +42,8 @@ pub struct ExecArgs {
     #[arg(long = "env", value_name = "NAME=SECRET[#KEY]")]
     pub env: Vec<String>,
     /// What to do when SECRET gets a new version: none (default), restart, or signal:NAME
-    /// (HUP, INT, QUIT, TERM, USR1, USR2, WINCH). Repeatable, once per secret.
+    /// (HUP, INT, QUIT, TERM, USR1, USR2, WINCH). Repeatable, once per secret. SECRET may be
+    /// one no --env reads (the app gets it as a rendered file): only its version is watched.
     #[arg(long = "on-change", value_name = "SECRET=ACTION")]
     pub on_change: Vec<String>,
     /// The broker's socket.

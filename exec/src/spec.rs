@@ -9,8 +9,11 @@
 //!   no `#`; it may contain `=`). The split is at the first `=` and then at the first `#`, so it
 //!   is unambiguous. Without `#KEY` the secret must hold exactly one key.
 //! - `--on-change SECRET=ACTION`, `ACTION` one of `none`, `restart`, `signal:NAME` with `NAME`
-//!   one of HUP, INT, QUIT, TERM, USR1, USR2, WINCH (with or without `SIG`). `SECRET` must be
-//!   named by some `--env`. A secret without `--on-change` gets `none`.
+//!   one of HUP, INT, QUIT, TERM, USR1, USR2, WINCH (with or without `SIG`). `SECRET` may be one
+//!   no `--env` reads (an app that takes it from a rendered file or a certificate): the wrapper
+//!   then only watches its version, it never reads its value. A secret read by `--env` without
+//!   `--on-change` gets `none`.
+//! - At least one `--env` or `--on-change`: with neither, the wrapper has nothing to do.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,7 +61,7 @@ pub enum OnChange {
 pub struct Spec {
     /// The variables to set, in the order given.
     pub env: Vec<EnvBinding>,
-    /// The action per secret; every secret named by `env` has one.
+    /// The action per secret; every secret named by `env` or `--on-change` has one.
     pub on_change: BTreeMap<String, OnChange>,
 }
 
@@ -155,13 +158,15 @@ pub fn parse_on_change(arg: &str) -> Result<(String, OnChange), SpecError> {
     Ok((secret.to_owned(), action))
 }
 
-/// Checks all declarations together: at least one `--env`, no variable twice, at most one
-/// `--on-change` per secret, and only for secrets some `--env` reads.
+/// Checks all declarations together: at least one `--env` or `--on-change`, no variable
+/// twice, at most one `--on-change` per secret.
 pub fn build(env: &[String], on_change: &[String]) -> Result<Spec, SpecError> {
     let env: Vec<EnvBinding> = env.iter().map(|a| parse_env(a)).collect::<Result<_, _>>()?;
-    if env.is_empty() {
+    if env.is_empty() && on_change.is_empty() {
         return Err(SpecError(
-            "no --env NAME=SECRET[#KEY] given: keyward exec has nothing to set".into(),
+            "no --env NAME=SECRET[#KEY] and no --on-change SECRET=ACTION given: keyward exec has \
+             nothing to set or watch"
+                .into(),
         ));
     }
     let mut vars = BTreeSet::new();
@@ -173,24 +178,17 @@ pub fn build(env: &[String], on_change: &[String]) -> Result<Spec, SpecError> {
             )));
         }
     }
-    let secrets: BTreeSet<&str> = env.iter().map(|b| b.secret.as_str()).collect();
     let mut actions = BTreeMap::new();
     for a in on_change {
         let (secret, action) = parse_on_change(a)?;
-        if !secrets.contains(secret.as_str()) {
-            return Err(SpecError(format!(
-                "--on-change {}: secret {secret} is not read by any --env",
-                shown(a)
-            )));
-        }
         if actions.insert(secret.clone(), action).is_some() {
             return Err(SpecError(format!(
                 "--on-change: secret {secret} has more than one action"
             )));
         }
     }
-    for s in secrets {
-        actions.entry(s.to_owned()).or_insert(OnChange::None);
+    for b in &env {
+        actions.entry(b.secret.clone()).or_insert(OnChange::None);
     }
     Ok(Spec {
         env,
@@ -199,9 +197,25 @@ pub fn build(env: &[String], on_change: &[String]) -> Result<Spec, SpecError> {
 }
 
 impl Spec {
-    /// The distinct secrets to read, sorted.
+    /// Every secret declared (read by `--env` or named by `--on-change`), sorted.
     pub fn secrets(&self) -> Vec<&str> {
         self.on_change.keys().map(String::as_str).collect()
+    }
+
+    /// The distinct secrets whose values the wrapper reads (some `--env` names them), sorted.
+    pub fn read(&self) -> Vec<&str> {
+        let read: BTreeSet<&str> = self.env.iter().map(|b| b.secret.as_str()).collect();
+        read.into_iter().collect()
+    }
+
+    /// The secrets named only by `--on-change` (the app gets them some other way, a rendered
+    /// file for example): the wrapper watches their version and never reads their value.
+    pub fn watch_only(&self) -> Vec<&str> {
+        self.on_change
+            .keys()
+            .filter(|s| !self.env.iter().any(|b| &b.secret == *s))
+            .map(String::as_str)
+            .collect()
     }
 
     /// The secrets that need watching (their action is not `none`).
@@ -319,13 +333,33 @@ mod tests {
         assert_eq!(spec.on_change["app"], OnChange::None);
         assert_eq!(spec.watched(), vec!["db"]);
 
+        assert_eq!(spec.read(), vec!["app", "db"]);
+        assert!(spec.watch_only().is_empty());
+
         let e = build(&[], &[]).expect_err("nothing to set");
-        assert!(e.0.contains("no --env"), "{e}");
+        assert!(
+            e.0.contains("no --env") && e.0.contains("no --on-change"),
+            "{e}"
+        );
         let e = build(&s(&["A=db", "A=app"]), &[]).expect_err("twice");
         assert!(e.0.contains("A is declared twice"), "{e}");
-        let e = build(&s(&["A=db"]), &s(&["app=restart"])).expect_err("unread");
-        assert!(e.0.contains("secret app is not read by any --env"), "{e}");
         let e = build(&s(&["A=db"]), &s(&["db=restart", "db=none"])).expect_err("two");
         assert!(e.0.contains("more than one action"), "{e}");
+    }
+
+    #[test]
+    fn on_change_may_name_a_secret_no_env_reads_and_it_is_watched_not_read() {
+        // A file-only app: no --env at all.
+        let spec = build(&[], &s(&["dsn=restart", "tls=signal:HUP"])).expect("valid");
+        assert!(spec.env.is_empty());
+        assert!(spec.read().is_empty(), "no value is read");
+        assert_eq!(spec.watch_only(), vec!["dsn", "tls"]);
+        assert_eq!(spec.watched(), vec!["dsn", "tls"]);
+        assert_eq!(spec.on_change["dsn"], OnChange::Restart);
+        // Mixed: env reads db, the file's secret is watched only.
+        let spec = build(&s(&["U=db#user"]), &s(&["db=restart", "dsn=restart"])).expect("valid");
+        assert_eq!(spec.read(), vec!["db"]);
+        assert_eq!(spec.watch_only(), vec!["dsn"]);
+        assert_eq!(spec.secrets(), vec!["db", "dsn"]);
     }
 }

@@ -53,25 +53,42 @@ pub(crate) struct Settings {
 
 type Env = Vec<(String, Zeroizing<String>)>;
 
-/// Reads every declared secret once.
+/// Reads the value of every secret some `--env` reads, once.
 async fn read_all(spec: &Spec, client: &Client) -> Result<BTreeMap<String, Secret>, ClientError> {
     let mut out = BTreeMap::new();
-    for name in spec.secrets() {
+    for name in spec.read() {
         out.insert(name.to_owned(), client.read(name).await?);
     }
     Ok(out)
 }
 
-/// Reads every declared secret, retrying while the socket or a secret is not available yet.
+/// The values of the secrets `--env` reads and the version of every declared secret: those
+/// named only by `--on-change` are asked for their version (`HEAD`), never their value.
+async fn read_start(
+    spec: &Spec,
+    client: &Client,
+) -> Result<(BTreeMap<String, Secret>, BTreeMap<String, u64>), ClientError> {
+    let secrets = read_all(spec, client).await?;
+    let mut versions: BTreeMap<String, u64> = secrets
+        .iter()
+        .map(|(n, s)| (n.clone(), s.version))
+        .collect();
+    for name in spec.watch_only() {
+        versions.insert(name.to_owned(), client.version(name).await?);
+    }
+    Ok((secrets, versions))
+}
+
+/// [`read_start`], retrying while the socket or a secret is not available yet.
 async fn read_all_at_start(
     spec: &Spec,
     client: &Client,
     timeout: Duration,
-) -> Result<BTreeMap<String, Secret>, ClientError> {
+) -> Result<(BTreeMap<String, Secret>, BTreeMap<String, u64>), ClientError> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(100);
     loop {
-        match read_all(spec, client).await {
+        match read_start(spec, client).await {
             Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
                 debug!(error = %e, "Secrets not available yet; retrying");
                 tokio::time::sleep(pause).await;
@@ -248,7 +265,7 @@ pub(crate) async fn run(
             }
         }
     };
-    let secrets = match read {
+    let (secrets, versions) = match read {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keyward exec: {e}");
@@ -265,10 +282,6 @@ pub(crate) async fn run(
             return EXIT_CONFIG;
         }
     };
-    let versions: BTreeMap<String, u64> = secrets
-        .iter()
-        .map(|(n, s)| (n.clone(), s.version))
-        .collect();
     drop(secrets);
     let child = match spawn(&command, &vars) {
         Ok(p) => p,
@@ -480,7 +493,7 @@ impl Supervisor {
                 return None;
             }
         };
-        let versions: BTreeMap<String, u64> = secrets
+        let mut versions: BTreeMap<String, u64> = secrets
             .iter()
             .map(|(n, s)| (n.clone(), s.version))
             .collect();
@@ -496,6 +509,13 @@ impl Supervisor {
         for (n, v) in &versions {
             let seen = self.seen.entry(n.clone()).or_insert(0);
             *seen = (*seen).max(*v);
+        }
+        // A secret the app gets as a file is not read: the restarted app has the newest version
+        // a long-poll reported, which the broker answers only once the files rendered from it
+        // are replaced (a newer one still being rendered is reported later, and restarts again).
+        for name in self.spec.watch_only() {
+            let v = self.seen.get(name).copied().unwrap_or(0);
+            versions.insert(name.to_owned(), v);
         }
         let causes = pending_restarts(&self.spec.on_change, &self.applied, &versions);
         if causes.is_empty() {
