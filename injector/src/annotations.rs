@@ -576,7 +576,9 @@ fn parse_words(key: &str, value: &str, what: &str) -> Result<Vec<String>, Annota
 
 /// The `keyward exec` declarations of one container, checked with the wrapper's own parser
 /// (what it accepts at start, the injector accepts here), and every secret declared. The error
-/// names the annotation at fault: an `--on-change` problem is the on-change annotation's.
+/// names the annotation at fault: an `--on-change` problem is the on-change annotation's. An
+/// on-change annotation alone is valid: it may name secrets the container gets only as files
+/// or certificates (the wrapper then watches their versions, it does not read them).
 fn check_exec(
     container: &str,
     exec: &ExecSettings,
@@ -586,24 +588,30 @@ fn check_exec(
     let (env_key, change_key) = keys.get(container).cloned().unwrap_or_default();
     let env_key = env_key.unwrap_or_else(|| format!("{PREFIX}env-{container}"));
     let change_key = change_key.unwrap_or_else(|| format!("{PREFIX}on-change-{container}"));
-    if exec.env.is_empty() {
-        return Err(AnnotationError::new(
-            &change_key,
-            format!("there is no keyward.io/env-{container} annotation for it to apply to"),
-        ));
-    }
-    let spec = keyward_exec::spec::build(&exec.env, &[])
-        .map_err(|e| AnnotationError::new(&env_key, e.0))?;
-    for s in spec.secrets() {
-        if !secrets.iter().any(|d| d.name == s) {
-            return Err(AnnotationError::new(
-                &env_key,
-                format!("secret '{s}' is not declared: add a keyward.io/secret-{s} annotation"),
-            ));
+    let undeclared = |key: &str, s: &str| {
+        AnnotationError::new(
+            key,
+            format!(
+                "secret '{s}' is not declared: add a keyward.io/secret-{s} (or keyward.io/cert-{s}) annotation"
+            ),
+        )
+    };
+    if !exec.env.is_empty() {
+        let spec = keyward_exec::spec::build(&exec.env, &[])
+            .map_err(|e| AnnotationError::new(&env_key, e.0))?;
+        for s in spec.secrets() {
+            if !secrets.iter().any(|d| d.name == s) {
+                return Err(undeclared(&env_key, s));
+            }
         }
     }
-    keyward_exec::spec::build(&exec.env, &exec.on_change)
+    let spec = keyward_exec::spec::build(&exec.env, &exec.on_change)
         .map_err(|e| AnnotationError::new(&change_key, e.0))?;
+    for s in spec.secrets() {
+        if !secrets.iter().any(|d| d.name == s) {
+            return Err(undeclared(&change_key, s));
+        }
+    }
     Ok(())
 }
 

@@ -472,17 +472,91 @@ mod tests {
         let e = refused(
             &[
                 ("secret-db", "secret/data/db"),
-                ("on-change-app", "db=restart"),
+                ("env-app", "PW=db"),
+                ("on-change-app", "nope=restart"),
             ],
             app(),
         );
         assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
+        assert!(e.problem.contains("'nope' is not declared"), "{e}");
         let e = refused(
             &[("secret-db", "secret/data/db"), ("env-nope", "PW=db")],
             app(),
         );
         assert_eq!(e.key, "keyward.io/env-nope");
         assert!(e.problem.contains("no container named 'nope'"), "{e}");
+    }
+
+    /// A container that gets its secret only as a file (or a certificate) is still run under
+    /// the wrapper when keyward.io/on-change-CONTAINER names it, with no env annotation.
+    #[test]
+    fn on_change_alone_wraps_a_container_that_gets_its_secret_only_as_a_file_or_a_certificate() {
+        let file = [
+            ("secret-db", "secret/data/db"),
+            ("file-dsn", "app/db.dsn"),
+            ("file-dsn-secret", "db#dsn"),
+            ("on-change-app", "db=restart"),
+        ];
+        let cert = [
+            ("cert-web", "pki_web/issue/web"),
+            ("cert-web-common-name", "web.shop.svc"),
+            ("cert-web-container", "app"),
+            ("on-change-app", "web=signal:HUP"),
+        ];
+        for (annotations, flag) in [
+            (&file[..], "--on-change=db=restart"),
+            (&cert[..], "--on-change=web=signal:HUP"),
+        ] {
+            let pod = run(annotations, app()).expect("admitted");
+            let app = &pod["spec"]["containers"][0];
+            assert_eq!(
+                app["command"],
+                json!([EXEC_PATH, "exec", flag, "--", "/app", "--serve"]),
+                "{annotations:?}"
+            );
+            assert_eq!(app["args"], json!(["-v"]));
+            let mounts = app["volumeMounts"].as_array().expect("mounts");
+            assert!(
+                mounts
+                    .contains(&json!({"name": BIN_VOLUME, "mountPath": BIN_DIR, "readOnly": true})),
+                "{mounts:?}"
+            );
+            assert!(
+                mounts.contains(&json!({"name": format!("{FILES_VOLUME_PREFIX}0"), "mountPath": FILES_DIR, "readOnly": true})),
+                "{mounts:?}"
+            );
+            let init = pod["spec"]["initContainers"].as_array().expect("init");
+            assert!(init.iter().any(|c| c["name"] == INSTALL_NAME), "{init:?}");
+            assert_eq!(pod["spec"]["containers"][1]["command"], json!(["/other"]));
+        }
+    }
+
+    #[test]
+    fn on_change_alone_on_a_container_without_command_is_refused_naming_the_on_change_annotation() {
+        let e = refused(
+            &[
+                ("secret-db", "secret/data/db"),
+                ("file-dsn", "app/db.dsn"),
+                ("file-dsn-secret", "db#dsn"),
+                ("on-change-app", "db=restart"),
+            ],
+            json!([{"name": "app", "image": "app:1", "args": ["serve"]}]),
+        );
+        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
+        assert!(
+            e.problem.contains("has no command")
+                && e.problem.contains("set spec.containers[].command"),
+            "{e}"
+        );
+        let e = refused(
+            &[
+                ("secret-db", "secret/data/db"),
+                ("on-change-app", "nope=restart"),
+            ],
+            app(),
+        );
+        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
+        assert!(e.problem.contains("'nope' is not declared"), "{e}");
     }
 
     #[test]
