@@ -23,7 +23,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use keyward_e2e::node::{Node, NodeConfig};
-use keyward_test_cluster::{Cluster, Injector, ISSUER, WEBHOOK};
+use keyward_test_cluster::{restricted_pod as pod, Cluster, Injector, ISSUER, WEBHOOK};
 use serde_json::{json, Value};
 
 /// Safety net for conditions on a loaded two-core machine; never slept for.
@@ -77,42 +77,6 @@ fn dry_run(cluster: &Cluster, manifest: &str) -> Result<Value, String> {
     } else {
         Err(stderr(&out))
     }
-}
-
-/// A pod that PodSecurity's `restricted` level admits.
-fn pod(ns: &str, name: &str, annotations: &[(&str, &str)], labels: &[(&str, &str)]) -> String {
-    let block = |title: &str, kv: &[(&str, &str)]| {
-        if kv.is_empty() {
-            return String::new();
-        }
-        let mut s = format!("\n  {title}:");
-        for (k, v) in kv {
-            s.push_str(&format!("\n    {k}: \"{v}\""));
-        }
-        s
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {ns}{ann}{lab}
-spec:
-  serviceAccountName: orders
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000
-    seccompProfile: {{type: RuntimeDefault}}
-  containers:
-    - name: app
-      image: example.invalid/shop/orders:1
-      securityContext:
-        allowPrivilegeEscalation: false
-        capabilities: {{drop: [ALL]}}
-"#,
-        ann = block("annotations", annotations),
-        lab = block("labels", labels),
-    )
 }
 
 /// What admission decides about a pod: its labels, annotations and spec, with the random

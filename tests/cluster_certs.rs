@@ -5,7 +5,6 @@
 //! is injected). A second replica reuses the same Secret (same certificate, caBundle unchanged),
 //! and the ServiceAccount can read no other Secret. No node agent runs (docs/cluster.md).
 
-use std::ffi::OsString;
 use std::path::Path;
 
 use keyward_test_cluster::{Cluster, Injector, INJECT_LABELS};
@@ -31,26 +30,13 @@ fn chart_objects(cluster: &Cluster) -> Vec<Value> {
 
 /// `keyward injector` provisioning its own certificate (tls.mode injector) with `token`.
 fn start_injector(cluster: &Cluster, token: &Path, port: u16) -> Injector {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let arg = |k: &str, v: &dyn std::fmt::Display| OsString::from(format!("--{k}={v}"));
-    let args = [
-        arg("tls-cert", &dir.path().join("tls.crt").display()),
-        arg("tls-key", &dir.path().join("tls.key").display()),
-        arg("self-signed-secret", &format!("{NAME}-tls")),
-        arg("self-signed-namespace", &NS),
-        arg("self-signed-service", &NAME),
-        arg("self-signed-webhook", &NAME),
-        arg("self-signed-san", &"127.0.0.1"),
-        arg("kube-api", &cluster.server),
-        arg("kube-token-file", &token.display()),
-        arg("kube-ca-file", &cluster.ca.display()),
-    ];
-    Injector::spawn(Path::new(env!("CARGO_BIN_EXE_keyward")), port, dir, &args)
+    let keyward = Path::new(env!("CARGO_BIN_EXE_keyward"));
+    Injector::start_self_provisioning(keyward, cluster, token, port, NS, NAME)
         .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
 fn cert(injector: &Injector) -> String {
-    std::fs::read_to_string(injector.dir().join("tls.crt")).expect("tls.crt written")
+    injector.cert_pem().expect("tls.crt written")
 }
 
 fn ca_bundle(cluster: &Cluster) -> String {

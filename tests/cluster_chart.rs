@@ -29,28 +29,16 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// A pod PodSecurity `restricted` admits; pinned to a node that does not exist, so it is only
 /// admitted and stored (what this test checks), never run.
 fn pod(name: &str, annotation: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: kw-chart
-  annotations:
-    {annotation}: secret/data/shop/db
-spec:
-  serviceAccountName: orders
-  nodeSelector: {{keyward.io/test-node: none}}
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000
-    seccompProfile: {{type: RuntimeDefault}}
-  containers:
-    - name: app
-      image: example.invalid/shop/orders:1
-      securityContext:
-        allowPrivilegeEscalation: false
-        capabilities: {{drop: [ALL]}}
-"#
+    keyward_test_cluster::restricted_pod(
+        "kw-chart",
+        name,
+        &[(annotation, "secret/data/shop/db")],
+        &[],
+    )
+    .replacen(
+        "spec:\n",
+        "spec:\n  nodeSelector: {keyward.io/test-node: none}\n",
+        1,
     )
 }
 

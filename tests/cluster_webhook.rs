@@ -26,37 +26,8 @@ fn start_injector() -> Injector {
     .unwrap_or_else(|e| panic!("starting keyward injector: {e}"))
 }
 
-/// A pod that PodSecurity's `restricted` level admits; `annotations` are YAML lines.
 fn pod(ns: &str, name: &str, annotations: &[(&str, &str)]) -> String {
-    let mut ann = String::new();
-    for (k, v) in annotations {
-        ann.push_str(&format!("\n    {k}: \"{v}\""));
-    }
-    let ann = if ann.is_empty() {
-        String::new()
-    } else {
-        format!("\n  annotations:{ann}")
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {ns}{ann}
-spec:
-  serviceAccountName: orders
-  securityContext:
-    runAsNonRoot: true
-    runAsUser: 1000
-    seccompProfile: {{type: RuntimeDefault}}
-  containers:
-    - name: app
-      image: example.invalid/shop/orders:1
-      securityContext:
-        allowPrivilegeEscalation: false
-        capabilities: {{drop: [ALL]}}
-"#
-    )
+    keyward_test_cluster::restricted_pod(ns, name, annotations, &[])
 }
 
 fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {

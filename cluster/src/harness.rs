@@ -66,6 +66,49 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// A pod that PodSecurity's `restricted` level admits: service account `orders`, one `app`
+/// container of an image no node maps (so it is only admitted and stored unless a test runs
+/// it), with `annotations` and `labels` (quoted values).
+pub fn restricted_pod(
+    namespace: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    labels: &[(&str, &str)],
+) -> String {
+    let block = |title: &str, kv: &[(&str, &str)]| {
+        if kv.is_empty() {
+            return String::new();
+        }
+        let mut s = format!("\n  {title}:");
+        for (k, v) in kv {
+            s.push_str(&format!("\n    {k}: \"{v}\""));
+        }
+        s
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}{ann}{lab}
+spec:
+  serviceAccountName: orders
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+    - name: app
+      image: example.invalid/shop/orders:1
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities: {{drop: [ALL]}}
+"#,
+        ann = block("annotations", annotations),
+        lab = block("labels", labels),
+    )
+}
+
 /// `keyward injector` on 127.0.0.1, its stdout and stderr in `dir()/injector.log`. Dropping it
 /// kills it.
 #[derive(Debug)]
@@ -116,6 +159,40 @@ impl Injector {
         let mut inj = Self::spawn(keyward, free_port()?, dir, &args)?;
         inj.ca_pem = ca.pem();
         Ok(inj)
+    }
+
+    /// `keyward injector` as the chart runs it in `tls.mode: injector`, outside a pod: it
+    /// provisions Secret `NAME-tls` in `namespace` and the caBundle of webhook `name` itself,
+    /// talking to `cluster`'s API server with the service-account token in `token` (its
+    /// certificate also names 127.0.0.1, where it listens on `port`).
+    pub fn start_self_provisioning(
+        keyward: &Path,
+        cluster: &Cluster,
+        token: &Path,
+        port: u16,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Injector> {
+        let dir = tempfile::tempdir().map_err(io("tempdir"))?;
+        let arg = |k: &str, v: &dyn std::fmt::Display| OsString::from(format!("--{k}={v}"));
+        let args = [
+            arg("tls-cert", &dir.path().join("tls.crt").display()),
+            arg("tls-key", &dir.path().join("tls.key").display()),
+            arg("self-signed-secret", &format!("{name}-tls")),
+            arg("self-signed-namespace", &namespace),
+            arg("self-signed-service", &name),
+            arg("self-signed-webhook", &name),
+            arg("self-signed-san", &"127.0.0.1"),
+            arg("kube-api", &cluster.server),
+            arg("kube-token-file", &token.display()),
+            arg("kube-ca-file", &cluster.ca.display()),
+        ];
+        Self::spawn(keyward, port, dir, &args)
+    }
+
+    /// The serving certificate it uses (PEM), as written in its directory.
+    pub fn cert_pem(&self) -> Result<String> {
+        std::fs::read_to_string(self.dir.path().join("tls.crt")).map_err(io("reading tls.crt"))
     }
 
     /// `keyward injector --listen 127.0.0.1:PORT ARGS` with its log in `dir`; returns once

@@ -11,7 +11,7 @@
 mod harness;
 mod node;
 mod tokens;
-pub use harness::{free_port, helm, repo, Injector, INJECT_LABELS, WEBHOOK};
+pub use harness::{free_port, helm, repo, restricted_pod, Injector, INJECT_LABELS, WEBHOOK};
 pub use node::NodeCredentials;
 pub use tokens::ISSUER;
 
