@@ -122,7 +122,8 @@ pub(super) fn checks(
         }
     }
     let mut seen = std::collections::BTreeSet::new();
-    for f in &settings.files {
+    let specs = file_specs(settings);
+    for (f, fspec) in settings.files.iter().zip(&specs) {
         // A certificate's files (`keyward.io/cert-NAME`) are placed by its -container.
         let cert = f.secret.as_ref().map(|(s, _)| s).filter(|s| {
             settings
@@ -136,15 +137,43 @@ pub(super) fn checks(
             (None, None) => format!("{p}file-{}", f.name),
         };
         let c = find(key.clone(), &f.container)?;
+        // A file cannot tell who opens it: a uid rule holds only if the container runs as one
+        // of the uids (its runAsUser, else the pod's).
+        let uid = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
+        // The rule of GET /v1/secrets/NAME: a secret with keyward.io/secret-NAME-uids is read
+        // only by those uids, so a file of it goes only into a container running as one.
+        for name in fspec.secrets(&settings.secrets) {
+            let Some(allowed) = settings
+                .secrets
+                .iter()
+                .find(|d| d.name == name)
+                .and_then(|d| d.allow_uids.as_deref())
+            else {
+                continue;
+            };
+            if !uid
+                .and_then(|u| u32::try_from(u).ok())
+                .is_some_and(|u| allowed.contains(&u))
+            {
+                return Err(AnnotationError {
+                    key,
+                    problem: format!(
+                        "the secret {name} may be read only by the uids of keyward.io/secret-{name}-uids ({}), and container '{}' does not run as one of them: set its securityContext.runAsUser (or the pod's), got {}",
+                        allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+                        f.container,
+                        uid.map_or("none".to_owned(), |u| u.to_string())
+                    ),
+                }
+                .into());
+            }
+        }
         if f.identity.is_some() {
             // The rule of GET /v1/identity: only the uids of keyward.io/identity-uids may have
-            // the SVID's private key. A file cannot tell who opens it: the container must run
-            // as one of them (its runAsUser, else the pod's).
-            let uid = c
-                .security_context
-                .as_ref()
-                .and_then(|s| s.run_as_user)
-                .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
+            // the SVID's private key.
             let allowed = settings.identity_uids.as_deref().unwrap_or(&[]);
             let ok = uid
                 .and_then(|u| u32::try_from(u).ok())
@@ -744,6 +773,37 @@ mod tests {
         match mutate(view, &InjectorConfig::default()) {
             Err(MutateError::Conflict(m)) => assert!(m.contains("'prep'"), "{m}"),
             other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    /// A secret limited to some uids (keyward.io/secret-NAME-uids) is not handed as a file to a
+    /// container running as another uid (or as none declared): the socket's rule holds for its
+    /// files too, whether the file names the secret or a template reads it.
+    #[test]
+    fn a_file_of_a_secret_limited_to_uids_goes_only_into_a_container_running_as_one() {
+        let as_uid = |uid: Option<i64>| {
+            let mut c = app();
+            if let Some(u) = uid {
+                c[1]["securityContext"] = json!({"runAsUser": u});
+            }
+            c
+        };
+        for file in [
+            ("file-pw-secret", "db#password"),
+            ("file-pw-template", "{{ secrets.db.data.password }}"),
+        ] {
+            let annotations = [
+                ("secret-db", "secret/data/db"),
+                ("secret-db-uids", "1000"),
+                ("file-pw", "other/password"),
+                file,
+            ];
+            run(&annotations, as_uid(Some(1000))).expect("admitted");
+            for uid in [Some(2000), None] {
+                let e = refused(&annotations, as_uid(uid));
+                assert_eq!(e.key, "keyward.io/file-pw", "{uid:?}: {e}");
+                assert!(e.problem.contains("secret-db-uids (1000)"), "{e}");
+            }
         }
     }
 
