@@ -2,7 +2,8 @@
 //! PostgreSQL credential, in a pod the way a cluster runs it (issue 13 §1, §3, §5): the manifest
 //! goes through `keyward inject`, the e2e pod runner executes the injected spec as is. The
 //! sidecar renders `keyward.io/file-dsn` from OpenBao's database engine (a real PostgreSQL that
-//! asks for passwords); `keyward exec --on-change db=restart` is the app's parent. When the
+//! asks for passwords); `keyward exec --on-change db=restart` (no `--env`: the app reads only the
+//! file) is the app's parent. When the
 //! lease nears its short max_ttl the sidecar fetches a new credential: the file is rendered
 //! again, the wrapper restarts psql, and psql reconnects as the new role (seen in
 //! `pg_stat_activity`), with `file.render` and `exec.restart` audit records.
@@ -23,8 +24,8 @@ const APP_UID: u32 = 1000;
 const POD_GROUP: u32 = 65532;
 const LONG: Duration = Duration::from_secs(90);
 
-/// The app: at each start it checks that the file names the user the wrapper started it with
-/// (the same credential version: the file is rendered on the version that restarts the app),
+/// The app takes its credential only from the file (no environment variable: the wrapper
+/// watches `db` for `keyward.io/on-change-app` alone): at each start it prints the file's user,
 /// then runs psql with the file's DSN and holds the session open.
 const POD: &str = r#"apiVersion: v1
 kind: ServiceAccount
@@ -39,7 +40,6 @@ metadata:
     keyward.io/secret-db: database/creds/app
     keyward.io/file-dsn: app/db.dsn
     keyward.io/file-dsn-template: "host=postgres.db.svc port=5432 dbname=postgres user={{ secrets.db.data.username }} password={{ secrets.db.data.password }} application_name=delivery-psql connect_timeout=10"
-    keyward.io/env-app: DB_USER=db#username
     keyward.io/on-change-app: db=restart
 spec:
   serviceAccountName: psql
@@ -53,7 +53,7 @@ spec:
         - -c
         - |
           f=/keyward/files/db.dsn
-          if grep -q "user=$DB_USER " "$f"; then echo "start $DB_USER"; else echo "STALE file at start of $DB_USER"; fi
+          echo "start $$(sed -n 's/.* user=\([^ ]*\) .*/\1/p' "$f")"
           exec psql "$$(cat "$f")" -X -q -v ON_ERROR_STOP=1 -c "select pg_sleep(3600)"
       securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 "#;
@@ -91,7 +91,13 @@ async fn psql_reconnects_as_the_new_role_after_the_lease_is_refetched_the_dsn_fi
         r#"path "database/creds/app" { capabilities = ["read"] }"#,
     )
     .await;
-    pods.run(&inject(POD)).await;
+    // The wrapper is injected for the on-change annotation alone, with no --env.
+    let injected = inject(POD);
+    assert!(
+        injected.contains("--on-change=db=restart") && !injected.contains("--env"),
+        "{injected}"
+    );
+    pods.run(&injected).await;
 
     let logs = |pods: &Pods| pods.logs(NS, "psql", &["app"]);
     let file: PathBuf = pods
@@ -140,11 +146,14 @@ async fn psql_reconnects_as_the_new_role_after_the_lease_is_refetched_the_dsn_fi
         "the app started as {first}, then again as {second}:\n{}",
         logs(&pods)
     );
+    // Each restart is for a new credential (a new role), so a restarted app that found the
+    // file not yet rendered for it would start as the same user again.
     assert!(
-        !app.contains("STALE"),
+        starts.windows(2).all(|w| w[0] != w[1]),
         "a restarted app found the file not yet rendered for its version:\n{}",
         logs(&pods)
     );
+
     // No credential value in any log.
     let password = dsn
         .split_whitespace()
