@@ -12,7 +12,8 @@
 //! cannot be renewed), the cache stops serving the certificate once it has expired, and at
 //! shutdown every certificate still valid is revoked through `MOUNT/revoke` (the role's
 //! policy needs `update` on it; without it the revocation fails and is recorded, and the
-//! certificate ends at its expiry).
+//! certificate ends at its expiry). A certificate that ends within [`MIN_REMAINING`] is
+//! refused (the fetch backs off) rather than re-issued every few hundred milliseconds.
 //!
 //! The private key moves from Vault's answer into the value without a copy; the answer and the
 //! value are wiped when dropped. It is never logged: errors name the path and the field only.
@@ -111,6 +112,10 @@ impl SecretSource for VaultPki {
     }
 }
 
+/// Shortest remaining lifetime of an issued certificate that is taken (half the shortest TTL
+/// one may ask for, which leaves room for the request's time).
+const MIN_REMAINING: Duration = Duration::from_secs(keyward_config::MIN_CERT_TTL.as_secs() / 2);
+
 /// The value of an issue answer received at `now`: the certificate, its key, the chain joined
 /// into one PEM text, the serial and the expiry, with a lease that ends with the certificate.
 fn from_response(
@@ -170,6 +175,16 @@ fn from_response(
             .duration_since(now)
             .unwrap_or_default()
             .min(crate::vault::MAX_LEASE_DURATION);
+        // A certificate that ends (nearly) at once would be issued again every few hundred
+        // milliseconds (2/3 of nothing): refused instead, so the fetch backs off and the
+        // reason is recorded (a role's max_ttl, an issuer about to expire, a skewed clock).
+        if ttl < MIN_REMAINING {
+            return Err(unusable(format!(
+                "{path} answered a certificate that ends in {}s (expiration {expiration}), less than the {}s needed to deliver it: check the role's max_ttl, the issuer's expiry and the clocks",
+                ttl.as_secs(),
+                MIN_REMAINING.as_secs()
+            )));
+        }
         let mut value = Map::new();
         value.insert("certificate".into(), Value::String(pem_text(certificate)));
         // Moved, not copied (nor grown: a reallocation would leave a copy in freed memory):
@@ -304,6 +319,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A certificate that has ended or ends within seconds (a role's max_ttl, an issuer about
+    /// to expire, clock skew) is refused naming why, not taken with a lease of ~0 that the
+    /// lifecycle would re-issue every 100 ms.
+    #[test]
+    fn a_certificate_ending_at_once_is_refused_not_re_issued_in_a_tight_loop() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let answer_ending = |secs_after_now: i64| {
+            answer(json!({
+                "certificate": "C",
+                "private_key": "hunter2",
+                "serial_number": "1a",
+                "expiration": (1_800_000_000i64 + secs_after_now) as u64,
+            }))
+        };
+        for ends in [-60, 0, 1, 4] {
+            let e = from_response(&mut answer_ending(ends), "p/issue/r", now)
+                .expect_err("ends at once");
+            let e = e.to_string();
+            assert!(
+                e.contains("p/issue/r answered a certificate that ends in"),
+                "{e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let f = from_response(&mut answer_ending(10), "p/issue/r", now).expect("10 s is enough");
+        assert_eq!(
+            f.lease.as_ref().expect("lease").ttl,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]
