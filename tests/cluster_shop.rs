@@ -94,6 +94,44 @@ async fn shop_runs_from_kubectl_apply_on_the_real_control_plane() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 
+    // A KV update reaches the running frontend app (its long-poll) without a restart.
+    let app_pid = ks.node.pids("shop", &frontend);
+    ks.shop
+        .kv_put(
+            "shop/frontend",
+            serde_json::json!({"banner": "Summer sale: v2", "api_key": "fk-demo-2"}),
+        )
+        .await
+        .expect("KV update");
+    KubeShop::until("the KV update in the frontend app", || {
+        let log = ks.node.logs("shop", &frontend, "app");
+        async move {
+            if log.contains("config version 2: banner=Summer sale: v2") {
+                Ok(())
+            } else {
+                Err(keyward_e2e::Error::Setup(log))
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ks.node.pids("shop", &frontend), app_pid, "no restart");
+    let p = ks.pod("shop", &frontend).expect("frontend pod");
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{p:#}"
+    );
+
+    // The dynamic credential is renewed (10 s leases) and, once the Deployment is scaled to
+    // zero (the pod deleted through the API server), revoked: its PostgreSQL role is gone.
+    ks.wait_audit("shop", &orders, "a lease renewal", |r| {
+        r["action"] == "vault.lease_renew" && r["decision"] == "ok"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let roles = ks.shop.vault_roles().expect("pg roles");
+    assert!(roles.contains(&user), "{user} in {roles:?}");
+
     // The Job completes (its sidecar stops after the app; the pod Succeeds).
     ks.wait(&["-n", "shop", "--for=condition=complete", "job/nightly"])
         .unwrap_or_else(|e| panic!("job/nightly complete: {e}"));
@@ -107,6 +145,24 @@ async fn shop_runs_from_kubectl_apply_on_the_real_control_plane() {
         .audit("other", "client", &["verify"])
         .expect("keyward audit");
     assert!(ok && out.starts_with("OK"), "other/client audit: {out}");
+
+    ks.kubectl(&["-n", "shop", "scale", "deployment/orders", "--replicas=0"])
+        .expect("scale orders to 0");
+    ks.wait(&["-n", "shop", "--for=delete", &format!("pod/{orders}")])
+        .unwrap_or_else(|e| panic!("orders deleted: {e}"));
+    KubeShop::until("the orders role revoked", || {
+        let roles = ks.shop.vault_roles();
+        let user = user.clone();
+        async move {
+            match roles {
+                Ok(r) if !r.contains(&user) => Ok(()),
+                Ok(r) => Err(keyward_e2e::Error::Setup(format!("{r:?}"))),
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let t_checks = t0.elapsed();
     ks.down(Duration::from_secs(10)).await;
