@@ -623,10 +623,11 @@ async fn setup_with_file() -> (TestVault, BrokerProc, tempfile::TempDir) {
 }
 
 /// A long-running app that reads its secret only from the file `$F`: records the file's
-/// content at each start (`starts`) and at each SIGHUP (`hups`); exits 0 on SIGTERM.
+/// content at each start (`starts`) and at each SIGHUP (`hups`); exits 0 on SIGTERM (after
+/// `$D/release` exists, when `$D/hold` exists).
 const FILE_APP: &str = r#"
 trap 'cat "$F" >> "$D/hups"; echo >> "$D/hups"' HUP
-trap 'echo term >> "$D/terms"; kill $S 2>/dev/null; exit 0' TERM
+trap 'echo term >> "$D/terms"; kill $S 2>/dev/null; while [ -e "$D/hold" ] && [ ! -e "$D/release" ]; do sleep 0.05; done; exit 0' TERM
 cat "$F" >> "$D/starts"; echo >> "$D/starts"
 while :; do sleep 1000 & S=$!; wait $S; kill $S 2>/dev/null; done
 "#;
@@ -699,6 +700,47 @@ async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_th
             .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
         "{ev:?}"
     );
+}
+
+#[tokio::test]
+async fn a_change_of_a_file_only_secret_during_a_restart_is_not_lost() {
+    let (v, b, files) = setup_with_file().await;
+    let w = Wrapper::start(
+        &b,
+        &[
+            "--on-change",
+            "cfg=restart",
+            "--grace-period",
+            "60s",
+            "--restart-backoff",
+            "100ms",
+        ],
+        &file_app(&files),
+    );
+    w.wait_lines("starts", 1).await;
+    std::fs::write(w.path("hold"), "").expect("hold");
+    let v2 = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    // The old app is stopping (held in its TERM trap) when v3 arrives and the wrapper's
+    // long-poll reports it (audited).
+    w.wait_lines("terms", 1).await;
+    let v3 = v.bao.kv_put("cfg", json!({"value": "v3"})).await;
+    eventually(LONG, "the wrapper to see v3 during the restart", || {
+        let seen = records(&b, "secret.read")
+            .iter()
+            .any(|r| r["secret"] == "cfg" && r["version"] == v3 && r["caller"]["uid"] == me());
+        async move { seen.then_some(()) }
+    })
+    .await;
+    std::fs::write(w.path("release"), "").expect("release");
+    // The restart for v2 starts the app with the file as it is then (v3 already); the wrapper
+    // cannot tell, so v3 calls for one more restart: never fewer than the changes need.
+    let starts = w.wait_lines("starts", 3).await;
+    assert_eq!(starts, vec!["v1", "v3", "v3"], "log:\n{}", w.log());
+    let versions: Vec<_> = records(&b, "exec.restart")
+        .iter()
+        .map(|r| r["version"].clone())
+        .collect();
+    assert_eq!(versions, vec![json!(v2), json!(v3)]);
 }
 
 #[tokio::test]
