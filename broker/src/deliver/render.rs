@@ -35,6 +35,15 @@ impl std::fmt::Debug for SecretView {
     }
 }
 
+/// The opened values (a certificate's private key among them) are wiped when the view is
+/// dropped, as the source's value is (`crate::source::Fetched`): a render opens them again
+/// from the sealed cache each time.
+impl Drop for SecretView {
+    fn drop(&mut self) {
+        self.data.values_mut().for_each(crate::secret::scrub_json);
+    }
+}
+
 /// Why a file cannot be rendered. The text names the file, the secret and the key; it never
 /// holds a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,6 +154,103 @@ mod tests {
         String::from_utf8(r.expect("renders").to_vec()).expect("utf-8")
     }
 
+    /// Where `needle` occurs in this process's writable anonymous memory (heap and thread
+    /// stacks, read through /proc/self/mem), leaving out the ranges in `skip`. `maps` and `buf`
+    /// are the caller's, allocated beforehand: the scan allocates nothing that could reuse
+    /// (and overwrite) the freed memory it looks into.
+    fn occurrences(
+        needle: &[u8],
+        skip: &[std::ops::Range<usize>],
+        maps: &mut String,
+        buf: &mut [u8],
+    ) -> usize {
+        use std::io::{Read, Seek, SeekFrom};
+        maps.clear();
+        std::fs::File::open("/proc/self/maps")
+            .and_then(|mut f| f.read_to_string(maps))
+            .expect("maps");
+        let mut mem = std::fs::File::open("/proc/self/mem").expect("mem");
+        let buf_range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let mut found = 0;
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let path = f.nth(3);
+            if !perms.starts_with("rw") || path.is_some_and(|p| p != "[heap]") {
+                continue;
+            }
+            let (a, b) = range.split_once('-').expect("range");
+            let (start, end) = (
+                usize::from_str_radix(a, 16).expect("hex"),
+                usize::from_str_radix(b, 16).expect("hex"),
+            );
+            let mut at = start;
+            while at + needle.len() <= end {
+                let n = (end - at).min(buf.len());
+                if mem.seek(SeekFrom::Start(at as u64)).is_err()
+                    || mem.read_exact(&mut buf[..n]).is_err()
+                {
+                    break;
+                }
+                for (i, w) in buf[..n].windows(needle.len()).enumerate() {
+                    let addr = at + i;
+                    if w == needle
+                        && !buf_range.contains(&addr)
+                        && !skip.iter().any(|r| r.contains(&addr))
+                    {
+                        found += 1;
+                    }
+                }
+                if at + n >= end {
+                    break;
+                }
+                at += n - needle.len() + 1;
+            }
+        }
+        found
+    }
+
+    /// A view holds a private key opened from the sealed cache for a render; once dropped, no
+    /// copy of it is left in freed memory.
+    #[test]
+    fn a_views_opened_values_are_wiped_when_it_is_dropped() {
+        use rand::Rng;
+        // A canary the size of a private key made at run time (not in the binary); the freed
+        // chunk's first bytes are the allocator's own, so the rest is searched for.
+        let mut canary = [0u8; 2048];
+        let mut rng = rand::thread_rng();
+        for b in canary.iter_mut() {
+            *b = rng.gen_range(b'a'..=b'z');
+        }
+        let needle = canary[64..].to_vec();
+        let skip = [
+            canary.as_ptr() as usize..canary.as_ptr() as usize + canary.len(),
+            needle.as_ptr() as usize..needle.as_ptr() as usize + needle.len(),
+        ];
+        let mut maps = String::with_capacity(1 << 20);
+        let mut buf = vec![0u8; 1 << 20];
+        let key = String::from_utf8(canary.to_vec()).expect("ascii");
+        let mut data = serde_json::Map::new();
+        data.insert("private_key".into(), serde_json::Value::String(key));
+        let v = SecretView {
+            data,
+            version: 1,
+            lease_expires: None,
+        };
+        assert!(
+            occurrences(&needle, &skip, &mut maps, &mut buf) >= 1,
+            "the view's copy is found"
+        );
+        drop(v);
+        assert_eq!(
+            occurrences(&needle, &skip, &mut maps, &mut buf),
+            0,
+            "a copy is left after the drop"
+        );
+    }
+
     #[test]
     fn a_template_sees_data_version_and_lease_expiry_under_underscored_names() {
         let mut secrets = BTreeMap::new();
@@ -152,13 +258,11 @@ mod tests {
             "db-main".to_owned(),
             view(json!({"user": "u", "password": "p@ss"}), 7),
         );
-        secrets.insert(
-            "api".to_owned(),
-            SecretView {
-                lease_expires: Some("2026-12-02T03:00:00Z".into()),
-                ..view(json!({"token": 42}), 3)
-            },
-        );
+        secrets.insert("api".to_owned(), {
+            let mut v = view(json!({"token": 42}), 3);
+            v.lease_expires = Some("2026-12-02T03:00:00Z".into());
+            v
+        });
         let f = file(
             None,
             None,
