@@ -230,14 +230,14 @@ fn each_input_is_numbered_in_order_and_findings_name_it() {
     );
 }
 
-/// `read` numbers lines from 1 (`+ 1` → `* 1` survived), and lines that hold no record are
-/// counted as skipped, blank ones not (`!` deleted, `+=` → `*=` survived: nothing read
-/// `skipped`).
+/// `read` numbers lines from 1 (`+ 1` → `* 1` survived), and lines that hold no record (text,
+/// or JSON without the chain members) are counted as skipped, blank ones not (`!` deleted and
+/// each `+=` → `*=`/`-=` survived: nothing read `skipped`).
 #[test]
 fn read_numbers_lines_from_one_and_counts_only_non_blank_lines_without_a_record() {
     let c = chain("aaaa", 3, None);
     let text = format!(
-        "another program's log line\n\n{}\n   \nnot json either\n{}\n",
+        "another program's log line\n\n{}\n   \n{{\"msg\":\"JSON, not a record\"}}\n{}\n",
         c.lines[0], c.lines[2]
     );
     let mut v = keyward_audit::ChainVerifier::new();
@@ -252,5 +252,124 @@ fn read_numbers_lines_from_one_and_counts_only_non_blank_lines_without_a_record(
     assert!(
         what.contains("between app.log line 3 and app.log line 6"),
         "{what}"
+    );
+}
+
+/// `lines` of one chain as one input, through the verifier.
+fn verify_one_input(lines: &[&str]) -> keyward_audit::ChainReport {
+    let mut v = keyward_audit::ChainVerifier::new();
+    let s = v.source("in.log");
+    for (i, l) in lines.iter().enumerate() {
+        v.line(s, i as u64 + 1, l);
+    }
+    let mut reports = v.finish();
+    assert_eq!(reports.len(), 1);
+    reports.remove(0)
+}
+
+/// A record delivered twice is a duplicate, not a finding, even twice in a row in one input
+/// (`<` → `<=` in the reorder check survived); two *different* records under one seq are a
+/// finding naming both (the guard `k.seq == e.seq` → `false`, and `&&` → `||` before the hash
+/// comparison, survived).
+#[test]
+fn a_repeated_record_is_a_duplicate_and_two_different_records_at_one_seq_a_finding() {
+    let c = chain("aaaa", 3, None);
+    let repeated = verify_one_input(&[&c.lines[0], &c.lines[1], &c.lines[1], &c.lines[2]]);
+    assert_eq!(repeated.duplicates, 1);
+    assert_eq!(repeated.records, 3);
+    assert!(repeated.findings.is_empty(), "{:?}", repeated.findings);
+
+    // Another record at seq 2, with a hash of its own that is right for its content.
+    let mut other: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&c.lines[1]).expect("json");
+    other.remove("hash");
+    other.insert("decision".into(), "deny".into());
+    let (other, _) = line(other);
+    let two = verify_one_input(&[&c.lines[0], &c.lines[1], &other, &c.lines[2]]);
+    assert_eq!(two.duplicates, 0);
+    let whats: Vec<&str> = two.findings.iter().map(|f| f.what.as_str()).collect();
+    assert!(
+        two.findings
+            .iter()
+            .any(|f| f.seq == 2
+                && f.what == "two different records (in.log line 2 and in.log line 3)"),
+        "{whats:?}"
+    );
+}
+
+/// The hash member of a line.
+fn hash_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    v["hash"].as_str().expect("hash").to_owned()
+}
+
+/// Chains `a` then `b` as one input, through the verifier: the report of `a`.
+fn report_of_first(a: &Chain, b: &Chain) -> keyward_audit::ChainReport {
+    let mut v = keyward_audit::ChainVerifier::new();
+    let s = v.source("in.log");
+    for (i, l) in a.lines.iter().chain(b.lines.iter()).enumerate() {
+        v.line(s, i as u64 + 1, l);
+    }
+    v.finish()
+        .into_iter()
+        .find(|r| r.chain == a.id)
+        .expect("chain a")
+}
+
+/// Where the next chain says this one ended is checked against this one: records missing
+/// before it (`last_seq + 1` → `- 1`/`* 1` in the range survived), a different hash there
+/// (guard `e.hash != link.hash` → `false` survived) and records after it (guard
+/// `last_seq > link.seq` → `false`, `>` → `<`, `link.seq + 1` → `- 1`/`* 1` survived) are
+/// findings on this chain, at the seq they concern.
+#[test]
+fn the_next_chains_link_must_match_this_chains_record_and_be_its_last() {
+    let a = chain("aaaa", 3, None);
+    let ok = chain(
+        "bbbb",
+        1,
+        Some(serde_json::json!({"chain": a.id, "seq": 3, "hash": a.head})),
+    );
+    assert!(report_of_first(&a, &ok).findings.is_empty());
+
+    let other_hash = chain(
+        "bbbb",
+        1,
+        Some(serde_json::json!({"chain": a.id, "seq": 3, "hash": keyward_audit::GENESIS})),
+    );
+    let r = report_of_first(&a, &other_hash);
+    assert!(
+        r.findings.iter().any(|f| {
+            f.seq == 3
+            && f.what
+                == "hash differs from the head chain bbbb recorded for it (the record was replaced)"
+        }),
+        "{:?}",
+        r.findings
+    );
+
+    let ended_later = chain(
+        "bbbb",
+        1,
+        Some(serde_json::json!({"chain": a.id, "seq": 5, "hash": keyward_audit::GENESIS})),
+    );
+    let r = report_of_first(&a, &ended_later);
+    assert!(
+        r.findings.iter().any(|f| f.seq == 4
+            && f.what == "seq 4-5 missing (cut off at the end: chain bbbb began after seq 5)"),
+        "{:?}",
+        r.findings
+    );
+
+    let ended_earlier = chain(
+        "bbbb",
+        1,
+        Some(serde_json::json!({"chain": a.id, "seq": 2, "hash": hash_of(&a.lines[1])})),
+    );
+    let r = report_of_first(&a, &ended_earlier);
+    assert!(
+        r.findings.iter().any(|f| f.seq == 3
+            && f.what == "records after seq 2, where chain bbbb says this chain ended"),
+        "{:?}",
+        r.findings
     );
 }
