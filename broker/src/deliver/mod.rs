@@ -173,7 +173,7 @@ fn views(inner: &Inner, entries: &[Arc<Entry>]) -> Option<BTreeMap<String, Secre
         let mut data = serde_json::Map::new();
         for (k, sealed) in &cached.fields {
             let plain = inner.sealer.open(sealed).ok()?;
-            data.insert(k.clone(), serde_json::from_slice(&plain).ok()?);
+            data.insert(k.clone(), open_field(&plain)?);
         }
         let lease_expires = cached.lease.as_ref().and_then(|l| {
             time::OffsetDateTime::from(l.expires_at)
@@ -190,6 +190,70 @@ fn views(inner: &Inner, entries: &[Arc<Entry>]) -> Option<BTreeMap<String, Secre
         );
     }
     Some(out)
+}
+
+/// One opened field of a sealed value (its JSON text) as a JSON value. A string (a PEM key has
+/// `\n` escapes) is decoded here into one allocation of its final size: serde_json would decode
+/// it through a scratch buffer that grows and is freed unwiped, a copy of the key left behind.
+fn open_field(plain: &[u8]) -> Option<serde_json::Value> {
+    if plain.first() == Some(&b'"') {
+        return json_string(plain).map(serde_json::Value::String);
+    }
+    serde_json::from_slice(plain).ok()
+}
+
+/// The JSON string literal `plain` (quotes included) decoded; `None` if it is not one. Nothing
+/// is reallocated (the text is never shorter than what it decodes to) and a partial result is
+/// wiped.
+fn json_string(plain: &[u8]) -> Option<String> {
+    let inner = std::str::from_utf8(plain)
+        .ok()?
+        .strip_prefix('"')?
+        .strip_suffix('"')?;
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(inner.len()));
+    let mut chars = inner.chars();
+    let hex4 = |chars: &mut std::str::Chars<'_>| -> Option<u32> {
+        let mut n = 0;
+        for _ in 0..4 {
+            n = n * 16 + chars.next()?.to_digit(16)?;
+        }
+        Some(n)
+    };
+    while let Some(c) = chars.next() {
+        let decoded = match c {
+            '\\' => match chars.next()? {
+                '"' => '"',
+                '\\' => '\\',
+                '/' => '/',
+                'b' => '\u{8}',
+                'f' => '\u{c}',
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                'u' => {
+                    let hi = hex4(&mut chars)?;
+                    if (0xD800..0xDC00).contains(&hi) {
+                        if chars.next()? != '\\' || chars.next()? != 'u' {
+                            return None;
+                        }
+                        let lo = hex4(&mut chars)?;
+                        if !(0xDC00..0xE000).contains(&lo) {
+                            return None;
+                        }
+                        char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                    } else {
+                        char::from_u32(hi)?
+                    }
+                }
+                _ => return None,
+            },
+            '"' => return None,
+            c if u32::from(c) < 0x20 => return None,
+            c => c,
+        };
+        out.push(decoded);
+    }
+    Some(std::mem::take(&mut *out))
 }
 
 /// Renders and writes `spec` and records it; the digest of what was written, `None` on error.
@@ -256,4 +320,88 @@ fn render_once(
     }
     let _ = inner.audit.record(&rec);
     outcome.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Strings decode as serde_json decodes them; what is no JSON string is refused.
+    #[test]
+    fn an_opened_string_field_decodes_as_json_does() {
+        for v in [
+            json!(""),
+            json!("plain"),
+            json!("-----BEGIN KEY-----\nabc\n-----END KEY-----\n"),
+            json!("q\"b\\s/\u{8}\u{c}\r\t\u{1}é€😀"),
+            json!(42),
+            json!({"a": "b\n"}),
+            json!(null),
+        ] {
+            let text = serde_json::to_vec(&v).expect("json");
+            assert_eq!(open_field(&text), Some(v.clone()), "{v}");
+        }
+        assert_eq!(
+            open_field(br#""\ud83d\ude00 \u00e9\/""#),
+            Some(json!("😀 é/"))
+        );
+        for bad in [
+            &br#""abc"#[..],
+            br#""a"b""#,
+            br#""\x""#,
+            br#""\ud83d""#,
+            br#""\ud83dx""#,
+            b"\"\x01\"",
+            br#""\u12""#,
+        ] {
+            assert_eq!(open_field(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// A field opened for a render (a PEM private key: a JSON string with `\n` escapes) leaves
+    /// no copy behind once the value is wiped: decoding it uses no scratch buffer that is freed
+    /// unwiped.
+    #[test]
+    fn opening_an_escaped_field_leaves_no_copy_once_wiped() {
+        use rand::Rng;
+        let mut canary = [0u8; 2048];
+        let mut rng = rand::thread_rng();
+        for (i, b) in canary.iter_mut().enumerate() {
+            *b = if i % 64 == 63 {
+                b'\n'
+            } else {
+                rng.gen_range(b'a'..=b'z')
+            };
+        }
+        // The longest run without a newline, searched for in memory.
+        let needle = canary[64..127].to_vec();
+        let mut json = zeroize::Zeroizing::new(Vec::with_capacity(4096));
+        json.push(b'"');
+        for &b in canary.iter() {
+            if b == b'\n' {
+                json.extend_from_slice(b"\\n");
+            } else {
+                json.push(b);
+            }
+        }
+        json.push(b'"');
+        let skip = [
+            canary.as_ptr() as usize..canary.as_ptr() as usize + canary.len(),
+            needle.as_ptr() as usize..needle.as_ptr() as usize + needle.len(),
+            json.as_ptr() as usize..json.as_ptr() as usize + json.capacity(),
+        ];
+        let mut maps = String::with_capacity(1 << 20);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut v = open_field(&json).expect("a JSON string");
+        assert_eq!(v.as_str().map(str::as_bytes), Some(&canary[..]));
+        crate::secret::scrub_json(&mut v);
+        drop(v);
+        assert_eq!(
+            render::tests::occurrences(&needle, &skip, &mut maps, &mut buf),
+            0,
+            "a copy of the opened value is left in memory"
+        );
+    }
 }

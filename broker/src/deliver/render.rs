@@ -123,7 +123,7 @@ pub fn render(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
@@ -158,7 +158,7 @@ mod tests {
     /// stacks, read through /proc/self/mem), leaving out the ranges in `skip`. `maps` and `buf`
     /// are the caller's, allocated beforehand: the scan allocates nothing that could reuse
     /// (and overwrite) the freed memory it looks into.
-    fn occurrences(
+    pub(in crate::deliver) fn occurrences(
         needle: &[u8],
         skip: &[std::ops::Range<usize>],
         maps: &mut String,
