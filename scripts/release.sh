@@ -114,10 +114,19 @@ clone_at() {
   git -C "$dir" -c advice.detachedHead=false checkout -q "$want"
 }
 
-pin() { # pin DIGEST: the chart's image digest line and release/image.json
-  local d=$1 vals="$repo/charts/keyward/values.yaml"
+pin() { # pin DIGEST: the chart's image digest line, release/image.json, and every other tracked
+  # mention of the previous pin (the injector's built-in default image, its goldens); release/
+  # signature/ is rewritten by `release.sh sign`, never edited
+  local d=$1 vals="$repo/charts/keyward/values.yaml" old f
   grep -q '^  digest: "sha256:[0-9a-f]\{64\}"$' "$vals" || die "no image digest line in $vals"
+  old=$(sed -n 's/^  digest: "\(sha256:[0-9a-f]\{64\}\)"$/\1/p' "$vals" | head -1)
   sed -i "s|^  digest: \"sha256:[0-9a-f]\{64\}\"$|  digest: \"$d\"|" "$vals"
+  if [ "$old" != "$d" ]; then
+    git -C "$repo" grep -l -F "$old" -- . ':!release' | while read -r f; do
+      sed -i "s|$old|$d|g" "$repo/$f"
+      log "re-pinned $f"
+    done
+  fi
   mkdir -p "$repo/release"
   cat > "$repo/release/image.json" <<EOF
 {
