@@ -373,3 +373,54 @@ fn the_next_chains_link_must_match_this_chains_record_and_be_its_last() {
         r.findings
     );
 }
+
+/// A chain that must reach a seq (`--expect CHAIN=SEQ`) and ends before it: the finding names
+/// the range cut off (`last_seq + 1` → `- 1`/`* 1` in the range survived).
+#[test]
+fn an_expected_seq_beyond_the_last_record_names_the_range_cut_off() {
+    let a = chain("aaaa", 3, None);
+    let mut v = keyward_audit::ChainVerifier::new();
+    let s = v.source("in.log");
+    for (i, l) in a.lines.iter().enumerate() {
+        v.line(s, i as u64 + 1, l);
+    }
+    v.expect("aaaa", 5);
+    let r = v.finish().remove(0);
+    let whats: Vec<(u64, &str)> = r
+        .findings
+        .iter()
+        .map(|f| (f.seq, f.what.as_str()))
+        .collect();
+    assert_eq!(
+        whats,
+        [(
+            4,
+            "seq 4-5 missing (cut off at the end: the chain ends at record 3, and 5 were \
+             written: the last 2 were cut off)"
+        )]
+    );
+}
+
+/// Numbers beyond 2^53 are hashed as RFC 8785 prints them (ECMAScript's shortest double, e.g.
+/// `1152921504606846976` as `1152921504606847000`), as the writer's JCS does: the verifier's
+/// fast path must leave them to the general one (the guards `u <= MAX_SAFE` and
+/// `i.unsigned_abs() <= MAX_SAFE` → `true` survived: the fast path then printed the exact
+/// integer and an intact record read as edited).
+#[test]
+fn a_record_with_numbers_beyond_two_to_the_53_verifies_as_intact() {
+    for n in [
+        serde_json::json!(1u64 << 60),
+        serde_json::json!(-(1i64 << 60)),
+    ] {
+        let mut body = serde_json::Map::new();
+        body.insert("action".into(), "secret.read".into());
+        body.insert("chain".into(), "aaaa".into());
+        body.insert("prev".into(), keyward_audit::GENESIS.into());
+        body.insert("seq".into(), 1.into());
+        body.insert("version".into(), n.clone());
+        let (text, _) = line(body);
+        let r = verify_one_input(&[&text]);
+        assert!(r.findings.is_empty(), "{n}: {:?}", r.findings);
+        assert_eq!(r.records, 1);
+    }
+}
