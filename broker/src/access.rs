@@ -60,14 +60,14 @@ pub(crate) fn authorize<'a>(
         audit(inner, &rec)?;
         return Err(ApiError::UnknownSecret(name.to_owned()));
     };
-    if !may_read(&entry.spec, caller.uid) {
-        let reason = format!("uid {} is not in the secret's allow list", caller.uid);
+    if let Some(reason) = refusal(&entry.spec, caller) {
         let rec = access_record(inner, caller, action, name, Decision::Deny).reason(reason.clone());
         audit(inner, &rec)?;
         warn!(
             secret = name,
             uid = caller.uid,
             pid = caller.pid,
+            container = %caller.container,
             "Secret access denied"
         );
         return Err(ApiError::Denied(reason));
@@ -111,6 +111,42 @@ pub(crate) fn may_read(spec: &SecretSpec, uid: u32) -> bool {
     spec.allow_uids
         .as_ref()
         .is_none_or(|uids| uids.contains(&uid))
+}
+
+/// Whether a request on `container`'s socket may read the secret: `allow_containers` (a
+/// certificate's container) names it; no list: every socket. The pod's shared socket (an
+/// empty name) is none of the listed containers.
+pub(crate) fn may_read_on(spec: &SecretSpec, container: &str) -> bool {
+    spec.allow_containers
+        .as_ref()
+        .is_none_or(|names| !container.is_empty() && names.iter().any(|n| n == container))
+}
+
+/// Whether `caller` may read the secret ([`may_read`] and [`may_read_on`]).
+pub(crate) fn may_access(spec: &SecretSpec, caller: &Caller) -> bool {
+    refusal(spec, caller).is_none()
+}
+
+/// Why `caller` may not read the secret, or `None` when it may.
+fn refusal(spec: &SecretSpec, caller: &Caller) -> Option<String> {
+    if !may_read(spec, caller.uid) {
+        return Some(format!(
+            "uid {} is not in the secret's allow list",
+            caller.uid
+        ));
+    }
+    if !may_read_on(spec, &caller.container) {
+        return Some(if caller.container.is_empty() {
+            "the secret is read only on its containers' sockets, not the pod's shared socket"
+                .to_owned()
+        } else {
+            format!(
+                "container {} is not in the secret's allow_containers",
+                caller.container
+            )
+        });
+    }
+    None
 }
 
 /// Records an allowed read of `value` (of one `key`, or all of it) before it is served.
@@ -189,12 +225,17 @@ mod tests {
     use super::*;
 
     fn spec(allow_uids: Option<Vec<u32>>) -> SecretSpec {
+        spec_on(allow_uids, None)
+    }
+
+    fn spec_on(allow_uids: Option<Vec<u32>>, allow_containers: Option<Vec<String>>) -> SecretSpec {
         SecretSpec {
             name: "db".into(),
             path: "secret/data/db".into(),
             key: None,
             required: true,
             allow_uids,
+            allow_containers,
             issue: None,
         }
     }
@@ -208,5 +249,24 @@ mod tests {
             !may_read(&spec(Some(vec![])), 1000),
             "an empty list allows nobody"
         );
+    }
+
+    #[test]
+    fn a_secret_with_allowed_containers_is_read_only_on_their_sockets() {
+        let caller = |uid, container: &str| Caller::from_peer(1, uid, uid, "app".into(), container);
+        let cert = spec_on(None, Some(vec!["web".into()]));
+        assert!(may_access(&cert, &caller(1000, "web")));
+        for other in ["app", "", "web2"] {
+            assert!(!may_access(&cert, &caller(1000, other)), "{other:?}");
+        }
+        assert!(!may_access(
+            &spec_on(None, Some(vec![])),
+            &caller(1000, "web")
+        ));
+        assert!(may_access(&spec(None), &caller(1000, "")));
+        let both = spec_on(Some(vec![1000]), Some(vec!["web".into()]));
+        assert!(may_access(&both, &caller(1000, "web")));
+        assert!(!may_access(&both, &caller(1001, "web")));
+        assert!(refusal(&cert, &caller(1000, "app")).is_some_and(|r| r.contains("container app")));
     }
 }

@@ -1,11 +1,19 @@
 //! The broker's access decisions (`broker/src/access.rs`) that its other in-memory tests left
 //! unchecked (scripts/mutants.sh `access` scope): the record of a read of a key the secret does
-//! not have, the record of a listing, and who gets the workload identity. In-memory sources and
+//! not have, the record of a listing, who gets the workload identity, and which containers'
+//! sockets read a secret with `allow_containers` (a certificate). In-memory sources and
 //! connections, a real audit log.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyward_audit::Caller;
+use keyward_broker::config::Config;
+use keyward_broker::Broker;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use keyward_broker::{IdentitySource, SvidPem};
 use serde_json::json;
@@ -138,4 +146,113 @@ async fn the_identity_goes_only_to_its_allowed_uids_and_each_outcome_is_audited(
             ),
         ]
     );
+}
+
+/// A broker with the sockets of the containers `app` and `web` and the secret `web` that only
+/// `web`'s socket reads (as the injector writes a certificate), `db` that every socket reads.
+fn per_container() -> (Broker, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.log");
+    let d = dir.path().display();
+    let yaml = format!(
+        "vault: {{addr: \"http://127.0.0.1:9\", allow_insecure_http: true}}\n\
+         auth: {{role: r, token_file: {d}/token}}\n\
+         secrets:\n  - {{name: web, path: memory/web, allow_containers: [web]}}\n  - {{name: db, path: memory/db}}\n\
+         socket: {{path: {d}/shared.sock, containers: [{{name: app, path: {d}/app.sock}}, {{name: web, path: {d}/web.sock}}]}}\n\
+         audit: {{file: {}}}\n",
+        audit.display()
+    );
+    let config = Config::from_yaml(&yaml, &BTreeMap::<String, String>::new()).expect("config");
+    let sources = [
+        (
+            "web",
+            MemorySource::new(json!({"private_key": "key-canary"})),
+        ),
+        ("db", MemorySource::new(json!({"password": "pw"}))),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_owned(), s.dyn_source()))
+    .collect();
+    let broker = Broker::with_sources(config, sources).expect("broker");
+    (broker, audit, dir)
+}
+
+/// `GET path` from uid 1000 on `container`'s socket (empty: the shared socket).
+async fn get_on(broker: &Broker, container: &str, path: &str) -> support::Answer {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let b = broker.clone();
+    let caller = Caller::from_peer(4242, 1000, 1000, "app".into(), container);
+    let conn = tokio::spawn(async move {
+        let _ = b
+            .serve_connection(server, caller, CancellationToken::new())
+            .await;
+    });
+    let request = format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
+        .await
+        .expect("the broker answers and closes")
+        .expect("read");
+    conn.await.expect("the connection task does not panic");
+    keyward_testkit::http::parse(&out)
+}
+
+#[tokio::test]
+async fn a_secret_with_allowed_containers_is_served_only_on_their_sockets_and_refusals_are_audited()
+{
+    let (broker, audit, _dir) = per_container();
+    let stop = CancellationToken::new();
+    let b = broker.clone();
+    let s = stop.clone();
+    let task = tokio::spawn(async move { b.run_without_socket(s).await });
+
+    let own = get_on(&broker, "web", "/v1/secrets/web?index=0&wait=20s").await;
+    assert_eq!(own.status, 200, "{own:?}");
+    assert!(own.body.contains("key-canary"), "{own:?}");
+    for other in ["app", ""] {
+        for path in ["/v1/secrets/web", "/v1/secrets/web/private_key"] {
+            let a = get_on(&broker, other, path).await;
+            assert_eq!(a.status, 403, "{other:?} {path}: {a:?}");
+            assert!(!a.body.contains("key-canary"), "{a:?}");
+        }
+        let db = get_on(&broker, other, "/v1/secrets/db?index=0&wait=20s").await;
+        assert_eq!(db.status, 200, "{other:?}: {db:?}");
+        let list = get_on(&broker, other, "/v1/secrets").await;
+        assert!(!list.body.contains("\"web\""), "{other:?}: {list:?}");
+        assert!(list.body.contains("\"db\""), "{other:?}: {list:?}");
+    }
+    let web_list = get_on(&broker, "web", "/v1/secrets").await;
+    assert!(web_list.body.contains("\"web\""), "{web_list:?}");
+
+    let reads: Vec<(String, String, String)> = std::fs::read_to_string(&audit)
+        .expect("audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .filter(|r| r["action"] == "secret.read" && r["secret"] == "web")
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap_or_default().to_owned(),
+                r["caller"]["container"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                r["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let app = "container app is not in the secret's allow_containers";
+    let shared = "the secret is read only on its containers' sockets, not the pod's shared socket";
+    assert_eq!(
+        reads,
+        vec![
+            ("allow".to_owned(), "web".to_owned(), String::new()),
+            ("deny".to_owned(), "app".to_owned(), app.to_owned()),
+            ("deny".to_owned(), "app".to_owned(), app.to_owned()),
+            ("deny".to_owned(), String::new(), shared.to_owned()),
+            ("deny".to_owned(), String::new(), shared.to_owned()),
+        ]
+    );
+    stop.cancel();
+    task.await.expect("join");
 }

@@ -141,7 +141,9 @@ pub enum IdentityPart {
 impl SidecarConfig {
     /// Whether some secret is a certificate or some file holds the SVID (contract version 3).
     pub(crate) fn has_certs(&self) -> bool {
-        self.secrets.iter().any(|s| s.issue.is_some())
+        self.secrets
+            .iter()
+            .any(|s| s.issue.is_some() || s.allow_containers.is_some())
             || self.files.iter().any(|f| f.identity.is_some())
     }
 
@@ -178,6 +180,16 @@ impl SidecarConfig {
         for (i, s) in self.secrets.iter().enumerate() {
             if let Some(issue) = &s.issue {
                 issue.validate(s, &format!("secrets[{i}]"))?;
+            }
+            // The broker serves such a secret only on these containers' sockets: each must be
+            // one (an empty list: no socket reads it, its files are still rendered).
+            for (j, c) in s.allow_containers.iter().flatten().enumerate() {
+                if !self.socket.containers.iter().any(|sc| &sc.name == c) {
+                    return Err(ConfigError::invalid(
+                        format!("secrets[{i}].allow_containers[{j}]"),
+                        format!("{c:?} is not a container of socket.containers: no request comes from its socket"),
+                    ));
+                }
             }
         }
         for (i, f) in self.files.iter().enumerate() {
@@ -267,6 +279,29 @@ mod tests {
             bad_path.validate().expect_err("path").setting(),
             Some("secrets[0].path")
         );
+    }
+
+    #[test]
+    fn allowed_containers_are_version_3_and_each_has_a_socket() {
+        let mut c = doc("{common_name: web.shop.svc}", ", key: certificate");
+        c.secrets[0].allow_containers = Some(vec!["app".into()]);
+        let e = c.validate().expect_err("app has no socket");
+        assert_eq!(e.setting(), Some("secrets[0].allow_containers[0]"), "{e}");
+        c.socket.containers.push(crate::ContainerSocket {
+            name: "app".into(),
+            path: "/run/keyward/app/broker.sock".into(),
+        });
+        c.validate().expect("valid");
+        c.secrets[0].allow_containers = Some(vec![]);
+        c.validate().expect("an empty list: no socket reads it");
+        c.secrets[0].issue = None;
+        c.secrets[0].path = "secret/data/web".into();
+        c.files.clear();
+        assert_eq!(c.required_version(), 3);
+        let back =
+            SidecarConfig::from_yaml(&c.clone().with_required_version().to_yaml().expect("yaml"))
+                .expect("round trip");
+        assert_eq!(back.secrets, c.secrets);
     }
 
     #[test]

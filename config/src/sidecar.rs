@@ -92,7 +92,8 @@ pub struct MetricsConfig {
 /// The newest contract version this build reads and writes. Version 2 added
 /// `socket.containers`, `metrics`, `files` and `audit.checkpoint` (and `version` itself);
 /// version 3 `vault.tls_server_name`, `vault.client_cert_file` and `vault.client_key_file`;
-/// certificates (`secrets[].issue`) and files of the SVID (`files[].identity`) are version 3 too.
+/// certificates (`secrets[].issue`), `secrets[].allow_containers` and files of the SVID
+/// (`files[].identity`) are version 3 too.
 pub const CONTRACT_VERSION: u32 = 3;
 
 fn version_1() -> u32 {
@@ -469,6 +470,11 @@ pub struct SecretSpec {
     /// Only these uids may read the secret (default: anyone who can open the socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_uids: Option<Vec<u32>>,
+    /// Only requests on the sockets of these app containers (`socket.containers`) may read
+    /// the secret (default: any socket). The injector sets it on a certificate: only its
+    /// `-container` reads it. Contract version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_containers: Option<Vec<String>>,
     /// A certificate issued by Vault's PKI engine at `path` (`MOUNT/issue/ROLE`) for these
     /// names, instead of a read (contract version 3; see `keyward_config::CertIssue`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

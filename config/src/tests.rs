@@ -48,6 +48,7 @@ fn everything() -> SidecarConfig {
                 key: Some("password".into()),
                 required: false,
                 allow_uids: Some(vec![1000, 1001]),
+                allow_containers: None,
                 issue: None,
             },
             SecretSpec {
@@ -56,6 +57,7 @@ fn everything() -> SidecarConfig {
                 key: None,
                 required: true,
                 allow_uids: Some(vec![]),
+                allow_containers: None,
                 issue: None,
             },
         ],
@@ -251,6 +253,7 @@ fn defaults_are_applied_and_not_written() {
         key: None,
         required: true,
         allow_uids: None,
+        allow_containers: None,
         issue: None,
     });
     c.identity = Some(IdentityConfig::new("td"));

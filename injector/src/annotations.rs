@@ -459,6 +459,15 @@ pub fn parse_settings(
         cert_files.extend(files);
     }
     settings.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+    // A certificate's container that keyward.io/containers leaves without a socket gets only
+    // the files: no socket may read the certificate.
+    if let Some(selected) = &settings.containers {
+        for s in &mut settings.secrets {
+            if let Some(allowed) = &mut s.allow_containers {
+                allowed.retain(|c| selected.contains(c));
+            }
+        }
+    }
     for (name, parts) in outbound {
         settings.outbound.push(build_outbound(&name, parts)?);
     }
@@ -542,6 +551,7 @@ fn build_secret(name: &str, parts: SecretParts) -> Result<SecretSpec, Annotation
         required: true,
         issue: None,
         allow_uids: None,
+        allow_containers: None,
     };
     if let Some((k, v)) = parts.optional {
         spec.required = match v.as_str() {
@@ -826,6 +836,9 @@ fn build_cert(
         key: None,
         required: true,
         allow_uids: None,
+        // Its private key is the container's: only requests on its socket read it (cleared by
+        // the mutation when that container gets no socket).
+        allow_containers: Some(vec![container.clone()]),
         issue: Some(keyward_config::CertIssue {
             common_name,
             alt_names,

@@ -264,7 +264,7 @@ fn list(inner: &Inner, caller: &Caller) -> Result<Response<Full<Bytes>>, ApiErro
     let visible = inner
         .entries
         .values()
-        .filter(|e| access::may_read(&e.spec, caller.uid));
+        .filter(|e| access::may_access(&e.spec, caller));
     Ok(json_response(
         StatusCode::OK,
         responses::list_body(visible).into_bytes(),

@@ -897,4 +897,47 @@ mod tests {
             .expect("mounts")
             .contains(&json!({"name": volume, "mountPath": FILES_DIR, "readOnly": true})));
     }
+
+    /// The sidecar config of the pod, loaded and valid.
+    fn loaded(pod: &Value) -> keyward_config::SidecarConfig {
+        let text = pod["spec"]["initContainers"][0]["env"][0]["value"]
+            .as_str()
+            .expect("config");
+        let config = keyward_config::SidecarConfig::from_yaml(text).expect("loads");
+        config.validate().expect("valid");
+        config
+    }
+
+    /// A certificate's private key is its container's: the secret is readable only on that
+    /// container's socket (`allow_containers`), and on none when keyward.io/containers leaves
+    /// the container without a socket (it still gets the files).
+    #[test]
+    fn a_certificate_is_readable_only_on_its_containers_socket() {
+        let cert = [
+            ("cert-web", "pki_web/issue/web"),
+            ("cert-web-common-name", "web.shop.svc"),
+            ("cert-web-container", "other"),
+            ("secret-db", "secret/data/db"),
+        ];
+        let config = loaded(&run(&cert, app()).expect("admitted"));
+        let sockets: Vec<&str> = config
+            .socket
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(sockets, ["app", "other"]);
+        let web = config.secret("web").expect("secret web");
+        assert_eq!(web.allow_containers, Some(vec!["other".to_owned()]));
+        assert_eq!(config.secret("db").expect("db").allow_containers, None);
+
+        let mut only_app = cert.to_vec();
+        only_app.push(("containers", "app"));
+        let config = loaded(&run(&only_app, app()).expect("admitted"));
+        assert_eq!(
+            config.secret("web").expect("web").allow_containers,
+            Some(vec![])
+        );
+        assert!(config.files.iter().any(|f| f.container == "other"));
+    }
 }
