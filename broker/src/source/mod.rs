@@ -192,6 +192,19 @@ impl SourceError {
     }
 }
 
+/// What the Vault source serving a read of `path` makes of Vault's answer (the fetch of
+/// [`VaultKv`] or [`VaultLeased`], the one [`for_spec`] picks); for the fuzz seam.
+pub(crate) fn from_vault_answer(
+    resp: &mut crate::vault::VaultResponse,
+    path: &str,
+) -> Result<Fetched, SourceError> {
+    if vault_kv::is_kv_v2_read(path) {
+        vault_kv::from_response(resp, path)
+    } else {
+        vault_leased::from_response(resp, path)
+    }
+}
+
 /// The source that serves `spec`: the one place where a kind of secret is registered.
 ///
 /// A secret with an `issue` block is a certificate issued by Vault's PKI engine. A KV v2 read
