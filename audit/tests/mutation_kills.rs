@@ -232,12 +232,12 @@ fn each_input_is_numbered_in_order_and_findings_name_it() {
 
 /// `read` numbers lines from 1 (`+ 1` → `* 1` survived), and lines that hold no record (text,
 /// or JSON without the chain members) are counted as skipped, blank ones not (`!` deleted and
-/// each `+=` → `*=`/`-=` survived: nothing read `skipped`).
+/// `+=` → `*=` survived: nothing read `skipped`).
 #[test]
 fn read_numbers_lines_from_one_and_counts_only_non_blank_lines_without_a_record() {
     let c = chain("aaaa", 3, None);
     let text = format!(
-        "another program's log line\n\n{}\n   \n{{\"msg\":\"JSON, not a record\"}}\n{}\n",
+        "another program's log line\n\n\n{}\n   \n{{\"msg\":\"JSON, not a record\"}}\n{}\n",
         c.lines[0], c.lines[2]
     );
     let mut v = keyward_audit::ChainVerifier::new();
@@ -245,12 +245,12 @@ fn read_numbers_lines_from_one_and_counts_only_non_blank_lines_without_a_record(
     v.read(s, std::io::Cursor::new(text)).expect("read");
     assert_eq!(
         v.skipped, 2,
-        "two lines that are not records; blank lines not counted"
+        "a text line and a JSON line are not records; the three blank lines are not counted"
     );
     let reports = v.finish();
     let what = &reports[0].findings[0].what;
     assert!(
-        what.contains("between app.log line 3 and app.log line 6"),
+        what.contains("between app.log line 4 and app.log line 7"),
         "{what}"
     );
 }
@@ -401,16 +401,18 @@ fn an_expected_seq_beyond_the_last_record_names_the_range_cut_off() {
     );
 }
 
-/// Numbers beyond 2^53 are hashed as RFC 8785 prints them (ECMAScript's shortest double, e.g.
-/// `1152921504606846976` as `1152921504606847000`), as the writer's JCS does: the verifier's
-/// fast path must leave them to the general one (the guards `u <= MAX_SAFE` and
-/// `i.unsigned_abs() <= MAX_SAFE` → `true` survived: the fast path then printed the exact
-/// integer and an intact record read as edited).
+/// Records holding integers at and beyond 2^53 verify as intact: the verifier's fast path
+/// and the JCS crate the writer uses write them the same way. (Written for the guards
+/// `u <= MAX_SAFE` / `i.unsigned_abs() <= MAX_SAFE` → `true`; they survive it, because the crate
+/// prints every integer exactly, as the fast path does: equivalent, see docs/testing.md.)
 #[test]
 fn a_record_with_numbers_beyond_two_to_the_53_verifies_as_intact() {
     for n in [
         serde_json::json!(1u64 << 60),
         serde_json::json!(-(1i64 << 60)),
+        // The first integers a double cannot hold.
+        serde_json::json!((1u64 << 53) + 1),
+        serde_json::json!(-(1i64 << 53) - 1),
     ] {
         let mut body = serde_json::Map::new();
         body.insert("action".into(), "secret.read".into());
