@@ -532,12 +532,35 @@ fn delivery_holds(pod: &Value, config: &Config) -> Result<(usize, usize), String
     Ok((wrapped, config.files.len()))
 }
 
-#[test]
-fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
+/// The seed of a run: `PROPTEST_RNG_SEED` when set (to replay a run), else a fresh one, named
+/// in every failure so the run can be replayed.
+fn run_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        })
+}
+
+/// Per injector config, 3000 generated pods through the webhook with the RNG seeded by `seed`:
+/// each admitted pod's config loads and its delivery holds. The generator must reach each kind
+/// of admitted pod, or the property says little; the counts are random (binomial over the
+/// 3000 cases), so each bound sits at least 4 standard deviations below its mean (measured over
+/// many seeds: about 450 injected, 205 without mesh ports, 50 wrapped, 44 with files), where a
+/// run falls short about once in a million, not once in 30 as with the bounds of 30 for the
+/// wrapped pods and the pods with files (the failure of a colleague's run: see
+/// `the_seed_that_left_fewer_than_30_pods_with_files_passes`).
+fn check_admitted_pods(seed: u64) {
+    use proptest::test_runner::RngSeed;
     for (label, cfg) in injector_configs() {
         let mut runner = TestRunner::new(PropConfig {
             cases: 3000,
             failure_persistence: None,
+            rng_seed: RngSeed::Fixed(seed),
             ..PropConfig::default()
         });
         let injected = std::cell::Cell::new(0u32);
@@ -570,20 +593,36 @@ fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
             Ok(())
         });
         if let Err(e) = result {
-            panic!("injector config {label}: {e}");
+            panic!("injector config {label} (replay: PROPTEST_RNG_SEED={seed}): {e}");
         }
-        // The generator must reach both kinds of admitted pod, or the property says little.
         let (injected, meshless) = (injected.get(), meshless.get());
         assert!(
             injected > 300 && meshless > 50 && injected - meshless > 50,
-            "injector config {label}: only {injected} pods admitted ({meshless} without mesh ports) of 3000"
+            "injector config {label} (PROPTEST_RNG_SEED={seed}): only {injected} pods admitted ({meshless} without mesh ports) of 3000"
         );
         let (wrapped, with_files) = (wrapped.get(), with_files.get());
         assert!(
-            wrapped > 30 && with_files > 30,
-            "injector config {label}: only {wrapped} admitted pods with keyward exec and {with_files} with files of 3000"
+            wrapped > 20 && with_files > 15,
+            "injector config {label} (PROPTEST_RNG_SEED={seed}): only {wrapped} admitted pods with keyward exec and {with_files} with files of 3000"
         );
     }
+}
+
+#[test]
+fn every_pod_the_webhook_admits_gets_a_config_the_sidecar_loads() {
+    check_admitted_pods(run_seed());
+}
+
+/// The run that failed once: the property held, but the generator's random share of admitted
+/// pods with files fell to 30 or fewer of 3000 (a bound about 2 standard deviations below the
+/// mean). Kept as a regression seed.
+/// `PROPTEST_RNG_SEED=27`: with the default injector config, 29 admitted pods with files of
+/// 3000 (and 52 wrapped, 432 admitted); it failed the former bound of 30 (`with_files > 30`).
+const SHORT_OF_FILES_SEED: u64 = 27;
+
+#[test]
+fn the_seed_that_left_fewer_than_30_pods_with_files_passes() {
+    check_admitted_pods(SHORT_OF_FILES_SEED);
 }
 
 /// The cases the property test is there to catch, spelled out: each must be admitted and load,
