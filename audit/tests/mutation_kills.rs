@@ -426,3 +426,77 @@ fn a_record_with_numbers_beyond_two_to_the_53_verifies_as_intact() {
         assert_eq!(r.records, 1);
     }
 }
+
+/// The comparison of `lines` (of chain `aaaa`) with checkpoints at `(seq, head)`.
+fn compare_with(
+    lines: &[&String],
+    checkpoints: &[(u64, String)],
+    window: bool,
+) -> keyward_audit::checkpoints::ChainVerdict {
+    use keyward_audit::checkpoints::{compare, Checkpoint, PodCheckpoints, Seen};
+    let mut seen = Seen::default();
+    for l in lines {
+        seen.line(l);
+    }
+    let pod = PodCheckpoints {
+        path: "keyward/shop/app".into(),
+        checkpoints: checkpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (seq, head))| Checkpoint {
+                version: i as u64 + 1,
+                created: "t".into(),
+                chain: "aaaa".into(),
+                seq: *seq,
+                head: head.clone(),
+                time: "t".into(),
+            })
+            .collect(),
+        ..PodCheckpoints::default()
+    };
+    let pods = std::collections::BTreeMap::from([(("shop".into(), "app".into()), pod)]);
+    let mut verdicts = compare(&seen, &pods, window);
+    assert_eq!(verdicts.len(), 1);
+    verdicts.remove(0)
+}
+
+/// A record a checkpoint anchors and the input lacks is a finding, unless the input is a
+/// window that begins after it (then a note); a checkpoint at the last record read anchors the
+/// chain up to it (the guard `window && cp.seq < c.first_seq` → `true`/`false`, its `&&` → `||`
+/// and `<` → `==`/`>`, and `cp.seq > c.last_seq` → `>=`, survived: nothing in this crate
+/// called `compare` with a record removed in the middle, a window, or a checkpoint at the end).
+#[test]
+fn a_checkpointed_record_missing_from_the_input_is_a_finding_unless_before_a_window() {
+    let c = chain("aaaa", 5, None);
+    let h = |i: usize| hash_of(&c.lines[i]);
+    let all: Vec<&String> = c.lines.iter().collect();
+    let without_3: Vec<&String> = [0, 1, 3, 4].iter().map(|&i| &c.lines[i]).collect();
+    let from_3: Vec<&String> = c.lines[2..].iter().collect();
+
+    for window in [false, true] {
+        let v = compare_with(&without_3, &[(3, h(2))], window);
+        assert_eq!(
+            v.findings,
+            ["seq 3: missing from the input, anchored by checkpoint version 1 (t) (removed)"],
+            "window {window}"
+        );
+    }
+    let v = compare_with(&from_3, &[(1, h(0))], true);
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+    assert!(
+        v.notes.iter().any(|n| n.starts_with(
+            "seq 1: checkpoint version 1 (t) is before the first record read (seq 3)"
+        )),
+        "{:?}",
+        v.notes
+    );
+    let v = compare_with(&from_3, &[(1, h(0))], false);
+    assert_eq!(v.findings.len(), 1, "{:?}", v.notes);
+
+    let v = compare_with(&all, &[(5, h(4))], false);
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+    assert_eq!(
+        v.notes,
+        ["anchored up to its last record, seq 5 (checkpoint version 1, t)"]
+    );
+}
