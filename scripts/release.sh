@@ -128,6 +128,10 @@ pin() { # pin DIGEST: the chart's image digest line, release/image.json, and eve
     done
   fi
   mkdir -p "$repo/release"
+  # The pin before this one: tests/chart_upgrade.rs upgrades from its chart.
+  if [ "$old" != "$d" ] && [ -f "$repo/release/image.json" ]; then
+    cp "$repo/release/image.json" "$repo/release/previous.json"
+  fi
   cat > "$repo/release/image.json" <<EOF
 {
   "version": "$RELEASE_VERSION",

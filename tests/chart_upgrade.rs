@@ -1,4 +1,5 @@
-//! `helm upgrade` from the chart of the previous release (the commit `release/image.json` pins,
+//! `helm upgrade` from the chart of the previous release (the commit `release/previous.json`
+//! records: the pin before the one `release/image.json` holds, kept by `scripts/release.sh --pin`;
 //! `git archive`d into a temporary directory) to this checkout's chart, on a real kube-apiserver
 //! (scripts/cluster.sh; no node agent, so the injector runs as a local `keyward injector` with
 //! a TokenRequest token of the chart's ServiceAccount, as in tests/cluster_certs.rs).
@@ -33,12 +34,15 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// The chart as of the commit `release/image.json` pins, extracted under `dir`.
+/// The chart of the previous release (`release/previous.json`), extracted under `dir`. The
+/// current pin (`release/image.json`) is usually this checkout's chart already: upgrading from it
+/// would prove little.
 fn released_chart(dir: &Path) -> (String, PathBuf) {
     let release: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("release/image.json")).expect("release/image.json"),
+        &std::fs::read_to_string(repo().join("release/previous.json"))
+            .expect("release/previous.json"),
     )
-    .expect("release/image.json is JSON");
+    .expect("release/previous.json is JSON");
     let rev = release["revision"].as_str().expect("revision").to_owned();
     let archive = Command::new("git")
         .arg("-C")

@@ -184,7 +184,7 @@ impl PolicyConfig {
 /// The sidecar image when the config names none: the release `release/image.json` pins (a test
 /// fails when the two differ).
 pub const DEFAULT_IMAGE: &str =
-    "ghcr.io/keyward/keyward@sha256:2bb441f912910a4c1e0484e66ae468adf692c4ea72c5e0fdbc91119e7981d386";
+    "ghcr.io/keyward/keyward@sha256:2b3f4fec831f44fd94eb861563d6bd46c9dd4a0c0d458905fc73b9cc290f87c0";
 
 /// The lowest `sidecar_contract_version` accepted: every injected pod's config uses
 /// per-container sockets and the metrics listener (contract version 2).
