@@ -22,42 +22,21 @@ const LONG: Duration = Duration::from_secs(60);
 /// workload's policy may issue from it and revoke (as tests/delivery_certs.rs sets it up).
 async fn pki_vault() -> TestVault {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
-    v.bao
-        .api(
-            "POST",
-            "sys/mounts/pki_web",
-            Some(json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}})),
-        )
-        .await;
-    v.bao
-        .api(
-            "POST",
-            "pki_web/root/generate/internal",
-            Some(json!({"common_name": "Shop Web CA", "key_type": "ec", "key_bits": 256, "ttl": "87600h"})),
-        )
-        .await;
-    v.bao
-        .api(
-            "POST",
-            "pki_web/roles/web",
-            Some(json!({
+    let issue = v
+        .bao
+        .pki_engine(
+            "pki_web",
+            "Shop Web CA",
+            "web",
+            json!({
                 "allowed_domains": ["shop.svc"],
                 "allow_subdomains": true,
-                "key_type": "ec",
-                "key_bits": 256,
                 "ttl": "1h",
                 "max_ttl": "1h",
-            })),
+            }),
         )
         .await;
-    v.bao
-        .policy(
-            "app",
-            &format!(
-                "{APP_POLICY}\npath \"pki_web/issue/web\" {{ capabilities = [\"create\", \"update\"] }}\npath \"pki_web/revoke\" {{ capabilities = [\"update\"] }}\n"
-            ),
-        )
-        .await;
+    v.bao.policy("app", &format!("{APP_POLICY}\n{issue}")).await;
     v
 }
 

@@ -450,6 +450,42 @@ impl Bao {
         )
         .await;
     }
+
+    /// A PKI engine at `mount` with its own EC root CA named `ca_name`, and the role `role` with
+    /// `role_params` (allowed domains, TTLs...; EC P-256 keys unless they say otherwise).
+    /// Returns the policy lines that let a workload issue from the role and revoke.
+    pub async fn pki_engine(
+        &self,
+        mount: &str,
+        ca_name: &str,
+        role: &str,
+        role_params: Value,
+    ) -> String {
+        use serde_json::json;
+        self.api(
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            Some(json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}})),
+        )
+        .await;
+        self.api(
+            "POST",
+            &format!("{mount}/root/generate/internal"),
+            Some(
+                json!({"common_name": ca_name, "key_type": "ec", "key_bits": 256, "ttl": "87600h"}),
+            ),
+        )
+        .await;
+        let mut params = json!({"key_type": "ec", "key_bits": 256});
+        if let (Some(p), Some(extra)) = (params.as_object_mut(), role_params.as_object()) {
+            p.extend(extra.clone());
+        }
+        self.api("POST", &format!("{mount}/roles/{role}"), Some(params))
+            .await;
+        format!(
+            "path \"{mount}/issue/{role}\" {{ capabilities = [\"create\", \"update\"] }}\npath \"{mount}/revoke\" {{ capabilities = [\"update\"] }}\n"
+        )
+    }
 }
 
 impl Drop for Bao {
