@@ -500,3 +500,243 @@ fn a_checkpointed_record_missing_from_the_input_is_a_finding_unless_before_a_win
         ["anchored up to its last record, seq 5 (checkpoint version 1, t)"]
     );
 }
+
+/// A chain `id` of `n` records, each naming `pod` (its `pod` member).
+fn chain_of_pod(id: &str, n: u64, pod: serde_json::Value) -> Vec<String> {
+    let mut prev = keyward_audit::GENESIS.to_owned();
+    let mut lines = Vec::new();
+    for seq in 1..=n {
+        let mut body = serde_json::Map::new();
+        body.insert("action".into(), "secret.read".into());
+        body.insert("chain".into(), id.into());
+        body.insert("decision".into(), "allow".into());
+        body.insert("pod".into(), pod.clone());
+        body.insert("prev".into(), prev.clone().into());
+        body.insert("seq".into(), seq.into());
+        let (text, hash) = line(body);
+        lines.push(text);
+        prev = hash;
+    }
+    lines
+}
+
+/// `Seen::read_into` feeds each line both to the verifier and to the comparison, numbered from
+/// 1 (`read_into` → `Ok(())` survived, and so did its line numbers: nothing read what it
+/// collected).
+#[test]
+fn read_into_feeds_the_verifier_and_the_comparison_with_lines_numbered_from_one() {
+    use keyward_audit::checkpoints::Seen;
+    let lines = chain_of_pod(
+        "aaaa",
+        4,
+        serde_json::json!({"namespace": "shop", "pod_name": "app"}),
+    );
+    let text = format!(
+        "{}\nanother program's line\n{}\n\n{}\n",
+        lines[0], lines[1], lines[3]
+    );
+    let mut seen = Seen::default();
+    let mut v = keyward_audit::ChainVerifier::new();
+    let s = v.source("app.log");
+    seen.read_into(&mut v, s, &mut std::io::Cursor::new(text))
+        .expect("read");
+    let c = &seen.chains["aaaa"];
+    assert_eq!((c.namespace.as_str(), c.pod_name.as_str()), ("shop", "app"));
+    assert_eq!((c.first_seq, c.last_seq), (1, 4));
+    assert_eq!(v.skipped, 1);
+    let reports = v.finish();
+    assert_eq!(reports[0].records, 3);
+    let what = &reports[0].findings[0].what;
+    assert!(
+        what.contains("between app.log line 3 and app.log line 5"),
+        "{what}"
+    );
+}
+
+/// Findings name a head by its first 16 hex digits, the checkpoint's and the record's
+/// (`short` → `""` and → `"xyzzy"` survived: no test read the messages' heads).
+#[test]
+fn findings_name_heads_by_their_first_sixteen_hex_digits() {
+    let c = chain("aaaa", 3, None);
+    let two: Vec<&String> = c.lines[..2].iter().collect();
+    let head = "0123456789abcdef".repeat(4);
+    let v = compare_with(&two, &[(3, head.clone())], false);
+    assert_eq!(
+        v.findings,
+        [
+            "seq 3-3 missing: checkpoint version 1 (t) anchors seq 3 (head 0123456789abcdef) \
+          beyond the last record read (records removed: truncated)"
+        ]
+    );
+    let all: Vec<&String> = c.lines.iter().collect();
+    let v = compare_with(&all, &[(2, head)], false);
+    let record = hash_of(&c.lines[1]);
+    assert_eq!(
+        v.findings,
+        [format!(
+            "seq 2: hash {} differs from checkpoint version 1 (t), head 0123456789abcdef (the \
+             record was rewritten, or records before it removed or reordered, even if the \
+             chain verifies)",
+            &record[..16]
+        )]
+    );
+}
+
+/// A chain whose records lack the namespace *or* the pod name names no pod, so its
+/// checkpoints cannot be read: the note says so, and does not claim Vault has none
+/// (`||` → `&&` survived).
+#[test]
+fn a_chain_whose_records_lack_the_namespace_or_the_pod_name_names_no_pod() {
+    use keyward_audit::checkpoints::{compare, Seen};
+    let no_pod = "no pod named by its records: checkpoints not read; seq 1-2 not anchored";
+    let no_checkpoint = "no checkpoint in Vault for this chain: seq 1-2 not anchored";
+    for (pod, note) in [
+        (serde_json::json!({"namespace": "shop"}), no_pod),
+        (serde_json::json!({"pod_name": "app"}), no_pod),
+        (serde_json::json!({}), no_pod),
+        (
+            serde_json::json!({"namespace": "shop", "pod_name": "app"}),
+            no_checkpoint,
+        ),
+    ] {
+        let mut seen = Seen::default();
+        for l in chain_of_pod("aaaa", 2, pod.clone()) {
+            seen.line(&l);
+        }
+        let v = compare(&seen, &std::collections::BTreeMap::new(), false);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].findings.is_empty(), "{pod}: {:?}", v[0].findings);
+        assert_eq!(v[0].notes, [note], "{pod}");
+    }
+}
+
+/// When several checkpoints anchor the same furthest seq, the chain is anchored from the first
+/// of them (the earliest Vault held it), while `last` is the newest version
+/// (`a.seq < cp.seq` → `<=` survived: nothing checkpointed one seq twice).
+#[test]
+fn a_seq_checkpointed_twice_is_anchored_from_its_first_checkpoint() {
+    let c = chain("aaaa", 4, None);
+    let all: Vec<&String> = c.lines.iter().collect();
+    let h = |i: usize| hash_of(&c.lines[i]);
+    let v = compare_with(&all, &[(2, h(1)), (3, h(2)), (3, h(2)), (1, h(0))], false);
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+    assert_eq!(
+        v.anchored.as_ref().map(|a| (a.seq, a.version)),
+        Some((3, 2))
+    );
+    assert_eq!(v.last.as_ref().map(|a| (a.seq, a.version)), Some((3, 3)));
+    assert_eq!(
+        v.notes,
+        ["anchored up to seq 3 (checkpoint version 2, t); seq 4-4 after it are not anchored"]
+    );
+}
+
+/// "No checkpoint agrees" is stated only when nothing else was found: with a finding it would
+/// be noise (guard → `true` survived), and without one it is the only word that the chain is
+/// not anchored (guard → `false` survived).
+#[test]
+fn no_checkpoint_agrees_is_noted_only_when_there_is_no_finding() {
+    let c = chain("aaaa", 3, None);
+    let all: Vec<&String> = c.lines.iter().collect();
+    let from_2: Vec<&String> = c.lines[1..].iter().collect();
+    // Checkpoints at seq 0 (before any record) and before a window: nothing compared.
+    let v = compare_with(
+        &from_2,
+        &[(0, "00".repeat(32)), (1, hash_of(&c.lines[0]))],
+        true,
+    );
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+    assert_eq!(
+        v.notes,
+        [
+            "seq 1: checkpoint version 2 (t) is before the first record read (seq 2): not \
+             compared",
+            "no checkpoint agrees: seq 2-3 not anchored",
+        ]
+    );
+    // A checkpoint that disagrees: a finding, and no note.
+    let v = compare_with(&all, &[(2, "00".repeat(32))], false);
+    assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
+    assert!(v.anchored.is_none());
+    assert_eq!(v.notes, Vec::<String>::new());
+}
+
+/// Findings and notes about a pod's checkpoint path go to the chains of that pod and no
+/// other, the chains read and the chains only Vault knows (`v.pod == name` → `!=` survived:
+/// one pod in every test).
+#[test]
+fn a_pods_path_findings_go_to_that_pods_chains_only() {
+    use keyward_audit::checkpoints::{compare, Checkpoint, PodCheckpoints, Seen};
+    let pod = |ns: &str, name: &str| serde_json::json!({"namespace": ns, "pod_name": name});
+    let mut seen = Seen::default();
+    for l in chain_of_pod("aaaa", 2, pod("shop", "app"))
+        .iter()
+        .chain(&chain_of_pod("bbbb", 2, pod("bank", "vault-user")))
+    {
+        seen.line(l);
+    }
+    let path = |ns: &str, name: &str, removed: Option<&str>| PodCheckpoints {
+        path: format!("keyward/{ns}/{name}"),
+        checkpoints: removed
+            .map(|chain| Checkpoint {
+                version: 2,
+                created: "t".into(),
+                chain: chain.into(),
+                seq: 7,
+                head: "ab".repeat(32),
+                time: "t".into(),
+            })
+            .into_iter()
+            .collect(),
+        findings: vec![format!("{ns}/{name}: version 1 was destroyed")],
+        notes: vec![format!("{ns}/{name}: old versions not kept")],
+    };
+    let pods = std::collections::BTreeMap::from([
+        (
+            ("bank".into(), "vault-user".into()),
+            path("bank", "vault-user", None),
+        ),
+        (
+            ("shop".into(), "app".into()),
+            path("shop", "app", Some("cccc")),
+        ),
+    ]);
+    let verdicts = compare(&seen, &pods, false);
+    let by_chain = |id: &str| {
+        verdicts
+            .iter()
+            .find(|v| v.chain == id)
+            .unwrap_or_else(|| panic!("chain {id}: {verdicts:?}"))
+    };
+    assert_eq!(verdicts.len(), 3, "{verdicts:?}");
+    for (id, ns, name) in [
+        ("aaaa", "shop", "app"),
+        ("bbbb", "bank", "vault-user"),
+        ("cccc", "shop", "app"),
+    ] {
+        let v = by_chain(id);
+        assert_eq!(v.pod, format!("{ns}/{name}"));
+        let theirs = format!("{ns}/{name}: version 1 was destroyed");
+        assert_eq!(
+            v.findings
+                .iter()
+                .filter(|f| f.ends_with("was destroyed"))
+                .collect::<Vec<_>>(),
+            [&theirs],
+            "{id}"
+        );
+        let note = format!("{ns}/{name}: old versions not kept");
+        assert_eq!(
+            v.notes
+                .iter()
+                .filter(|n| n.ends_with("not kept"))
+                .collect::<Vec<_>>(),
+            [&note],
+            "{id}"
+        );
+    }
+    assert!(
+        by_chain("cccc").findings[0].contains("chain removed"),
+        "{verdicts:?}"
+    );
+}
