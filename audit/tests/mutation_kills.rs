@@ -1,9 +1,10 @@
 //! Tests added for the mutants `scripts/mutants.sh audit-claims` found alive (docs/testing.md,
 //! "Mutation testing"): each names the behaviour a surviving mutant broke without a test failing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keyward_audit::{AuditConfig, AuditLog, Decision, Record, Retention};
+use keyward_testkit::disk::SmallDisk;
 
 fn config(path: &Path) -> AuditConfig {
     AuditConfig {
@@ -19,12 +20,12 @@ fn config(path: &Path) -> AuditConfig {
 /// fell back to 64 MiB on a 1 MiB volume).
 #[test]
 fn the_budget_is_taken_from_the_volume_even_when_the_logs_directory_does_not_exist_yet() {
-    let disk = Tmpfs::mount("1m");
-    let path = disk.path().join("not/yet/there/audit.log");
+    let disk = SmallDisk::mount("1m");
+    let path = disk.dir.path().join("not/yet/there/audit.log");
     let log = AuditLog::open(config(&path)).expect("open");
     assert_eq!(log.budget(), 512 * 1024, "half of the 1 MiB volume");
     let log = AuditLog::open_with(
-        config(&disk.path().join("also/new/audit.log")),
+        config(&disk.dir.path().join("also/new/audit.log")),
         Retention {
             volume_percent: 25,
             ..Retention::default()
@@ -34,50 +35,6 @@ fn the_budget_is_taken_from_the_volume_even_when_the_logs_directory_does_not_exi
     assert_eq!(log.budget(), 256 * 1024);
     log.record(&Record::new("secret.read", Decision::Allow))
         .expect("record");
-}
-
-/// A tmpfs mounted for one test (the tests run as root, as CI does).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Self {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test mounts a tmpfs and must run as root (CI does)"
-        );
-        let dir = tempfile::tempdir().expect("tmp");
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "mount tmpfs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_owned()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .output();
-    }
 }
 
 /// The records of the log's active file, parsed.
