@@ -192,8 +192,12 @@ fn a_write_failure_flips_the_health_flag_and_writing_resumes_by_itself() {
     assert!(err.to_string().contains("records refused"), "{err}");
 
     // Space returns: the readiness check alone brings the log back (retried at most once a
-    // second), and the outage is itself recorded.
+    // second), and the outage is itself recorded. The first check comes only after the second
+    // since the last refused write has passed, so the retry it makes is the one the throttle
+    // allows once its second is over (a throttle that retried only within that second, never
+    // after it, would leave the log failing for good: a cargo-mutants survivor, `>=` -> `<`).
     disk.free();
+    std::thread::sleep(Duration::from_millis(1100));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while log.health().is_err() {
         assert!(std::time::Instant::now() < deadline, "never recovered");
