@@ -274,6 +274,17 @@ fn routine_records_are_written_once_per_interval_and_counted() {
     assert_eq!(all.len(), 8, "{all:?}");
     assert!(all[6].get("summary").is_none());
     assert_eq!(all[7]["summary"]["count"], 1);
+    // A summary spans the first counted record to the last: both times are there, in order,
+    // and one counted record is its own span.
+    for s in [&all[4]["summary"], &all[7]["summary"]] {
+        let (from, to) = (
+            s["from"].as_str().expect("from"),
+            s["to"].as_str().expect("to"),
+        );
+        assert!(!from.is_empty() && !to.is_empty(), "{s}");
+        assert!(from <= to, "{s}");
+    }
+    assert_eq!(all[7]["summary"]["from"], all[7]["summary"]["to"]);
     assert!(verify_window(&path).iter().all(|r| r.findings.is_empty()));
 }
 
