@@ -246,12 +246,20 @@ fn routine_records_are_written_once_per_interval_and_counted() {
     for _ in 0..50 {
         log.routine(&renewal()).expect("routine");
     }
-    // Every app read is still its own record.
+    // Every app read is still its own record; a read of the same secret is another action, so
+    // it does not end the renewals' count (only the same action and secret do).
     for i in 0..3 {
         log.record(&read(i)).expect("read");
     }
+    let mut db_read = read(0);
+    db_read.secret = Some("db".into());
+    log.record(&db_read).expect("read of db");
     let all = records(&path);
-    assert_eq!(all.len(), 4, "one renewal in full, three reads: {all:?}");
+    assert_eq!(
+        all.len(),
+        5,
+        "one renewal in full, four reads, no summary yet: {all:?}"
+    );
     assert_eq!(all[0]["action"], "vault.lease_renew");
     assert!(all[0].get("summary").is_none());
 
@@ -261,22 +269,22 @@ fn routine_records_are_written_once_per_interval_and_counted() {
     err.secret = Some("db".into());
     log.record(&err).expect("error record");
     let all = records(&path);
-    assert_eq!(all.len(), 6);
-    assert_eq!(all[4]["summary"]["count"], 49, "{:?}", all[4]);
-    assert_eq!(all[4]["lease_hmac"], "ab12");
-    assert!(all[4].get("vault_request_id").is_none());
-    assert_eq!(all[5]["decision"], "error");
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[5]["summary"]["count"], 49, "{:?}", all[5]);
+    assert_eq!(all[5]["lease_hmac"], "ab12");
+    assert!(all[5].get("vault_request_id").is_none());
+    assert_eq!(all[6]["decision"], "error");
     // ... and the next routine one is in full again, its repeats flushed at shutdown.
     log.routine(&renewal()).expect("routine");
     log.routine(&renewal()).expect("routine");
     drop(log);
     let all = records(&path);
-    assert_eq!(all.len(), 8, "{all:?}");
-    assert!(all[6].get("summary").is_none());
-    assert_eq!(all[7]["summary"]["count"], 1);
+    assert_eq!(all.len(), 9, "{all:?}");
+    assert!(all[7].get("summary").is_none());
+    assert_eq!(all[8]["summary"]["count"], 1);
     // A summary spans the first counted record to the last: both times are there, in order,
     // and one counted record is its own span.
-    for s in [&all[4]["summary"], &all[7]["summary"]] {
+    for s in [&all[5]["summary"], &all[8]["summary"]] {
         let (from, to) = (
             s["from"].as_str().expect("from"),
             s["to"].as_str().expect("to"),
@@ -284,7 +292,7 @@ fn routine_records_are_written_once_per_interval_and_counted() {
         assert!(!from.is_empty() && !to.is_empty(), "{s}");
         assert!(from <= to, "{s}");
     }
-    assert_eq!(all[7]["summary"]["from"], all[7]["summary"]["to"]);
+    assert_eq!(all[8]["summary"]["from"], all[8]["summary"]["to"]);
     assert!(verify_window(&path).iter().all(|r| r.findings.is_empty()));
 }
 
