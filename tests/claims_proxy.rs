@@ -221,9 +221,17 @@ async fn a_peer_certificate_not_yet_valid_is_refused_and_audited_as_not_yet_vali
         Err(e) => Err(e),
     };
     let err = outcome.expect_err("a certificate not yet valid was accepted");
+    // In TLS 1.3 the client finishes first and writes; the server checks the client's
+    // certificate, sends its alert and closes. The client reads that alert, unless its write
+    // raced the close (a broken pipe or reset, no alert left to read): then the audit record
+    // and the metric below still name the reason. Any other alert fails.
+    let text = format!("{err:?}");
+    let alert = text.contains("CertificateExpired") || text.contains("NotValidYet");
+    let raced = ["BrokenPipe", "ConnectionReset"]
+        .iter()
+        .any(|k| text.contains(k));
     assert!(
-        format!("{err:?}").contains("CertificateExpired")
-            || format!("{err:?}").contains("NotValidYet"),
+        alert || raced,
         "the alert says the certificate's validity is the problem: {err:?}"
     );
     let r = wait_record(&orders, before, "the refusal's record", |r| {
