@@ -216,6 +216,16 @@ fn a_write_failure_flips_the_health_flag_and_writing_resumes_by_itself() {
         reason.contains("records could not be written from"),
         "{reason}"
     );
+    // It counts every refused record, not only the first.
+    let counted: u64 = reason
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count first: {reason}"));
+    assert!(
+        counted >= refused && refused > 1,
+        "{counted} counted, {refused} refused: {reason}"
+    );
     let reports = verify_window(&path);
     assert!(
         reports.iter().all(|r| r.findings.is_empty()),
