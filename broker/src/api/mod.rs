@@ -55,20 +55,22 @@ pub fn bind_all(cfg: &SocketConfig) -> Result<Vec<Listener>, StartError> {
     Ok(all)
 }
 
-/// Creates the socket at `path` with the configured mode and group. The file is created under
-/// a restrictive umask, so it is never reachable with wider permissions than configured.
+/// Creates the socket at `path` with the configured mode and group. The socket is bound and
+/// set up under a temporary name in the same directory, under a restrictive umask, and renamed
+/// to `path` only when it listens with its final mode and group: a client that sees the file
+/// can connect, and the socket is never reachable with wider permissions than configured.
 pub fn bind(cfg: &SocketConfig, path: &std::path::Path) -> Result<UnixListener, StartError> {
     let err = |source| StartError::Socket {
         path: path.display().to_string(),
         source,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(err)?;
     match std::fs::symlink_metadata(path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-            std::fs::remove_file(path).map_err(err)?;
-        }
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {}
         Ok(_) => {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -77,16 +79,26 @@ pub fn bind(cfg: &SocketConfig, path: &std::path::Path) -> Result<UnixListener, 
         }
         Err(_) => {}
     }
+    // Short, so that a path that fits `sun_path` has a temporary name that fits too.
+    let tmp = parent.join(".kwb");
+    let _ = std::fs::remove_file(&tmp);
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
+    let bound = UnixListener::bind(&tmp);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(err)?;
-    if let Some(gid) = cfg.group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| err(std::io::Error::from(e)))?;
+    let set_up = (|| {
+        if let Some(gid) = cfg.group {
+            nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(std::io::Error::from)?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode_bits()))?;
+        // Replaces a stale socket of an earlier run in one step.
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = set_up {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode_bits()))
-        .map_err(err)?;
     Ok(listener)
 }
 
@@ -229,4 +241,50 @@ fn process_name(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+    use super::*;
+
+    fn cfg(mode: &str) -> SocketConfig {
+        SocketConfig {
+            mode: mode.into(),
+            ..SocketConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_listening_with_its_mode_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.sock");
+        // A stale socket of an earlier run, nobody listening.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_err());
+
+        let listener = bind(&cfg("0640"), &path).expect("bind");
+        let meta = std::fs::symlink_metadata(&path).expect("socket at its path");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        std::os::unix::net::UnixStream::connect(&path).expect("listening at its path");
+        let (_conn, _) = listener.accept().await.expect("accepted");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("broker.sock")]);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.sock");
+        std::fs::write(&path, "keep me").expect("write");
+        let e = bind(&cfg("0660"), &path).expect_err("refused");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "keep me");
+        assert!(!dir.path().join(".kwb").exists());
+    }
 }
