@@ -101,13 +101,11 @@ async fn connections_over_the_limit_get_a_503_saying_so_and_the_rest_are_served(
         &[],
     );
     b.wait_ready().await;
-    // Two idle connections take both slots (each is accepted before the next, in order).
-    let first = tokio::net::UnixStream::connect(&b.socket)
-        .await
-        .expect("connect");
-    let second = tokio::net::UnixStream::connect(&b.socket)
-        .await
-        .expect("connect");
+    // Two kept-alive connections take both slots. Each has been answered 200, so each holds a
+    // slot; the slot of wait_ready's connection may be released a moment after its answer, so
+    // a connection refused meanwhile is tried again.
+    let first = holding_a_slot(&b.socket).await;
+    let second = holding_a_slot(&b.socket).await;
     let over = raw(
         &b.socket,
         b"GET /v1/secrets/app/user HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
@@ -133,6 +131,43 @@ async fn connections_over_the_limit_get_a_503_saying_so_and_the_rest_are_served(
     })
     .await;
     drop(second);
+}
+
+/// A connection that has been answered 200 to a kept-alive request, and so holds one of the
+/// socket's connection slots until it is dropped.
+async fn holding_a_slot(socket: &std::path::Path) -> tokio::net::UnixStream {
+    eventually(Duration::from_secs(10), "a connection slot", || async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        s.write_all(b"GET /v1/health/ready HTTP/1.1\r\nHost: k\r\n\r\n")
+            .await
+            .ok()?;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                // Closed: refused over the limit (a 503 and a close), not kept alive.
+                return None;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return head.starts_with("HTTP/1.1 200").then_some(s);
+            }
+        }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -34,7 +34,8 @@ const TOKEN_OWN_COPIES: usize = 1;
 /// has freed may have its first bytes overwritten by the allocator's own bookkeeping, cutting
 /// `{"request_id":` off the run: the answer envelope's own keys in their order
 /// (`","lease_id":"`, then `,"renewable":`, then `,"lease_duration":`) identify it then. A copy
-/// keyward made of a value (parsed data, sealed JSON) carries no envelope either way.
+/// keyward made of a value (parsed data, sealed JSON) carries no envelope either way. When the
+/// allocator has also split the freed buffer, see below.
 fn in_http_message(pid: u32, address: u64) -> bool {
     let before = procmem::read(pid, address.saturating_sub(2048), 2048);
     let start = before
@@ -48,9 +49,35 @@ fn in_http_message(pid: u32, address: u64) -> bool {
         let b = find(rest, b",\"renewable\":")?;
         find(&rest[b..], b",\"lease_duration\":")
     });
-    run.windows(14).any(|w| w == b"{\"request_id\":")
+    if run.windows(14).any(|w| w == b"{\"request_id\":")
         || envelope.is_some()
         || run.ends_with(b"x-vault-token: ")
+    {
+        return true;
+    }
+    // A freed buffer that the allocator split keeps a chunk header and list pointers in the
+    // middle of the old text: short stretches of non-printable bytes between printable ones.
+    // Across such stretches (fewer than 16 non-printable bytes in a row) the answer's start is
+    // still there, and the hit is still inside the answer's JSON: right after the KV v2 answer's
+    // `"data":{"data":{` or the login answer's `"client_token":"`. A value keyward copied sits
+    // after its own chunk header, never after those keys.
+    let in_answer_json =
+        find(run, b"\"data\":{\"data\":{").is_some() || run.ends_with(b"\"client_token\":\"");
+    let mut gapped_start = 0;
+    let mut unprintable = 0;
+    for (i, b) in before.iter().enumerate() {
+        if b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n') {
+            unprintable = 0;
+        } else {
+            unprintable += 1;
+            if unprintable >= 16 {
+                gapped_start = i + 1;
+            }
+        }
+    }
+    let gapped = &before[gapped_start..];
+    in_answer_json
+        && (find(gapped, b"{\"request_id\":").is_some() || find(gapped, b"\",\"lease_id").is_some())
 }
 
 /// Splits hits into (in HTTP messages, elsewhere), describing the latter.
