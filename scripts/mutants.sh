@@ -8,7 +8,8 @@
 #
 # Usage: scripts/mutants.sh [SCOPE...]     SCOPE: audit identity config injector authz svid policy
 #                                          access (default: all); parts of audit: audit-claims =
-#                                          audit-verify audit-checkpoints audit-segments audit-writer
+#                                          audit-verify audit-written audit-checkpoints
+#                                          audit-segments audit-writer
 #   scripts/mutants.sh --install-only       only install cargo-mutants
 # Environment:
 #   KEYWARD_MUTANTS_JOBS   parallel mutant builds (default 1: the machine is shared)
@@ -63,15 +64,19 @@ install_mutants
 # cost a build and a link per mutant.
 declare -A scope=(
   [audit]="-p keyward-audit"
-  # The files behind the audit claims, without the report/query CLI: audit-claims is all four
+  # The files behind the audit claims, without the report/query CLI: audit-claims is all five
   # parts below (one run: cargo-mutants takes files in module order, so verify.rs comes last;
   # the parts let the most important run first on a busy machine). Reading checkpoints from
   # Vault (VaultReader, checkpoints::run) is left to the OpenBao tests in tests/, which
   # cargo-mutants does not run for this crate.
   [audit-claims]="-p keyward-audit --file audit/src/canon.rs --file audit/src/verify.rs
-    --file audit/src/checkpoints.rs --file audit/src/sink.rs --file audit/src/lib.rs
+    --file audit/src/written.rs --file audit/src/checkpoints.rs --file audit/src/sink.rs --file audit/src/lib.rs
     --exclude-re VaultReader|CheckpointArgs|\srun\s|in\srun$"
   [audit-verify]="-p keyward-audit --file audit/src/verify.rs --file audit/src/canon.rs"
+  # verify's fast path: a line in the writer's form checked and hashed in place. A mutant that
+  # only makes it decline a line is equivalent (the line goes the general way, to the same
+  # result); one that makes it accept or misread a line must be caught.
+  [audit-written]="-p keyward-audit --file audit/src/written.rs"
   [audit-checkpoints]="-p keyward-audit --file audit/src/checkpoints.rs
     --exclude-re VaultReader|CheckpointArgs|\srun\s|in\srun$"
   [audit-segments]="-p keyward-audit --file audit/src/sink.rs"
@@ -88,7 +93,7 @@ declare -A scope=(
   [access]="-p keyward-broker --file broker/src/access.rs"
 )
 all=(audit identity config injector authz svid policy access)
-known=("${all[@]}" audit-claims audit-verify audit-checkpoints audit-segments audit-writer)
+known=("${all[@]}" audit-claims audit-verify audit-written audit-checkpoints audit-segments audit-writer)
 order=("${all[@]}")
 [ $# -gt 0 ] && order=("$@")
 for c in "${order[@]}"; do [ -n "${scope[$c]:-}" ] || die "unknown scope '$c' (${known[*]})"; done
