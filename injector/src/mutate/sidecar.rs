@@ -317,18 +317,22 @@ pub(super) fn container(
             "protocol": "TCP",
         }));
         map.insert("ports".to_owned(), Value::Array(ports));
+        // Ready once, at start: secrets and identity in place. No readinessProbe: a Vault
+        // outage longer than the token's TTL makes every sidecar unready at once while their
+        // cached secrets still serve, and would take every injected pod out of its Services
+        // (docs/operations.md "Probes"); alerts carry that signal instead.
+        map.insert(
+            "startupProbe".to_owned(),
+            json!({
+                "exec": {"command": ["keyward", "probe"]},
+                "periodSeconds": 1,
+                "timeoutSeconds": 2,
+                "failureThreshold": 120,
+            }),
+        );
         match cfg.mode {
             SidecarMode::Native => {
                 map.insert("restartPolicy".to_owned(), json!("Always"));
-                map.insert(
-                    "startupProbe".to_owned(),
-                    json!({
-                        "exec": {"command": ["keyward", "probe"]},
-                        "periodSeconds": 1,
-                        "timeoutSeconds": 2,
-                        "failureThreshold": 120,
-                    }),
-                );
             }
             SidecarMode::Legacy => {
                 // The kubelet starts the next container only once this hook returns, so app
@@ -336,15 +340,6 @@ pub(super) fn container(
                 map.insert(
                     "lifecycle".to_owned(),
                     json!({"postStart": {"exec": {"command": ["keyward", "probe", "--wait", "120s"]}}}),
-                );
-                map.insert(
-                    "readinessProbe".to_owned(),
-                    json!({
-                        "exec": {"command": ["keyward", "probe"]},
-                        "periodSeconds": 5,
-                        "timeoutSeconds": 2,
-                        "failureThreshold": 3,
-                    }),
                 );
             }
         }
