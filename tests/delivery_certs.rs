@@ -8,6 +8,7 @@
 //! `--on-change web=signal:HUP`: a client looping requests sees the new serial with no failed
 //! request.
 
+mod delivery_common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use delivery_common::{app_files, broker_refuses};
 use serde_json::json;
 use support::broker::{BrokerProc, KEYWARD};
 use support::pg::Postgres;
@@ -47,15 +49,6 @@ async fn pki_vault() -> TestVault {
         .await;
     v.bao.policy("app", &format!("{APP_POLICY}\n{issue}")).await;
     v
-}
-
-fn files_dir(parent: &Path, name: &str) -> PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir(&d).expect("mkdir");
-    // An emptyDir is created world-writable: the sidecar writes there whatever its uid.
-    std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .expect("chmod");
-    d
 }
 
 /// The broker config of a certificate `web` for the pod's names with `ttl`, rendered into
@@ -175,8 +168,7 @@ fn ts(r: &serde_json::Value) -> f64 {
 async fn a_certificate_is_issued_for_the_pods_names_as_files_and_issued_again_at_two_thirds_of_its_ttl(
 ) {
     let v = pki_vault().await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let mut b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
@@ -304,8 +296,7 @@ async fn a_leased_credentials_file_follows_its_renewals_and_its_re_fetch() {
     let pg = Postgres::start();
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
     pg.configure_vault(&v.bao, "4s", "12s").await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
@@ -361,28 +352,12 @@ fn a_bad_certificate_setting_is_refused_naming_it() {
         ),
         ("{common_name: web, ttl: 2s}", "secrets[0].issue.ttl"),
     ] {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = files_dir(tmp.path(), "app");
-        let config = tmp.path().join("config.yaml");
-        std::fs::write(
-            &config,
+        broker_refuses(issue, says, |dir| {
             format!(
-                "vault: {{addr: 'http://127.0.0.1:1', allow_insecure_http: true}}\naudit: {{file: {}}}\nsocket: {{path: {}}}\nsecrets:\n  - {{name: web, path: pki_web/issue/web, issue: {issue}}}\nfiles:\n  - {{name: c, container: app, dir: {}, path: tls.crt, secret: web, key: certificate}}\n",
-                tmp.path().join("audit.log").display(),
-                tmp.path().join("s.sock").display(),
+                "secrets:\n  - {{name: web, path: pki_web/issue/web, issue: {issue}}}\nfiles:\n  - {{name: c, container: app, dir: {}, path: tls.crt, secret: web, key: certificate}}\n",
                 dir.display()
-            ),
-        )
-        .expect("config");
-        let out = Command::new(KEYWARD)
-            .args(["broker", "--config"])
-            .arg(&config)
-            .output()
-            .expect("run keyward broker");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{issue}: started\n{err}");
-        assert!(err.contains(says), "{issue}: expected {says:?} in\n{err}");
-        assert_eq!(std::fs::read_dir(&dir).expect("dir").count(), 0);
+            )
+        });
     }
 }
 
@@ -527,8 +502,7 @@ fn start_nginx(b: &BrokerProc, files: &Path, port: u16) -> Nginx {
 #[tokio::test]
 async fn nginx_reloaded_by_sighup_serves_the_new_certificate_with_no_failed_request() {
     let v = pki_vault().await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let files = files_dir(vol.path(), "app");
+    let (_vol, files) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
@@ -657,8 +631,7 @@ async fn nginx_reloaded_by_sighup_serves_the_new_certificate_with_no_failed_requ
 async fn a_long_poll_answers_a_new_version_only_once_its_files_are_replaced() {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
     v.bao.kv_put("cfg", json!({"value": "v1"})).await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let files: String = (0..4)
         .map(|i| {
             format!(
@@ -706,8 +679,7 @@ async fn a_long_poll_answers_a_new_version_only_once_its_files_are_replaced() {
 #[tokio::test]
 async fn the_workload_svid_as_files_is_rendered_and_kept_current() {
     let (vault, _pki) = support::pki::shop_vault().await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let extra = format!(
         "files:\n  - {{name: svid-app-cert, container: app, dir: {d}, path: svid.crt, identity: certificate}}\n  - {{name: svid-app-key, container: app, dir: {d}, path: svid.key, identity: private_key}}\n  - {{name: svid-app-bundle, container: app, dir: {d}, path: svid-bundle.crt, identity: bundle}}\n",
         d = dir.display()
@@ -807,8 +779,7 @@ async fn the_workload_svid_as_files_is_rendered_and_kept_current() {
 #[tokio::test]
 async fn a_name_the_role_refuses_holds_readiness_naming_why_and_writes_nothing() {
     let v = pki_vault().await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),

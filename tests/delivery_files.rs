@@ -6,6 +6,7 @@
 //! of another container (another uid, its own mount namespace with only its own volume, as the
 //! kubelet sets it up) cannot read a file it did not declare.
 
+mod delivery_common;
 mod support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use delivery_common::{app_files, broker_refuses, files_dir};
 use serde_json::json;
-use support::broker::{BrokerProc, KEYWARD};
+use support::broker::BrokerProc;
 use support::{eventually, TestVault};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -42,22 +44,13 @@ fn parse_dsn(text: &str) -> Option<(u64, u64)> {
     Some((n.parse().ok()?, rest.parse().ok()?))
 }
 
-fn files_dir(parent: &Path, name: &str) -> std::path::PathBuf {
-    let d = parent.join(name);
-    std::fs::create_dir(&d).expect("mkdir");
-    // An emptyDir is created world-writable: the sidecar writes there whatever its uid.
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    d
-}
-
 #[tokio::test]
 async fn a_kv_update_re_renders_the_file_atomically_with_one_render_record_per_version() {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
     v.bao
         .kv_put("db", json!({"user": "orders", "password": password(1)}))
         .await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
@@ -161,32 +154,12 @@ async fn a_kv_update_re_renders_the_file_atomically_with_one_render_record_per_v
 /// `keyward broker` with `files` that break a rule: it refuses to start, naming the setting,
 /// and writes nothing.
 fn refuses(files: &str, says: &str) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(tmp.path(), "app");
-    let config = tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
+    broker_refuses(files, says, |dir| {
         format!(
-            "vault: {{addr: 'http://127.0.0.1:1', allow_insecure_http: true}}\naudit: {{file: {}}}\nsocket: {{path: {}}}\nsecrets:\n  - {{name: db, path: secret/data/db}}\nfiles:\n  - name: dsn\n    container: app\n    dir: {}\n{files}",
-            tmp.path().join("audit.log").display(),
-            tmp.path().join("s.sock").display(),
+            "secrets:\n  - {{name: db, path: secret/data/db}}\nfiles:\n  - name: dsn\n    container: app\n    dir: {}\n{files}",
             dir.display()
-        ),
-    )
-    .expect("config");
-    let out = Command::new(KEYWARD)
-        .args(["broker", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run keyward broker");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{files}: started\n{err}");
-    assert!(err.contains(says), "{files}: expected {says:?} in\n{err}");
-    assert_eq!(
-        std::fs::read_dir(&dir).expect("dir").count(),
-        0,
-        "{files}: nothing written"
-    );
+        )
+    });
 }
 
 /// The app starts when the sidecar is ready: a file that cannot be rendered yet (its template
@@ -196,8 +169,7 @@ fn refuses(files: &str, says: &str) {
 async fn the_sidecar_is_ready_only_once_its_files_are_rendered() {
     let v = TestVault::start("shop", "orders", "1h", "2h").await;
     v.bao.kv_put("db", json!({"user": "orders"})).await;
-    let vol = tempfile::tempdir().expect("tempdir");
-    let dir = files_dir(vol.path(), "app");
+    let (_vol, dir) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
         &v.token("shop", "orders"),
