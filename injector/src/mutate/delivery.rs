@@ -391,6 +391,16 @@ mod tests {
         }
     }
 
+    /// The pod is refused with an annotation error naming `key`, whose problem contains each of
+    /// `says`.
+    fn assert_refused(annotations: &[(&str, &str)], containers: Value, key: &str, says: &[&str]) {
+        let e = refused(annotations, containers);
+        assert_eq!(e.key, key, "{e}");
+        for s in says {
+            assert!(e.problem.contains(s), "{s:?}: {e}");
+        }
+    }
+
     fn app() -> Value {
         json!([
             {"name": "app", "image": "app:1", "command": ["/app", "--serve"], "args": ["-v"]},
@@ -461,59 +471,54 @@ mod tests {
 
     #[test]
     fn a_wrapped_container_without_command_is_refused_naming_the_annotation() {
-        let e = refused(
+        assert_refused(
             &[
                 ("secret-db", "secret/data/db"),
                 ("env-app", "PW=db#password"),
             ],
             json!([{"name": "app", "image": "app:1", "args": ["serve"]}]),
-        );
-        assert_eq!(e.key, "keyward.io/env-app");
-        assert!(
-            e.problem.contains("has no command")
-                && e.problem.contains("set spec.containers[].command"),
-            "{e}"
+            "keyward.io/env-app",
+            &["has no command", "set spec.containers[].command"],
         );
     }
 
     #[test]
     fn exec_declarations_are_checked_with_the_wrappers_parser_and_secrets_must_be_declared() {
-        let e = refused(
-            &[("secret-db", "secret/data/db"), ("env-app", "1X=db")],
+        let db = ("secret-db", "secret/data/db");
+        assert_refused(
+            &[db, ("env-app", "1X=db")],
             app(),
+            "keyward.io/env-app",
+            &[],
         );
-        assert_eq!(e.key, "keyward.io/env-app", "{e}");
-        let e = refused(
-            &[("secret-db", "secret/data/db"), ("env-app", "PW=nope#x")],
+        assert_refused(
+            &[db, ("env-app", "PW=nope#x")],
             app(),
+            "keyward.io/env-app",
+            &["'nope' is not declared"],
         );
-        assert_eq!(e.key, "keyward.io/env-app");
-        assert!(e.problem.contains("'nope' is not declared"), "{e}");
-        let e = refused(
+        assert_refused(
             &[
-                ("secret-db", "secret/data/db"),
+                db,
                 ("env-app", "PW=db"),
                 ("on-change-app", "db=signal:KILL"),
             ],
             app(),
+            "keyward.io/on-change-app",
+            &[],
         );
-        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
-        let e = refused(
-            &[
-                ("secret-db", "secret/data/db"),
-                ("env-app", "PW=db"),
-                ("on-change-app", "nope=restart"),
-            ],
+        assert_refused(
+            &[db, ("env-app", "PW=db"), ("on-change-app", "nope=restart")],
             app(),
+            "keyward.io/on-change-app",
+            &["'nope' is not declared"],
         );
-        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
-        assert!(e.problem.contains("'nope' is not declared"), "{e}");
-        let e = refused(
-            &[("secret-db", "secret/data/db"), ("env-nope", "PW=db")],
+        assert_refused(
+            &[db, ("env-nope", "PW=db")],
             app(),
+            "keyward.io/env-nope",
+            &["no container named 'nope'"],
         );
-        assert_eq!(e.key, "keyward.io/env-nope");
-        assert!(e.problem.contains("no container named 'nope'"), "{e}");
     }
 
     /// A container that gets its secret only as a file (or a certificate) is still run under
@@ -562,7 +567,7 @@ mod tests {
 
     #[test]
     fn on_change_alone_on_a_container_without_command_is_refused_naming_the_on_change_annotation() {
-        let e = refused(
+        assert_refused(
             &[
                 ("secret-db", "secret/data/db"),
                 ("file-dsn", "app/db.dsn"),
@@ -570,22 +575,18 @@ mod tests {
                 ("on-change-app", "db=restart"),
             ],
             json!([{"name": "app", "image": "app:1", "args": ["serve"]}]),
+            "keyward.io/on-change-app",
+            &["has no command", "set spec.containers[].command"],
         );
-        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
-        assert!(
-            e.problem.contains("has no command")
-                && e.problem.contains("set spec.containers[].command"),
-            "{e}"
-        );
-        let e = refused(
+        assert_refused(
             &[
                 ("secret-db", "secret/data/db"),
                 ("on-change-app", "nope=restart"),
             ],
             app(),
+            "keyward.io/on-change-app",
+            &["'nope' is not declared"],
         );
-        assert_eq!(e.key, "keyward.io/on-change-app", "{e}");
-        assert!(e.problem.contains("'nope' is not declared"), "{e}");
     }
 
     #[test]
@@ -834,16 +835,16 @@ mod tests {
             assert_eq!(e.key, "keyward.io/identity-files", "{uid:?}: {e}");
             assert!(e.problem.contains("identity-uids (1000)"), "{e}");
         }
-        let e = refused(
+        assert_refused(
             &[
                 ("cert-web", "pki_web/issue/web"),
                 ("cert-web-common-name", "web.shop.svc"),
                 ("cert-web-container", "nope"),
             ],
             app(),
+            "keyward.io/cert-web-container",
+            &["no container named 'nope'"],
         );
-        assert_eq!(e.key, "keyward.io/cert-web-container", "{e}");
-        assert!(e.problem.contains("no container named 'nope'"), "{e}");
     }
 
     /// A certificate: the sidecar's config (contract version 3, valid) has the secret with its
