@@ -1,26 +1,19 @@
 //! The injector writes the config contract version and refuses to write one the sidecar image
 //! cannot read (issue 15 §5).
 
+mod common;
+
+use common::{mutate_pod, one_container_pod};
 use keyward_injector::config::InjectorConfig;
-use keyward_injector::mutate::{mutate, MutateError, Outcome, PodView};
+use keyward_injector::mutate::MutateError;
 use serde_json::json;
 
 fn inject(cfg: &InjectorConfig) -> Result<String, MutateError> {
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }))
-    .expect("pod");
-    let spec = pod.spec.clone().expect("spec");
-    let view = PodView {
-        namespace: Some("shop"),
-        metadata: &pod.metadata,
-        spec: &spec,
-    };
-    match mutate(view, cfg)? {
-        Outcome::Patch(ops) => Ok(serde_json::to_string(&ops).expect("json")),
-        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
-    }
+    let ops = mutate_pod(
+        &one_container_pod(json!({"keyward.io/secret-db": "secret/data/db"})),
+        cfg,
+    )?;
+    Ok(serde_json::to_string(&ops).expect("json"))
 }
 
 #[test]

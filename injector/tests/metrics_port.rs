@@ -2,29 +2,16 @@
 //! chart's PodMonitor selects, and the prometheus.io annotations only when the injector config
 //! asks for them (never replacing a pod's own).
 
+mod common;
+
+use common::{apply, mutate_pod, one_container_pod};
 use keyward_injector::config::InjectorConfig;
-use keyward_injector::mutate::{mutate, Outcome, PodView};
 use serde_json::{json, Value};
 
 fn patched(annotations: Value, cfg: &InjectorConfig) -> Value {
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }))
-    .expect("pod");
-    let spec = pod.spec.clone().expect("spec");
-    let view = PodView {
-        namespace: Some("shop"),
-        metadata: &pod.metadata,
-        spec: &spec,
-    };
-    let Ok(Outcome::Patch(ops)) = mutate(view, cfg) else {
-        panic!("injected");
-    };
-    let mut doc = serde_json::to_value(&pod).expect("json");
-    let patch = keyward_injector::mutate::to_json_patch(&ops).expect("patch");
-    json_patch::patch(&mut doc, &patch).expect("applies");
-    doc
+    let pod = one_container_pod(annotations);
+    let ops = mutate_pod(&pod, cfg).expect("injected");
+    apply(&pod, &ops)
 }
 
 fn sidecar(pod: &Value) -> &Value {
@@ -102,18 +89,11 @@ fn a_pod_using_the_metrics_port_is_refused_naming_what_uses_it() {
             "container 'app' (containerPort) uses port 15091",
         ),
     ] {
-        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-            "metadata": {"name": "p", "annotations": annotations},
-            "spec": {"containers": [{"name": "app", "image": "app:1", "ports": ports}]},
-        }))
-        .expect("pod");
-        let spec = pod.spec.clone().expect("spec");
-        let view = PodView {
-            namespace: Some("shop"),
-            metadata: &pod.metadata,
-            spec: &spec,
-        };
-        let e = mutate(view, &cfg).expect_err("refused");
+        let pod = common::pod(
+            annotations,
+            json!([{"name": "app", "image": "app:1", "ports": ports}]),
+        );
+        let e = mutate_pod(&pod, &cfg).expect_err("refused");
         assert!(e.to_string().contains(says), "{e}");
     }
 }

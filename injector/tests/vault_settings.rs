@@ -3,32 +3,17 @@
 //! sidecar only, each wrong setting is refused at load naming it, and the built-in default
 //! image is the release `release/image.json` pins.
 
+mod common;
+
+use common::{mutate_pod, one_container_pod, op_values};
 use keyward_config::SidecarConfig;
 use keyward_injector::config::{InjectorConfig, DEFAULT_IMAGE};
-use keyward_injector::mutate::{mutate, Outcome, PodView};
 use serde_json::{json, Value};
 
 /// The patch for a one-container pod with one secret, as JSON values.
 fn inject(cfg: &InjectorConfig) -> Vec<Value> {
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }))
-    .expect("pod");
-    let spec = pod.spec.clone().expect("spec");
-    let view = PodView {
-        namespace: Some("shop"),
-        metadata: &pod.metadata,
-        spec: &spec,
-    };
-    match mutate(view, cfg).expect("injected") {
-        Outcome::Patch(ops) => serde_json::to_value(&ops)
-            .expect("json")
-            .as_array()
-            .expect("ops")
-            .clone(),
-        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
-    }
+    let pod = one_container_pod(json!({"keyward.io/secret-db": "secret/data/db"}));
+    op_values(&mutate_pod(&pod, cfg).expect("injected"))
 }
 
 /// Every object the patch adds whose `name` is `name`, anywhere in its values.
@@ -192,26 +177,8 @@ fn the_built_in_default_image_is_the_release_digest() {
 
 /// The outcome of a pod with `annotations` under `cfg`: the sidecar config, or the error.
 fn try_inject(cfg: &InjectorConfig, annotations: Value) -> Result<SidecarConfig, String> {
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }))
-    .expect("pod");
-    let spec = pod.spec.clone().expect("spec");
-    let view = PodView {
-        namespace: Some("shop"),
-        metadata: &pod.metadata,
-        spec: &spec,
-    };
-    match mutate(view, cfg).map_err(|e| e.to_string())? {
-        Outcome::Patch(ops) => Ok(sidecar_config(
-            serde_json::to_value(&ops)
-                .expect("json")
-                .as_array()
-                .expect("ops"),
-        )),
-        Outcome::Skipped(r) => panic!("skipped: {r:?}"),
-    }
+    let ops = mutate_pod(&one_container_pod(annotations), cfg).map_err(|e| e.to_string())?;
+    Ok(sidecar_config(&op_values(&ops)))
 }
 
 #[test]
@@ -250,19 +217,12 @@ fn a_pods_vault_namespace_is_refused_unless_the_operator_allows_it_and_then_repl
 
 #[test]
 fn an_app_container_mounting_the_client_certificate_volume_is_refused() {
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "annotations": {"keyward.io/secret-db": "secret/data/db"}},
-        "spec": {"containers": [{"name": "app", "image": "app:1",
-            "volumeMounts": [{"name": "keyward-vault-client", "mountPath": "/x"}]}]},
-    }))
-    .expect("pod");
-    let spec = pod.spec.clone().expect("spec");
-    let view = PodView {
-        namespace: Some("shop"),
-        metadata: &pod.metadata,
-        spec: &spec,
-    };
-    let Err(e) = mutate(view, &tls_config()) else {
+    let pod = common::pod(
+        json!({"keyward.io/secret-db": "secret/data/db"}),
+        json!([{"name": "app", "image": "app:1",
+            "volumeMounts": [{"name": "keyward-vault-client", "mountPath": "/x"}]}]),
+    );
+    let Err(e) = mutate_pod(&pod, &tls_config()) else {
         panic!("admitted a pod whose app container mounts the client certificate");
     };
     let e = e.to_string();
