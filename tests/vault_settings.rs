@@ -77,10 +77,12 @@ async fn first_login(b: &BrokerProc) -> serde_json::Value {
     .await
 }
 
-/// `b` never logs in: its first login fails with a reason containing every one of `needles`,
-/// `/v1/health/ready` says so, and no secret is served.
-async fn refused(b: &BrokerProc, what: &str, needles: &[&str]) {
-    let login = first_login(b).await;
+/// A broker reading [`SECRETS`] from `addr` with `token` and the settings `env` never logs in:
+/// its first login fails with a reason containing every one of `needles`, `/v1/health/ready`
+/// says so, and no secret is served.
+async fn refused(addr: &str, token: &str, env: &[(&str, &str)], what: &str, needles: &[&str]) {
+    let b = BrokerProc::start(addr, token, SECRETS, env);
+    let login = first_login(&b).await;
     assert_eq!(login["decision"], "error", "{what}: {login}");
     let reason = login["reason"].as_str().unwrap_or_default();
     for n in needles {
@@ -98,7 +100,10 @@ async fn refused(b: &BrokerProc, what: &str, needles: &[&str]) {
     assert_eq!(b.audit_count("vault.login", "ok"), 0, "{what}");
 }
 
-async fn serves(b: &BrokerProc, what: &str) {
+/// A broker reading [`SECRETS`] from `addr` with `token` and the settings `env` becomes ready and
+/// serves the secret.
+async fn serves(addr: &str, token: &str, env: &[(&str, &str)], what: &str) {
+    let b = BrokerProc::start(addr, token, SECRETS, env);
     b.wait_ready().await;
     let app = b.get("/v1/secrets/app/password").await;
     assert_eq!(app.status, 200, "{what}: {}", app.body);
@@ -122,42 +127,29 @@ async fn vault_is_reached_only_with_the_pinned_ca_and_the_right_server_name() {
     );
 
     for (what, ca_file) in [("the CA", &ca), ("a bundle holding the CA", &both)] {
-        let b = BrokerProc::start(
-            &addr,
-            &token,
-            SECRETS,
-            &[
-                ("KEYWARD_VAULT_CACERT", ca_file.as_str()),
-                ("KEYWARD_VAULT_TLS_SERVER_NAME", VAULT_NAME),
-            ],
-        );
-        serves(&b, what).await;
+        let env = [
+            ("KEYWARD_VAULT_CACERT", ca_file.as_str()),
+            ("KEYWARD_VAULT_TLS_SERVER_NAME", VAULT_NAME),
+        ];
+        serves(&addr, &token, &env, what).await;
     }
 
     // Each setting wrong in turn; the reason names the setting that decides.
-    let wrong_ca = BrokerProc::start(
+    refused(
         &addr,
         &token,
-        SECRETS,
         &[
             ("KEYWARD_VAULT_CACERT", other.as_str()),
             ("KEYWARD_VAULT_TLS_SERVER_NAME", VAULT_NAME),
         ],
-    );
-    refused(
-        &wrong_ca,
         "another CA pinned",
         &["certificate", "UnknownIssuer", "vault.ca_file"],
     )
     .await;
-    let no_name = BrokerProc::start(
+    refused(
         &addr,
         &token,
-        SECRETS,
         &[("KEYWARD_VAULT_CACERT", ca.as_str())],
-    );
-    refused(
-        &no_name,
         "no server name (the address is an IP the certificate does not carry)",
         &[
             "certificate",
@@ -166,30 +158,22 @@ async fn vault_is_reached_only_with_the_pinned_ca_and_the_right_server_name() {
         ],
     )
     .await;
-    let wrong_name = BrokerProc::start(
+    refused(
         &addr,
         &token,
-        SECRETS,
         &[
             ("KEYWARD_VAULT_CACERT", ca.as_str()),
             ("KEYWARD_VAULT_TLS_SERVER_NAME", "vault.other.test"),
         ],
-    );
-    refused(
-        &wrong_name,
         "another server name",
         &["certificate", "not valid for name", "vault.tls_server_name"],
     )
     .await;
     // No pinned CA: the built-in public roots, which never signed this private CA.
-    let public_roots = BrokerProc::start(
+    refused(
         &addr,
         &token,
-        SECRETS,
         &[("KEYWARD_VAULT_TLS_SERVER_NAME", VAULT_NAME)],
-    );
-    refused(
-        &public_roots,
         "the built-in roots",
         &["certificate", "UnknownIssuer", "vault.ca_file unset"],
     )
@@ -218,56 +202,43 @@ async fn a_listener_requiring_a_client_certificate_accepts_the_sidecar_with_its_
         ("KEYWARD_VAULT_TLS_SERVER_NAME", VAULT_NAME),
     ];
 
-    let with_cert = BrokerProc::start(
+    let with_cert = [
+        tls[0],
+        tls[1],
+        ("KEYWARD_VAULT_CLIENT_CERT", cert.as_str()),
+        ("KEYWARD_VAULT_CLIENT_KEY", key.as_str()),
+    ];
+    serves(&addr, &token, &with_cert, "with the client certificate").await;
+
+    refused(
         &addr,
         &token,
-        SECRETS,
-        &[
-            tls[0],
-            tls[1],
-            ("KEYWARD_VAULT_CLIENT_CERT", cert.as_str()),
-            ("KEYWARD_VAULT_CLIENT_KEY", key.as_str()),
-        ],
-    );
-    serves(&with_cert, "with the client certificate").await;
-
-    let without = BrokerProc::start(&addr, &token, SECRETS, &tls);
-    refused(
-        &without,
+        &tls,
         "without a client certificate",
         &["alert", "vault.client_cert_file unset"],
     )
     .await;
-    let untrusted = BrokerProc::start(
+    refused(
         &addr,
         &token,
-        SECRETS,
         &[
             tls[0],
             tls[1],
             ("KEYWARD_VAULT_CLIENT_CERT", stranger_cert.as_str()),
             ("KEYWARD_VAULT_CLIENT_KEY", stranger_key.as_str()),
         ],
-    );
-    refused(
-        &untrusted,
         "a client certificate of another CA",
         &["alert", "vault.client_cert_file"],
     )
     .await;
     // The same certificate on the listener that asks for none is simply not asked for.
-    let plain_tls = BrokerProc::start(
+    serves(
         &format!("https://127.0.0.1:{}", v.bao.extra_port(0)),
         &token,
-        SECRETS,
-        &[
-            tls[0],
-            tls[1],
-            ("KEYWARD_VAULT_CLIENT_CERT", cert.as_str()),
-            ("KEYWARD_VAULT_CLIENT_KEY", key.as_str()),
-        ],
-    );
-    serves(&plain_tls, "client certificate, listener not asking").await;
+        &with_cert,
+        "client certificate, listener not asking",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
