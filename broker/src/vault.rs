@@ -227,6 +227,9 @@ pub struct Login {
 pub struct Vault {
     http: reqwest::Client,
     addr: String,
+    /// What request URLs start with: `addr`, or `addr` with the host replaced by
+    /// `vault.tls_server_name` (the SNI; see [`crate::vault_tls::sni_route`]).
+    base: String,
     /// The TLS settings in force, named, for the reason of a failed handshake.
     tls_hint: String,
     namespace: Option<HeaderValue>,
@@ -296,6 +299,11 @@ impl Vault {
         if let Some(tls) = crate::vault_tls::client_config(v)? {
             builder = builder.use_preconfigured_tls(tls);
         }
+        let mut base = addr.clone();
+        if let Some(route) = crate::vault_tls::sni_route(v, &addr)? {
+            builder = builder.dns_resolver(route.resolver);
+            base = route.base;
+        }
         let tls_hint = crate::vault_tls::hint(v);
         let http = builder
             .build()
@@ -309,6 +317,7 @@ impl Vault {
         Ok(Self {
             http,
             addr,
+            base,
             tls_hint,
             namespace,
             max_response: v.max_response_bytes,
@@ -541,7 +550,7 @@ impl Vault {
         token: Option<&TokenState>,
         body: Option<ZeroBuf>,
     ) -> Result<(reqwest::StatusCode, ZeroBuf), VaultError> {
-        let url = format!("{}/v1/{}", self.addr, path.trim_start_matches('/'));
+        let url = format!("{}/v1/{}", self.base, path.trim_start_matches('/'));
         let mut req = self
             .http
             .request(method, &url)

@@ -1,8 +1,8 @@
 //! The TLS client settings of the Vault connection, from `vault.*` of the config alone: a
 //! pinned CA set (`ca_file`: those CAs and no others), the name Vault's certificate is checked
-//! against (`tls_server_name`), and a client certificate (`client_cert_file`/
-//! `client_key_file`). Without any of them reqwest's own rustls setup (the built-in public
-//! roots, the address's host) is used unchanged.
+//! against and sent as the SNI (`tls_server_name`, see [`sni_route`]), and a client certificate
+//! (`client_cert_file`/`client_key_file`). Without any of them reqwest's own rustls setup (the
+//! built-in public roots, the address's host) is used unchanged.
 //!
 //! The client certificate is read at start (unusable files refuse the start, naming the
 //! setting) and read again by [`ReloadingClientCert`] at a handshake after either file changed
@@ -263,6 +263,80 @@ fn load_pair(
             key.display()
         ))
     })
+}
+
+/// Where requests go when `vault.tls_server_name` is a DNS name other than the address's host:
+/// to a URL whose host is that name, so that reqwest sends it as the TLS SNI (as Vault's own
+/// `VAULT_TLS_SERVER_NAME` does), with a resolver that connects that name to `vault.addr`'s
+/// real host and port, looked up at each connect. The HTTP `Host` header follows the URL: it is
+/// `tls_server_name` (with `vault.addr`'s port when the address has one).
+pub(crate) struct SniRoute {
+    /// `vault.addr` with its host replaced by `vault.tls_server_name`, no trailing `/`.
+    pub(crate) base: String,
+    pub(crate) resolver: Arc<SniResolver>,
+}
+
+/// `None` when the address is used as it is: no `tls_server_name`, an IP address as
+/// `tls_server_name` (never sent as SNI; the certificate is still checked for it), the same
+/// name as the address's host, or a plain `http://` address.
+pub(crate) fn sni_route(v: &VaultConfig, addr: &str) -> Result<Option<SniRoute>, VaultError> {
+    let Some(name) = v.tls_server_name.as_deref() else {
+        return Ok(None);
+    };
+    let bad_addr = |e: &dyn std::fmt::Display| setup(format!("vault.addr {addr}: {e}"));
+    let mut url = reqwest::Url::parse(addr).map_err(|e| bad_addr(&e))?;
+    if url.scheme() != "https" || name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    // An IPv6 host comes in brackets; the lookup wants the bare address.
+    let host = match url.host_str() {
+        Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        None => return Err(bad_addr(&"no host")),
+    };
+    if host.eq_ignore_ascii_case(name) {
+        return Ok(None);
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    url.set_host(Some(name))
+        .map_err(|e| setup(format!("vault.tls_server_name {name:?}: {e}")))?;
+    Ok(Some(SniRoute {
+        base: url.as_str().trim_end_matches('/').to_owned(),
+        resolver: Arc::new(SniResolver {
+            name: url.host_str().unwrap_or(name).to_owned(),
+            host,
+            port,
+        }),
+    }))
+}
+
+/// Resolves `vault.tls_server_name` to `vault.addr`'s host and port (a DNS lookup at each
+/// connect, as for the address itself); any other name (a redirect's) as the system does.
+#[derive(Debug)]
+pub(crate) struct SniResolver {
+    /// The name as the URL holds it (lower case).
+    name: String,
+    host: String,
+    port: u16,
+}
+
+impl reqwest::dns::Resolve for SniResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (host, port, ours) = if name.as_str().eq_ignore_ascii_case(&self.name) {
+            (self.host.clone(), self.port, true)
+        } else {
+            (name.as_str().to_owned(), 0, false)
+        };
+        Box::pin(async move {
+            match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(addrs) => Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs),
+                Err(e) if ours => Err(format!(
+                    "vault.addr's host {host} (reached under the name of vault.tls_server_name): {e}"
+                )
+                .into()),
+                Err(e) => Err(format!("{host}: {e}").into()),
+            }
+        })
+    }
 }
 
 /// The settings a TLS failure depends on, named: appended to the reason of a failed handshake.
@@ -544,5 +618,53 @@ mod tests {
             let e = ReloadingClientCert::new(c, k, provider()).expect_err("unusable");
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
+    }
+
+    fn route(addr: &str, name: Option<&str>) -> Option<(String, String, u16)> {
+        let mut v = VaultConfig::new(addr);
+        v.tls_server_name = name.map(str::to_owned);
+        sni_route(&v, addr)
+            .expect("route")
+            .map(|r| (r.base, r.resolver.host.clone(), r.resolver.port))
+    }
+
+    #[test]
+    fn requests_go_to_tls_server_name_resolved_to_the_address_only_when_it_is_another_dns_name() {
+        assert_eq!(
+            route("https://10.0.0.7:8200", Some("Vault.Internal.example")),
+            Some((
+                "https://vault.internal.example:8200".into(),
+                "10.0.0.7".into(),
+                8200
+            ))
+        );
+        assert_eq!(
+            route("https://vault.vault.svc", Some("vault.example")),
+            Some((
+                "https://vault.example".into(),
+                "vault.vault.svc".into(),
+                443
+            ))
+        );
+        assert_eq!(
+            route("https://[::1]:8200", Some("vault.example")),
+            Some(("https://vault.example:8200".into(), "::1".into(), 8200))
+        );
+        assert_eq!(route("https://10.0.0.7:8200", None), None, "unset");
+        assert_eq!(
+            route("https://vault.example:8200", Some("10.0.0.7")),
+            None,
+            "an IP address is never SNI"
+        );
+        assert_eq!(
+            route("https://VAULT.example:8200", Some("vault.example")),
+            None,
+            "the address's own host"
+        );
+        assert_eq!(
+            route("http://127.0.0.1:8200", Some("vault.example")),
+            None,
+            "no TLS"
+        );
     }
 }
