@@ -60,17 +60,28 @@ impl Wrapper {
         Self::spawn(prefix, &b.socket, flags, &["/bin/sh", "-c", script])
     }
 
+    /// [`Wrapper::start`], then waits for the app's first start (a line in `starts`).
+    async fn started(b: &BrokerProc, flags: &[&str], script: &str) -> Wrapper {
+        let w = Self::start(b, flags, script);
+        w.wait_lines("starts", 1).await;
+        w
+    }
+
     /// Starts the long-running app with `V` from `cfg` under `--env V=cfg FLAGS` and waits for
     /// its first start.
     async fn running(b: &BrokerProc, flags: &[&str]) -> Wrapper {
-        let w = Self::start(b, &[&["--env", "V=cfg"], flags].concat(), LONG_RUNNING);
-        w.wait_lines("starts", 1).await;
-        w
+        Self::started(b, &[&["--env", "V=cfg"], flags].concat(), LONG_RUNNING).await
     }
 
     /// [`Wrapper::running`] with `--on-change cfg=restart FLAGS`.
     async fn restarting(b: &BrokerProc, flags: &[&str]) -> Wrapper {
         Self::running(b, &[&["--on-change", "cfg=restart"], flags].concat()).await
+    }
+
+    /// Starts [`FILE_APP`] reading `cfg.txt` in `files` (no `--env`) under `FLAGS` and waits
+    /// for its first start.
+    async fn file_only(b: &BrokerProc, files: &tempfile::TempDir, flags: &[&str]) -> Wrapper {
+        Self::started(b, flags, &file_app(files)).await
     }
 
     /// Starts `PREFIX keyward exec FLAGS -- COMMAND` against the socket `socket`, in its own
@@ -167,6 +178,37 @@ impl Drop for Wrapper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The flags that let a test change `cfg` while a restart is under way: a grace period the
+/// held app does not reach, and a short back-off.
+const HELD_RESTART: &[&str] = &["--grace-period", "60s", "--restart-backoff", "100ms"];
+
+/// With `w`'s app restarting on `cfg` ([`HELD_RESTART`]) and held in its TERM trap until
+/// `release` exists: `cfg` changes to v2, and, while the old app is stopping, to v3, which the
+/// wrapper's long-poll sees (its audited read of v3, one that `also` accepts); then the app is
+/// released. Returns v2 and v3.
+async fn change_twice_during_a_restart(
+    v: &TestVault,
+    b: &BrokerProc,
+    w: &Wrapper,
+    also: impl Fn(&serde_json::Value) -> bool,
+) -> (u64, u64) {
+    std::fs::write(w.path("hold"), "").expect("hold");
+    let v2 = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
+    // The old app is stopping (held in its TERM trap) ...
+    w.wait_lines("terms", 1).await;
+    // ... when v3 arrives, and the wrapper's long-poll sees it (its read of v3 is audited).
+    let v3 = v.bao.kv_put("cfg", json!({"value": "v3"})).await;
+    eventually(LONG, "the wrapper to see v3 during the restart", || {
+        let seen = records(b, "secret.read")
+            .iter()
+            .any(|r| r["secret"] == "cfg" && r["version"] == v3 && also(r));
+        async move { seen.then_some(()) }
+    })
+    .await;
+    std::fs::write(w.path("release"), "").expect("release");
+    (v2, v3)
 }
 
 fn records(b: &BrokerProc, action: &str) -> Vec<serde_json::Value> {
@@ -389,22 +431,8 @@ async fn a_new_version_restarts_the_app_with_the_new_environment_and_is_audited(
 #[tokio::test]
 async fn a_change_during_a_restart_is_not_lost() {
     let (v, b) = setup().await;
-    let w = Wrapper::restarting(&b, &["--grace-period", "60s", "--restart-backoff", "100ms"]).await;
-    // Held in its TERM trap until `release` exists.
-    std::fs::write(w.path("hold"), "").expect("hold");
-    v.bao.kv_put("cfg", json!({"value": "v2"})).await;
-    // The old app is stopping (held in its TERM trap) ...
-    w.wait_lines("terms", 1).await;
-    // ... when v3 arrives, and the wrapper's long-poll sees it (its read of v3 is audited).
-    let v3 = v.bao.kv_put("cfg", json!({"value": "v3"})).await;
-    eventually(LONG, "the wrapper to see v3 during the restart", || {
-        let seen = records(&b, "secret.read")
-            .iter()
-            .any(|r| r["secret"] == "cfg" && r["version"] == v3);
-        async move { seen.then_some(()) }
-    })
-    .await;
-    std::fs::write(w.path("release"), "").expect("release");
+    let w = Wrapper::restarting(&b, HELD_RESTART).await;
+    let (_, v3) = change_twice_during_a_restart(&v, &b, &w, |_| true).await;
     // The restart completes with what it read (v2), then the pending v3 restarts it again.
     let starts = w.wait_lines("starts", 3).await;
     assert_eq!(starts, vec!["v1", "v2", "v3"], "log:\n{}", w.log());
@@ -639,13 +667,8 @@ fn file_app(files: &tempfile::TempDir) -> String {
 #[tokio::test]
 async fn a_file_only_app_without_env_is_restarted_when_its_secret_changes_and_finds_the_new_file() {
     let (v, b, files) = setup_with_file().await;
-    let mut w = Wrapper::start(&b, &["--on-change", "cfg=restart"], &file_app(&files));
-    assert_eq!(
-        w.wait_lines("starts", 1).await,
-        vec!["v1"],
-        "log:\n{}",
-        w.log()
-    );
+    let mut w = Wrapper::file_only(&b, &files, &["--on-change", "cfg=restart"]).await;
+    assert_eq!(w.lines("starts"), vec!["v1"], "log:\n{}", w.log());
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     // The restarted app reads the file: it was replaced before the wrapper was told.
     assert_eq!(
@@ -677,8 +700,7 @@ async fn a_file_only_app_without_env_is_restarted_when_its_secret_changes_and_fi
 async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_the_signal_is_audited(
 ) {
     let (v, b, files) = setup_with_file().await;
-    let w = Wrapper::start(&b, &["--on-change", "cfg=signal:HUP"], &file_app(&files));
-    w.wait_lines("starts", 1).await;
+    let w = Wrapper::file_only(&b, &files, &["--on-change", "cfg=signal:HUP"]).await;
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     // On SIGHUP the app re-reads the file, already replaced.
     assert_eq!(
@@ -705,33 +727,13 @@ async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_th
 #[tokio::test]
 async fn a_change_of_a_file_only_secret_during_a_restart_is_not_lost() {
     let (v, b, files) = setup_with_file().await;
-    let w = Wrapper::start(
+    let w = Wrapper::file_only(
         &b,
-        &[
-            "--on-change",
-            "cfg=restart",
-            "--grace-period",
-            "60s",
-            "--restart-backoff",
-            "100ms",
-        ],
-        &file_app(&files),
-    );
-    w.wait_lines("starts", 1).await;
-    std::fs::write(w.path("hold"), "").expect("hold");
-    let v2 = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
-    // The old app is stopping (held in its TERM trap) when v3 arrives and the wrapper's
-    // long-poll reports it (audited).
-    w.wait_lines("terms", 1).await;
-    let v3 = v.bao.kv_put("cfg", json!({"value": "v3"})).await;
-    eventually(LONG, "the wrapper to see v3 during the restart", || {
-        let seen = records(&b, "secret.read")
-            .iter()
-            .any(|r| r["secret"] == "cfg" && r["version"] == v3 && r["caller"]["uid"] == me());
-        async move { seen.then_some(()) }
-    })
+        &files,
+        &[&["--on-change", "cfg=restart"], HELD_RESTART].concat(),
+    )
     .await;
-    std::fs::write(w.path("release"), "").expect("release");
+    let (v2, v3) = change_twice_during_a_restart(&v, &b, &w, |r| r["caller"]["uid"] == me()).await;
     // The restart for v2 starts the app with the file as it is then (v3 already); the wrapper
     // cannot tell, so v3 calls for one more restart: never fewer than the changes need.
     let starts = w.wait_lines("starts", 3).await;
