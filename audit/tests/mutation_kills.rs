@@ -697,3 +697,21 @@ fn a_pods_path_findings_go_to_that_pods_chains_only() {
         "{verdicts:?}"
     );
 }
+
+/// A checkpoint at seq 0 (written before the chain had a record) is no chain's last
+/// checkpoint: `last`, what the log must reach, names only checkpoints of a record, and is
+/// none when there is no other (`c.seq > 0` → `>=` in its filter survived at b15825d: every
+/// test's chain had a checkpoint of a record as well, which outranks seq 0).
+#[test]
+fn a_checkpoint_at_seq_zero_is_not_the_last_checkpoint_a_log_must_reach() {
+    let c = chain("aaaa", 2, None);
+    let all: Vec<&String> = c.lines.iter().collect();
+    let genesis = keyward_audit::GENESIS.to_owned();
+    let v = compare_with(&all, &[(0, genesis.clone())], false);
+    assert!(v.last.is_none(), "{:?}", v.last);
+    assert!(v.anchored.is_none(), "{:?}", v.anchored);
+    assert_eq!(v.notes, ["no checkpoint agrees: seq 1-2 not anchored"]);
+    // Beside a checkpoint of a record, seq 0 is never the last either.
+    let v = compare_with(&all, &[(1, hash_of(&c.lines[0])), (0, genesis)], false);
+    assert_eq!(v.last.as_ref().map(|l| (l.seq, l.version)), Some((1, 1)));
+}
