@@ -218,6 +218,17 @@ fn records(b: &BrokerProc, action: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The one `action` record of `b`'s audit log, which must be `ok` for `cfg` at `version`.
+fn the_ok_record(b: &BrokerProc, action: &str, version: u64) -> serde_json::Value {
+    let ev = records(b, action);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["secret"], &ev[0]["version"], &ev[0]["decision"]),
+        (&json!("cfg"), &json!(version), &json!("ok"))
+    );
+    ev[0].clone()
+}
+
 /// A long-running app: records each start (with `$V`), SIGHUPs and SIGTERM, then exits 0 on
 /// SIGTERM (after `$D/release` exists, when `$D/hold` exists).
 const LONG_RUNNING: &str = r#"
@@ -393,14 +404,10 @@ async fn a_new_version_signals_the_app_and_the_signal_is_audited() {
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     w.wait_lines("hups", 1).await;
     assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
-    let ev = records(&b, "exec.signal");
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(ev[0]["secret"], "cfg");
-    assert_eq!(ev[0]["version"], version);
-    assert_eq!(ev[0]["decision"], "ok");
-    assert_eq!(ev[0]["caller"]["uid"], me());
+    let ev = the_ok_record(&b, "exec.signal", version);
+    assert_eq!(ev["caller"]["uid"], me());
     assert!(
-        ev[0]["reason"]
+        ev["reason"]
             .as_str()
             .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
         "{ev:?}"
@@ -678,13 +685,8 @@ async fn a_file_only_app_without_env_is_restarted_when_its_secret_changes_and_fi
         w.log()
     );
     assert_eq!(w.lines("terms"), vec!["term"], "the old app got SIGTERM");
-    let ev = records(&b, "exec.restart");
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(
-        (&ev[0]["secret"], &ev[0]["version"], &ev[0]["decision"]),
-        (&json!("cfg"), &json!(version), &json!("ok"))
-    );
-    assert_eq!(ev[0]["caller"]["uid"], me());
+    let ev = the_ok_record(&b, "exec.restart", version);
+    assert_eq!(ev["caller"]["uid"], me());
     let reads = records(&b, "secret.read");
     assert!(
         reads
@@ -710,14 +712,9 @@ async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_th
         w.log()
     );
     assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
-    let ev = records(&b, "exec.signal");
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(
-        (&ev[0]["secret"], &ev[0]["version"], &ev[0]["decision"]),
-        (&json!("cfg"), &json!(version), &json!("ok"))
-    );
+    let ev = the_ok_record(&b, "exec.signal", version);
     assert!(
-        ev[0]["reason"]
+        ev["reason"]
             .as_str()
             .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
         "{ev:?}"
