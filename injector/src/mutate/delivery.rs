@@ -401,6 +401,18 @@ mod tests {
         }
     }
 
+    /// The files volume of `other`, the pod's second container: mounted read-only at
+    /// [`FILES_DIR`] there, not named by the first container. Returns its name.
+    fn files_volume_only_in_other(pod: &Value) -> String {
+        let volume = format!("{FILES_VOLUME_PREFIX}1");
+        assert!(!pod["spec"]["containers"][0].to_string().contains(&volume));
+        assert!(pod["spec"]["containers"][1]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .contains(&json!({"name": volume, "mountPath": FILES_DIR, "readOnly": true})));
+        volume
+    }
+
     fn app() -> Value {
         json!([
             {"name": "app", "image": "app:1", "command": ["/app", "--serve"], "args": ["-v"]},
@@ -606,12 +618,7 @@ mod tests {
             app(),
         )
         .expect("admitted");
-        let volume = format!("{FILES_VOLUME_PREFIX}1");
-        assert!(!pod["spec"]["containers"][0].to_string().contains(&volume));
-        assert!(pod["spec"]["containers"][1]["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .contains(&json!({"name": volume, "mountPath": FILES_DIR, "readOnly": true})));
+        let volume = files_volume_only_in_other(&pod);
         let v = pod["spec"]["volumes"]
             .as_array()
             .expect("volumes")
@@ -891,12 +898,7 @@ mod tests {
             .files
             .iter()
             .all(|f| f.dir.to_str() == Some("/run/keyward-files/other")));
-        let volume = format!("{FILES_VOLUME_PREFIX}1");
-        assert!(!pod["spec"]["containers"][0].to_string().contains(&volume));
-        assert!(pod["spec"]["containers"][1]["volumeMounts"]
-            .as_array()
-            .expect("mounts")
-            .contains(&json!({"name": volume, "mountPath": FILES_DIR, "readOnly": true})));
+        files_volume_only_in_other(&pod);
     }
 
     /// The sidecar config of the pod, loaded and valid.
