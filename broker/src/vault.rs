@@ -295,7 +295,10 @@ impl Vault {
             .https_only(!v.allow_insecure_http)
             .timeout(v.timeout)
             .connect_timeout(v.timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(Duration::from_secs(30))
+            // The token (and a login's service-account token, in the body a 307 re-sends) go
+            // to vault.addr only: a redirect is followed within that origin, never to another.
+            .redirect(reqwest::redirect::Policy::custom(same_origin_redirects));
         if let Some(tls) = crate::vault_tls::client_config(v)? {
             builder = builder.use_preconfigured_tls(tls);
         }
@@ -593,6 +596,26 @@ impl Vault {
     }
 }
 
+/// Redirects Vault answers are followed only to the origin (scheme, host, port) of the request
+/// that was redirected, at most 5 times. Anything else fails the call naming the target: the
+/// token in `X-Vault-Token` and a login's JWT are never sent to another host.
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let from = attempt.previous().first().map(|u| u.origin());
+    let to = attempt.url().origin();
+    if attempt.previous().len() > 5 {
+        attempt.error("more than 5 redirects from Vault")
+    } else if from.as_ref() == Some(&to) {
+        attempt.follow()
+    } else {
+        let target = to.ascii_serialization();
+        attempt.error(format!(
+            "Vault redirected to another host ({target}), which keyward does not follow: its \
+             token goes to vault.addr only; point vault.addr at the active node or at a load \
+             balancer that forwards"
+        ))
+    }
+}
+
 /// The longest lease or token TTL taken from an answer (about 10 years): a longer one is held to
 /// it, so that `now + ttl` stays representable wherever a TTL is added to a clock.
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -758,6 +781,110 @@ mod tests {
 
     fn ready<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
         f.poll(&mut Context::from_waker(Waker::noop())).is_ready()
+    }
+
+    /// A loopback HTTP server answering each request with the next of `answers` (status line
+    /// and headers, `{port}` replaced by its own port); returns its address and the request
+    /// heads it received.
+    fn http_server(
+        answers: Vec<String>,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut buf = [0u8; 8192];
+                let n = c.read(&mut buf).unwrap_or(0);
+                heads
+                    .lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let answer = answer.replace("{port}", &addr.port().to_string());
+                let _ = c.write_all(answer.as_bytes());
+            }
+        });
+        (addr, seen)
+    }
+
+    fn vault_at(addr: std::net::SocketAddr) -> Vault {
+        let config = Config::from_yaml(
+            &format!("vault: {{addr: \"http://{addr}\", allow_insecure_http: true}}\nauth: {{role: r, token_file: /nonexistent}}\nsecrets: []\n"),
+            &BTreeMap::<String, String>::new(),
+        )
+        .expect("config");
+        Vault::new(&config).expect("vault")
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_host_is_not_followed_and_the_token_stays_home() {
+        // The other origin: anything it receives is a leak.
+        let (other, other_seen) = http_server(vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into(),
+        ]);
+        let (vault_addr, seen) = http_server(vec![format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{other}/v1/secret/data/app\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        )]);
+        let v = vault_at(vault_addr);
+        v.set_token(Some(token("a")));
+        let e = v.read("secret/data/app").await.expect_err("not followed");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "Vault redirected to another host (http://{other})"
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("X-Vault-Token") && !text.contains(": t"),
+            "{text}"
+        );
+        assert_eq!(
+            seen.lock().expect("lock").len(),
+            1,
+            "the request to vault.addr"
+        );
+        assert!(
+            other_seen.lock().expect("lock").is_empty(),
+            "the other host received: {:?}",
+            other_seen.lock().expect("lock")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_within_vaults_origin_is_followed_with_the_token() {
+        let (vault_addr, seen) = http_server(vec![
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{port}/v1/secret/data/moved\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+                .into(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 24\r\n\
+             connection: close\r\n\r\n{\"data\":{\"k\":\"v\"},\"x\":1}"
+                .into(),
+        ]);
+        let v = vault_at(vault_addr);
+        v.set_token(Some(token("a")));
+        v.read("secret/data/app").await.expect("followed");
+        let heads = seen.lock().expect("lock");
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        assert!(
+            heads[1].starts_with("GET /v1/secret/data/moved "),
+            "{}",
+            heads[1]
+        );
+        assert!(
+            heads[1]
+                .to_ascii_lowercase()
+                .contains("x-vault-token: t\r\n"),
+            "{}",
+            heads[1]
+        );
     }
 
     #[test]
