@@ -239,7 +239,9 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     /// The name Vault's certificate is verified against, instead of the address's host (a DNS
     /// name or an IP address): for an address by IP or by a Service name the certificate does
-    /// not carry. Contract version 3.
+    /// not carry. A DNS name is also sent as the TLS SNI and the HTTP `Host` (the connection
+    /// still goes to the address's host and port), as Vault's `VAULT_TLS_SERVER_NAME`.
+    /// Contract version 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_server_name: Option<String>,
     /// PEM certificate chain presented to Vault (mutual TLS, e.g. a listener with
