@@ -715,3 +715,68 @@ fn a_checkpoint_at_seq_zero_is_not_the_last_checkpoint_a_log_must_reach() {
     let v = compare_with(&all, &[(1, hash_of(&c.lines[0])), (0, genesis)], false);
     assert_eq!(v.last.as_ref().map(|l| (l.seq, l.version)), Some((1, 1)));
 }
+
+/// Arguments for `verdicts` with a Vault that refuses connections: any pod whose checkpoints
+/// are read is an error naming it, so the error says which pods were read.
+fn unreachable_vault(pods: &[&str]) -> keyward_audit::checkpoints::CheckpointArgs {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    keyward_audit::checkpoints::CheckpointArgs {
+        checkpoints: true,
+        vault_addr: Some(format!("http://127.0.0.1:{port}")),
+        vault_token: Some("reviewer-token".into()),
+        allow_insecure_http: true,
+        checkpoint_pod: pods.iter().map(|p| (*p).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `verdicts` reads the checkpoints of exactly the pods the records name with both their
+/// namespace and name, and of each `--checkpoint-pod` of the form NAMESPACE/POD_NAME; any
+/// other `--checkpoint-pod` is refused before Vault is asked (at b15825d its filter's `&&` →
+/// `||` and the `--checkpoint-pod` guard → `true`, `false`, each `&&` → `||` and each `!`
+/// deleted, survived: only the OpenBao tests in `tests/` called it).
+#[test]
+fn checkpoints_are_read_for_pods_named_in_full_and_a_malformed_checkpoint_pod_is_refused() {
+    use keyward_audit::checkpoints::{verdicts, Seen};
+    let seen_of = |pod: serde_json::Value| {
+        let mut seen = Seen::default();
+        for l in chain_of_pod("aaaa", 2, pod) {
+            seen.line(&l);
+        }
+        seen
+    };
+    // Records naming no pod in full: nothing to read, the chain is stated unanchored.
+    for pod in [
+        serde_json::json!({"namespace": "shop"}),
+        serde_json::json!({"pod_name": "app"}),
+    ] {
+        let v = verdicts(&unreachable_vault(&[]), &seen_of(pod.clone()), false)
+            .unwrap_or_else(|e| panic!("{pod}: read Vault: {e}"));
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            v[0].notes,
+            ["no pod named by its records: checkpoints not read; seq 1-2 not anchored"],
+            "{pod}"
+        );
+    }
+    // Records naming the pod: its checkpoints are read (here: Vault cannot be reached).
+    let named = seen_of(serde_json::json!({"namespace": "shop", "pod_name": "app"}));
+    let e = verdicts(&unreachable_vault(&[]), &named, false).expect_err("Vault read");
+    assert!(e.starts_with("checkpoints of shop/app: "), "{e}");
+
+    let nothing = Seen::default();
+    let e = verdicts(&unreachable_vault(&["shop/app"]), &nothing, false).expect_err("read");
+    assert!(e.starts_with("checkpoints of shop/app: "), "{e}");
+    for bad in ["shop", "/app", "shop/", "/", "shop/app/x", ""] {
+        let e =
+            verdicts(&unreachable_vault(&["shop/app", bad]), &nothing, false).expect_err("refused");
+        assert_eq!(
+            e,
+            format!("--checkpoint-pod: expected NAMESPACE/POD_NAME, got {bad:?}")
+        );
+    }
+}
