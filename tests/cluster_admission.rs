@@ -391,20 +391,14 @@ path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }"#,
     )
     .await;
-    bao.api(
-        "POST",
-        "auth/jwt/role/orders",
-        Some(json!({
-            "role_type": "jwt",
-            "bound_audiences": ["vault"],
-            "user_claim": "sub",
-            "bound_claims_type": "string",
-            "bound_claims": {"/kubernetes.io/namespace": "kw-db",
-                             "/kubernetes.io/serviceaccount/name": "orders"},
-            "claim_mappings": {"/kubernetes.io/pod/name": "pod_name"},
-            "token_ttl": "15m", "token_max_ttl": "1h",
-            "token_policies": ["orders-db"],
-        })),
+    support::jwt::role(
+        bao,
+        "orders",
+        "kw-db",
+        "orders",
+        "15m",
+        "1h",
+        &["orders-db"],
     )
     .await;
 }

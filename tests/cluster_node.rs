@@ -515,22 +515,14 @@ async fn configure_bao(bao: &support::bao::Bao, cluster: &Cluster) {
     )
     .await;
     orders_secret(bao).await;
-    bao.api(
-        "POST",
-        "auth/jwt/role/orders",
-        Some(serde_json::json!({
-            "role_type": "jwt",
-            "bound_audiences": ["vault"],
-            "user_claim": "sub",
-            "bound_claims_type": "string",
-            "bound_claims": {"/kubernetes.io/namespace": "kw-inject",
-                             "/kubernetes.io/serviceaccount/name": "orders"},
-            "claim_mappings": {"/kubernetes.io/namespace": "namespace",
-                               "/kubernetes.io/serviceaccount/name": "service_account_name",
-                               "/kubernetes.io/pod/name": "pod_name"},
-            "token_ttl": "15m", "token_max_ttl": "1h",
-            "token_policies": ["orders"],
-        })),
+    support::jwt::role(
+        bao,
+        "orders",
+        "kw-inject",
+        "orders",
+        "15m",
+        "1h",
+        &["orders"],
     )
     .await;
 }

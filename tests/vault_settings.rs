@@ -311,16 +311,7 @@ async fn with_vault_namespace_the_sidecar_logs_in_and_reads_inside_that_namespac
     b.api(
         "POST",
         "team/auth/jwt/role/orders",
-        Some(json!({
-            "role_type": "jwt",
-            "bound_audiences": ["vault"],
-            "user_claim": "sub",
-            "bound_claims_type": "string",
-            "bound_claims": {"/kubernetes.io/namespace": "shop",
-                             "/kubernetes.io/serviceaccount/name": "orders"},
-            "token_ttl": "1h", "token_max_ttl": "2h",
-            "token_policies": ["app"],
-        })),
+        Some(jwt::role_body("shop", "orders", "1h", "2h", &["app"])),
     )
     .await;
     b.api(

@@ -289,21 +289,13 @@ path "pki_int/cert/ca_chain" { capabilities = ["read"] }
             b.try_api(
                 "POST",
                 &format!("auth/jwt/role/{role}"),
-                Some(json!({
-                    "role_type": "jwt",
-                    "bound_audiences": ["vault"],
-                    "user_claim": "sub",
-                    "bound_claims_type": "string",
-                    "bound_claims": {"/kubernetes.io/namespace": ns, "/kubernetes.io/serviceaccount/name": sa},
-                    "claim_mappings": {
-                        "/kubernetes.io/namespace": "namespace",
-                        "/kubernetes.io/serviceaccount/name": "service_account_name",
-                        "/kubernetes.io/pod/name": "pod_name"
-                    },
-                    "token_ttl": "2m",
-                    "token_max_ttl": "10m",
-                    "token_policies": [role],
-                })),
+                Some(keyward_testkit::jwt::role_body(
+                    ns,
+                    sa,
+                    "2m",
+                    "10m",
+                    &[role],
+                )),
             )
             .await?;
         }

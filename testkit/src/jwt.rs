@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::bao::Bao;
 
@@ -99,7 +99,29 @@ impl Issuer {
     }
 }
 
-/// Creates a jwt role bound to one namespace and service account.
+/// The body of a jwt role bound to one namespace and service account, as docs/vault-setup.md §3
+/// configures it: the pod's uid is the user claim (each pod its own entity alias, whose metadata
+/// holds the pod's namespace, service account and name).
+pub fn role_body(ns: &str, sa: &str, ttl: &str, max_ttl: &str, policies: &[&str]) -> Value {
+    json!({
+        "role_type": "jwt",
+        "bound_audiences": ["vault"],
+        "user_claim": "/kubernetes.io/pod/uid",
+        "user_claim_json_pointer": true,
+        "bound_claims_type": "string",
+        "bound_claims": {"/kubernetes.io/namespace": ns, "/kubernetes.io/serviceaccount/name": sa},
+        "claim_mappings": {
+            "/kubernetes.io/namespace": "namespace",
+            "/kubernetes.io/serviceaccount/name": "service_account_name",
+            "/kubernetes.io/pod/name": "pod_name"
+        },
+        "token_ttl": ttl,
+        "token_max_ttl": max_ttl,
+        "token_policies": policies,
+    })
+}
+
+/// Creates the jwt role `name` ([`role_body`]) bound to one namespace and service account.
 pub async fn role(
     bao: &Bao,
     name: &str,
@@ -112,21 +134,7 @@ pub async fn role(
     bao.api(
         "POST",
         &format!("auth/jwt/role/{name}"),
-        Some(json!({
-            "role_type": "jwt",
-            "bound_audiences": ["vault"],
-            "user_claim": "sub",
-            "bound_claims_type": "string",
-            "bound_claims": {"/kubernetes.io/namespace": ns, "/kubernetes.io/serviceaccount/name": sa},
-            "claim_mappings": {
-                "/kubernetes.io/namespace": "namespace",
-                "/kubernetes.io/serviceaccount/name": "service_account_name",
-                "/kubernetes.io/pod/name": "pod_name"
-            },
-            "token_ttl": ttl,
-            "token_max_ttl": max_ttl,
-            "token_policies": policies,
-        })),
+        Some(role_body(ns, sa, ttl, max_ttl, policies)),
     )
     .await;
 }
