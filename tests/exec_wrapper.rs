@@ -229,6 +229,20 @@ fn the_ok_record(b: &BrokerProc, action: &str, version: u64) -> serde_json::Valu
     ev[0].clone()
 }
 
+/// `w`'s app, started once, was not restarted, and the one `exec.signal` record is `ok` for
+/// `cfg` at `version`, a SIGHUP; returns that record.
+fn signalled_not_restarted(w: &Wrapper, b: &BrokerProc, version: u64) -> serde_json::Value {
+    assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
+    let ev = the_ok_record(b, "exec.signal", version);
+    assert!(
+        ev["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
+        "{ev:?}"
+    );
+    ev
+}
+
 /// A long-running app: records each start (with `$V`), SIGHUPs and SIGTERM, then exits 0 on
 /// SIGTERM (after `$D/release` exists, when `$D/hold` exists).
 const LONG_RUNNING: &str = r#"
@@ -403,15 +417,8 @@ async fn a_new_version_signals_the_app_and_the_signal_is_audited() {
     let w = Wrapper::running(&b, &["--on-change", "cfg=signal:HUP"]).await;
     let version = v.bao.kv_put("cfg", json!({"value": "v2"})).await;
     w.wait_lines("hups", 1).await;
-    assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
-    let ev = the_ok_record(&b, "exec.signal", version);
+    let ev = signalled_not_restarted(&w, &b, version);
     assert_eq!(ev["caller"]["uid"], me());
-    assert!(
-        ev["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
-        "{ev:?}"
-    );
 }
 
 #[tokio::test]
@@ -711,14 +718,7 @@ async fn a_file_only_app_without_env_is_signalled_when_its_secret_changes_and_th
         "log:\n{}",
         w.log()
     );
-    assert_eq!(w.lines("starts"), vec!["v1"], "signalled, not restarted");
-    let ev = the_ok_record(&b, "exec.signal", version);
-    assert!(
-        ev["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("SIGHUP to pid ")),
-        "{ev:?}"
-    );
+    signalled_not_restarted(&w, &b, version);
 }
 
 #[tokio::test]
