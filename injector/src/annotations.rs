@@ -598,31 +598,29 @@ fn check_exec(
     let (env_key, change_key) = keys.get(container).cloned().unwrap_or_default();
     let env_key = env_key.unwrap_or_else(|| format!("{PREFIX}env-{container}"));
     let change_key = change_key.unwrap_or_else(|| format!("{PREFIX}on-change-{container}"));
-    let undeclared = |key: &str, s: &str| {
-        AnnotationError::new(
-            key,
-            format!(
-                "secret '{s}' is not declared: add a keyward.io/secret-{s} (or keyward.io/cert-{s}) annotation"
-            ),
-        )
+    // The env annotation is checked alone first, so that an error in it is named as its own;
+    // then with on-change, which may name secrets the env does not.
+    let declared = |key: &str, on_change: &[String]| {
+        let spec = keyward_exec::spec::build(&exec.env, on_change)
+            .map_err(|e| AnnotationError::new(key, e.0))?;
+        match spec
+            .secrets()
+            .into_iter()
+            .find(|s| !secrets.iter().any(|d| d.name == *s))
+        {
+            Some(s) => Err(AnnotationError::new(
+                key,
+                format!(
+                    "secret '{s}' is not declared: add a keyward.io/secret-{s} (or keyward.io/cert-{s}) annotation"
+                ),
+            )),
+            None => Ok(()),
+        }
     };
     if !exec.env.is_empty() {
-        let spec = keyward_exec::spec::build(&exec.env, &[])
-            .map_err(|e| AnnotationError::new(&env_key, e.0))?;
-        for s in spec.secrets() {
-            if !secrets.iter().any(|d| d.name == s) {
-                return Err(undeclared(&env_key, s));
-            }
-        }
+        declared(&env_key, &[])?;
     }
-    let spec = keyward_exec::spec::build(&exec.env, &exec.on_change)
-        .map_err(|e| AnnotationError::new(&change_key, e.0))?;
-    for s in spec.secrets() {
-        if !secrets.iter().any(|d| d.name == s) {
-            return Err(undeclared(&change_key, s));
-        }
-    }
-    Ok(())
+    declared(&change_key, &exec.on_change)
 }
 
 fn build_file(
