@@ -184,7 +184,7 @@ impl PolicyConfig {
 /// The sidecar image when the config names none: the release `release/image.json` pins (a test
 /// fails when the two differ).
 pub const DEFAULT_IMAGE: &str =
-    "ghcr.io/keyward/keyward@sha256:2b3f4fec831f44fd94eb861563d6bd46c9dd4a0c0d458905fc73b9cc290f87c0";
+    "ghcr.io/keyward/keyward@sha256:fbbbaeb1683578389c158c36cbf390f3498a393e2ea93f90dff23789dfa3439a";
 
 /// The lowest `sidecar_contract_version` accepted: every injected pod's config uses
 /// per-container sockets and the metrics listener (contract version 2).
