@@ -358,10 +358,10 @@ fn an_expected_seq_beyond_the_last_record_names_the_range_cut_off() {
     );
 }
 
-/// Records holding integers at and beyond 2^53 verify as intact: the verifier's fast path
-/// and the JCS crate the writer uses write them the same way. (Written for the guards
-/// `u <= MAX_SAFE` / `i.unsigned_abs() <= MAX_SAFE` → `true`; they survive it, because the crate
-/// prints every integer exactly, as the fast path does: equivalent, see docs/testing.md.)
+/// Records holding integers at and beyond 2^53, as the writer writes them, verify as intact.
+/// (The writer's JCS crate prints such an integer as ECMAScript prints the double nearest it,
+/// 2^53 + 1 as 9007199254740992, and that text reads back the same whoever writes it; the
+/// bound's mutants are caught by `integers_beyond_two_to_the_53_are_hashed_as_rfc_8785_rounds_them`.)
 #[test]
 fn a_record_with_numbers_beyond_two_to_the_53_verifies_as_intact() {
     for n in [
@@ -778,5 +778,71 @@ fn checkpoints_are_read_for_pods_named_in_full_and_a_malformed_checkpoint_pod_is
             e,
             format!("--checkpoint-pod: expected NAMESPACE/POD_NAME, got {bad:?}")
         );
+    }
+}
+
+/// The hash covers numbers as RFC 8785 writes them, as ECMAScript prints a double: a line
+/// holding an integer beyond 2^53 as its exact digits (as a pipeline that keeps 64-bit
+/// integers writes it) has the hash of the rounded text the writer's JCS crate gives
+/// (9007199254740993 is hashed as 9007199254740992, 2^60 as 1152921504606847000). The verifier
+/// must hash it so whichever way it reads the line: at b15825d the bound of `verify.rs`'s
+/// `jcs_simple` (`MAX_SAFE` `- 1` → `+ 1`, the guards → `true`, `<=` → `>`) survived, because
+/// `a_record_with_numbers_beyond_two_to_the_53_verifies_as_intact` feeds only the rounded
+/// text, which reads back the same either way.
+#[test]
+fn integers_beyond_two_to_the_53_are_hashed_as_rfc_8785_rounds_them() {
+    for (exact, rounded) in [
+        ("9007199254740993", "9007199254740992"),
+        ("-9007199254740993", "-9007199254740992"),
+        ("1152921504606846976", "1152921504606847000"),
+        ("-1152921504606846976", "-1152921504606847000"),
+    ] {
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
+            r#"{{"action":"secret.read","chain":"aaaa","prev":"{}","seq":1,"version":{exact}}}"#,
+            keyward_audit::GENESIS
+        ))
+        .expect("json");
+        let (written, hash) = line(body);
+        assert!(
+            written.contains(&format!("\"version\":{rounded},")),
+            "the writer's text: {written}"
+        );
+        // The same record with the number's exact digits in the line.
+        let exact_line = written.replacen(rounded, exact, 1);
+        assert_ne!(exact_line, written);
+        for l in [&written, &exact_line] {
+            let r = verify_one_input(&[l]);
+            assert!(r.findings.is_empty(), "{l}: {:?}", r.findings);
+            assert_eq!((r.records, r.head.as_str()), (1, hash.as_str()), "{l}");
+        }
+        // And a line whose hash is taken over the exact digits does not verify.
+        let mut digest = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(
+            &mut digest,
+            &exact_line.as_bytes()[..exact_line.rfind(",\"hash\"").expect("hash")],
+        );
+        sha2::Digest::update(&mut digest, b"}");
+        let forged = exact_line.replacen(&hash, &hex::encode(sha2::Digest::finalize(digest)), 1);
+        let r = verify_one_input(&[&forged]);
+        assert_eq!(r.findings.len(), 1, "{forged}: {:?}", r.findings);
+    }
+    // A record with no integer a double holds exactly, `seq` included (read as a window: a
+    // chain starting there), is hashed the same way (`<=` → `>` in the bound survived, since
+    // every other record's small `seq` sends it to the JCS crate).
+    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
+        r#"{{"chain":"aaaa","prev":"{}","seq":9007199254740993}}"#,
+        keyward_audit::GENESIS
+    ))
+    .expect("json");
+    let (written, hash) = line(body);
+    let exact_line = written.replacen("9007199254740992", "9007199254740993", 1);
+    for l in [&written, &exact_line] {
+        let mut v = keyward_audit::ChainVerifier::new();
+        v.window = true;
+        let s = v.source("in.log");
+        v.line(s, 1, l);
+        let r = v.finish().remove(0);
+        assert!(r.findings.is_empty(), "{l}: {:?}", r.findings);
+        assert_eq!(r.head, hash, "{l}");
     }
 }
