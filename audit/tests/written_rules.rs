@@ -224,3 +224,28 @@ fn a_line_nested_a_hundred_thousand_deep_is_no_record_and_does_not_overflow_the_
         check(&line);
     }
 }
+
+/// A chain id, `prev` or `hash` with escapes is read as its decoded text, whichever escape it
+/// starts or ends with (at b15825d `s - 1` → `s + 1` in `written::text` survived: a chain named
+/// `"abc` was reported as `abc`, since the slice from the escaped quote parses as a string).
+#[test]
+fn chain_ids_with_escapes_are_read_as_their_text() {
+    for chain in [
+        "\"abc", "a\"b", "ab\"", "\\", "\\\\x", "x\u{1}", "\u{1f}y", "\"", "é\n",
+    ] {
+        let v = serde_json::json!({"chain": chain, "prev": GENESIS, "seq": 1});
+        let line = self_hashed(&keyward_audit::canonical(&v));
+        check(&line);
+        let mut verifier = ChainVerifier::new();
+        let s = verifier.source("in.log");
+        verifier.line(s, 1, &line);
+        let reports = verifier.finish();
+        assert_eq!(reports.len(), 1, "{line}");
+        assert_eq!(reports[0].chain, chain, "{line}");
+        assert!(
+            reports[0].findings.is_empty(),
+            "{line}: {:?}",
+            reports[0].findings
+        );
+    }
+}
