@@ -104,6 +104,15 @@ fn a_canonical_body_with_literals_arrays_and_nesting_verifies_as_intact() {
     let line = self_hashed(&body());
     assert_eq!(general(&line), Some(true), "{line}");
     check(&line);
+    // A literal as the first one read, four bytes after a `,` (`literal`'s `+=` → `-=` stepped
+    // back onto that `,` and read the array again for ever).
+    for w in ["[1,23,true]", "[1,23,null]", "[1,2,false]"] {
+        let line = self_hashed(&format!(
+            r#"{{"chain":"aaaa","prev":"{GENESIS}","seq":1,"w":{w}}}"#
+        ));
+        assert_eq!(general(&line), Some(true), "{line}");
+        check(&line);
+    }
 }
 
 /// Every one-byte change of the body (a byte replaced by a JSON-significant character or a
