@@ -9,7 +9,7 @@
 # Usage: scripts/mutants.sh [SCOPE...]     SCOPE: audit identity config injector authz svid policy
 #                                          access (default: all); parts of audit: audit-claims =
 #                                          audit-verify audit-written audit-checkpoints
-#                                          audit-segments audit-writer
+#                                          audit-segments audit-writer; audit-envelope
 #   scripts/mutants.sh --install-only       only install cargo-mutants
 # Environment:
 #   KEYWARD_MUTANTS_JOBS   parallel mutant builds (default 1: the machine is shared)
@@ -80,6 +80,9 @@ declare -A scope=(
   [audit-checkpoints]="-p keyward-audit --file audit/src/checkpoints.rs
     --exclude-re VaultReader|CheckpointArgs|\srun\s|in\srun$"
   [audit-segments]="-p keyward-audit --file audit/src/sink.rs"
+  # Finding the record in a line as a log pipeline delivers it (Fluent Bit, Vector, CRI
+  # prefixes): what verify reads from logs that left the pod.
+  [audit-envelope]="-p keyward-audit --file audit/src/envelope.rs"
   [audit-writer]="-p keyward-audit --file audit/src/lib.rs"
   [identity]="-p keyward-identity"
   [config]="-p keyward-config"
@@ -93,7 +96,7 @@ declare -A scope=(
   [access]="-p keyward-broker --file broker/src/access.rs"
 )
 all=(audit identity config injector authz svid policy access)
-known=("${all[@]}" audit-claims audit-verify audit-written audit-checkpoints audit-segments audit-writer)
+known=("${all[@]}" audit-claims audit-verify audit-written audit-checkpoints audit-segments audit-writer audit-envelope)
 order=("${all[@]}")
 [ $# -gt 0 ] && order=("$@")
 for c in "${order[@]}"; do [ -n "${scope[$c]:-}" ] || die "unknown scope '$c' (${known[*]})"; done
