@@ -28,12 +28,7 @@ const MOUNT: &str = "keyward-audit";
 async fn setup() -> TestVault {
     let v = TestVault::start(NS, SA, "1h", "2h").await;
     let bao = &v.bao;
-    bao.api(
-        "POST",
-        &format!("sys/mounts/{MOUNT}"),
-        Some(json!({"type": "kv", "options": {"version": "2"}})),
-    )
-    .await;
+    bao.kv2("", MOUNT).await;
     bao.api(
         "POST",
         &format!("{MOUNT}/config"),

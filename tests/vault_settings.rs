@@ -314,12 +314,7 @@ async fn with_vault_namespace_the_sidecar_logs_in_and_reads_inside_that_namespac
         Some(jwt::role_body("shop", "orders", "1h", "2h", &["app"])),
     )
     .await;
-    b.api(
-        "POST",
-        "team/sys/mounts/secret",
-        Some(json!({"type": "kv", "options": {"version": "2"}})),
-    )
-    .await;
+    b.kv2("team/", "secret").await;
     b.api(
         "POST",
         "team/secret/data/app",

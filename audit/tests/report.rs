@@ -353,12 +353,7 @@ fn report_with_checkpoints_shows_per_chain_agreement_with_vault() {
         .build()
         .expect("runtime");
     let reviewer = rt.block_on(async {
-        bao.api(
-            "POST",
-            "sys/mounts/keyward-audit",
-            Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
-        )
-        .await;
+        bao.kv2("", "keyward-audit").await;
         checkpoint(&bao, "orders-7c9f", &orders_chain, 5, &hash_of(&o[4])).await;
         checkpoint(&bao, "orders-7c9f", &orders_chain, 8, &hash_of(&o[7])).await;
         checkpoint(&bao, "shipping-7c9f", &shipping_chain, 4, &hash_of(&s[3])).await;

@@ -131,12 +131,7 @@ impl Bao {
                 .to_owned(),
         );
         bao.unseal();
-        bao.api(
-            "POST",
-            "sys/mounts/secret",
-            Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
-        )
-        .await;
+        bao.kv2("", "secret").await;
         bao
     }
 
@@ -439,6 +434,33 @@ impl Bao {
             )
             .await;
         v["data"]["version"].as_u64().expect("version")
+    }
+
+    /// Mounts a KV version 2 engine at `mount` (in the namespace `ns`: "" or "team/") and waits
+    /// until it serves. A new KV v2 mount first upgrades its storage and meanwhile answers every
+    /// request 400 "Upgrading from non-versioned to versioned data"; a write in that moment
+    /// fails, so the mount is ready once its config reads 200.
+    pub async fn kv2(&self, ns: &str, mount: &str) {
+        self.api(
+            "POST",
+            &format!("{ns}sys/mounts/{mount}"),
+            Some(serde_json::json!({"type": "kv", "options": {"version": "2"}})),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .api_status("GET", &format!("{ns}{mount}/config"), None)
+                .await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "KV v2 mount {ns}{mount} not serving after 30 s: {status} {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Creates a policy.
