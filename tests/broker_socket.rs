@@ -154,15 +154,7 @@ async fn holding_a_slot(socket: &std::path::Path) -> tokio::net::UnixStream {
             let Some((head, body)) = text.split_once("\r\n\r\n") else {
                 continue;
             };
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
+            if body.len() >= support::http::content_length(head) {
                 return head.starts_with("HTTP/1.1 200").then_some(s);
             }
         }

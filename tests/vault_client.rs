@@ -249,15 +249,7 @@ impl OversizedVault {
         }
         let head = String::from_utf8_lossy(&head).into_owned();
         let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        let mut body = vec![0u8; length];
+        let mut body = vec![0u8; support::http::content_length(&head)];
         if conn.read_exact(&mut body).await.is_err() {
             return;
         }

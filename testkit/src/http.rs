@@ -41,6 +41,17 @@ pub fn parse(buf: &[u8]) -> Answer {
     }
 }
 
+/// The `Content-Length` of a message head (its header lines, any case), 0 when it has none.
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
