@@ -99,6 +99,31 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_found_up_to_max_depth_envelopes_deep_and_no_deeper() {
+        let nested = |depth: usize| {
+            (0..depth).fold(RECORD.to_owned(), |inner, i| {
+                format!(r#"{{"wrap{i}":{inner}}}"#)
+            })
+        };
+        assert_eq!(seq(&nested(MAX_DEPTH)), Some(3), "{}", nested(MAX_DEPTH));
+        assert_eq!(
+            seq(&nested(MAX_DEPTH + 1)),
+            None,
+            "{}",
+            nested(MAX_DEPTH + 1)
+        );
+        // Through logged lines too: a line member and the JSON in its string are one level each.
+        let mut line = RECORD.to_owned();
+        for _ in 0..MAX_DEPTH / 2 {
+            line = format!(
+                r#"{{"log":{}}}"#,
+                serde_json::to_string(&line).expect("json")
+            );
+        }
+        assert_eq!(seq(&line), Some(3), "{line}");
+    }
+
+    #[test]
     fn lines_without_a_record_yield_none() {
         for line in [
             "",
