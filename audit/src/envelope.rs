@@ -121,6 +121,11 @@ mod tests {
             );
         }
         assert_eq!(seq(&line), Some(3), "{line}");
+        let deeper = format!(
+            r#"{{"log":{}}}"#,
+            serde_json::to_string(&line).expect("json")
+        );
+        assert_eq!(seq(&deeper), None, "{deeper}");
     }
 
     #[test]
