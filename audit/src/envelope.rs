@@ -112,6 +112,19 @@ mod tests {
             "{}",
             nested(MAX_DEPTH + 1)
         );
+        // The same through a line member holding the record as an object.
+        let in_log = |depth: usize| {
+            (0..depth).fold(RECORD.to_owned(), |inner, _| {
+                format!(r#"{{"log":{inner}}}"#)
+            })
+        };
+        assert_eq!(seq(&in_log(MAX_DEPTH)), Some(3), "{}", in_log(MAX_DEPTH));
+        assert_eq!(
+            seq(&in_log(MAX_DEPTH + 1)),
+            None,
+            "{}",
+            in_log(MAX_DEPTH + 1)
+        );
         // Through logged lines too: a line member and the JSON in its string are one level each.
         let mut line = RECORD.to_owned();
         for _ in 0..MAX_DEPTH / 2 {
