@@ -8,12 +8,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use keyward_audit::Caller;
 use keyward_broker::config::Config;
 use keyward_broker::Broker;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use keyward_broker::{IdentitySource, SvidPem};
 use serde_json::json;
@@ -179,23 +177,8 @@ fn per_container() -> (Broker, std::path::PathBuf, tempfile::TempDir) {
 
 /// `GET path` from uid 1000 on `container`'s socket (empty: the shared socket).
 async fn get_on(broker: &Broker, container: &str, path: &str) -> support::Answer {
-    let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let b = broker.clone();
     let caller = Caller::from_peer(4242, 1000, 1000, "app".into(), container);
-    let conn = tokio::spawn(async move {
-        let _ = b
-            .serve_connection(server, caller, CancellationToken::new())
-            .await;
-    });
-    let request = format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n");
-    client.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut out))
-        .await
-        .expect("the broker answers and closes")
-        .expect("read");
-    conn.await.expect("the connection task does not panic");
-    keyward_testkit::http::parse(&out)
+    support::get_as(broker, caller, path).await
 }
 
 #[tokio::test]

@@ -78,11 +78,16 @@ pub fn caller(uid: u32) -> Caller {
 
 /// `GET path` on a fresh in-memory connection from `uid`; the whole answer.
 pub async fn get(broker: &Broker, uid: u32, path: &str) -> Answer {
+    get_as(broker, caller(uid), path).await
+}
+
+/// `GET path` on a fresh in-memory connection from `caller`; the whole answer.
+pub async fn get_as(broker: &Broker, caller: Caller, path: &str) -> Answer {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let b = broker.clone();
     let conn = tokio::spawn(async move {
         let _ = b
-            .serve_connection(server, caller(uid), CancellationToken::new())
+            .serve_connection(server, caller, CancellationToken::new())
             .await;
     });
     let request = format!("GET {path} HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n");
