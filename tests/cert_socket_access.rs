@@ -12,33 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::broker::{get, BrokerProc, KEYWARD};
-use support::{eventually, TestVault, APP_POLICY};
+use support::{eventually, TestVault};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A real OpenBao with the `pki_web` engine and the role `web` (names under `shop.svc`); the
-/// workload's policy may issue from it and revoke (as tests/delivery_certs.rs sets it up).
-async fn pki_vault() -> TestVault {
-    let v = TestVault::start("shop", "orders", "1h", "2h").await;
-    let issue = v
-        .bao
-        .pki_engine(
-            "pki_web",
-            "Shop Web CA",
-            "web",
-            json!({
-                "allowed_domains": ["shop.svc"],
-                "allow_subdomains": true,
-                "ttl": "1h",
-                "max_ttl": "1h",
-            }),
-        )
-        .await;
-    v.bao.policy("app", &format!("{APP_POLICY}\n{issue}")).await;
-    v
-}
 
 /// `keyward exec --on-change web=signal:HUP` on `socket`, running an app that notes each start
 /// and each SIGHUP in its directory.
@@ -119,7 +97,7 @@ fn web_reads(b: &BrokerProc) -> Vec<(String, String, String)> {
 
 #[tokio::test]
 async fn a_certificate_is_served_only_on_its_containers_socket_and_keyward_exec_there_watches_it() {
-    let v = pki_vault().await;
+    let v = TestVault::with_web_pki().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let web = tmp.path().join("c/web/broker.sock");
     let app = tmp.path().join("c/app/broker.sock");

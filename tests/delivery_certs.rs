@@ -21,35 +21,11 @@ use delivery_common::{app_files, broker_refuses};
 use serde_json::json;
 use support::broker::{BrokerProc, KEYWARD};
 use support::pg::Postgres;
-use support::{eventually, TestVault, APP_POLICY};
+use support::{eventually, TestVault};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The group every container of the pod has (the socket's group), given to rendered files.
 const POD_GROUP: u32 = 4321;
-
-/// A real OpenBao with the `pki_web` engine (its own root CA) and the role `web`, which issues
-/// certificates for names under `shop.svc`, `svc.cluster.local` and the bare name `web`; the
-/// workload's policy may issue from it and revoke.
-async fn pki_vault() -> TestVault {
-    let v = TestVault::start("shop", "orders", "1h", "2h").await;
-    let issue = v
-        .bao
-        .pki_engine(
-            "pki_web",
-            "Shop Web CA",
-            "web",
-            json!({
-                "allowed_domains": ["shop.svc", "svc.cluster.local", "web"],
-                "allow_subdomains": true,
-                "allow_bare_domains": true,
-                "ttl": "1h",
-                "max_ttl": "1h",
-            }),
-        )
-        .await;
-    v.bao.policy("app", &format!("{APP_POLICY}\n{issue}")).await;
-    v
-}
 
 /// The broker config of a certificate `web` for the pod's names with `ttl`, rendered into
 /// `dir` as `tls.crt`, `tls.key` and `ca.crt` for the container `app`.
@@ -167,7 +143,7 @@ fn ts(r: &serde_json::Value) -> f64 {
 #[tokio::test]
 async fn a_certificate_is_issued_for_the_pods_names_as_files_and_issued_again_at_two_thirds_of_its_ttl(
 ) {
-    let v = pki_vault().await;
+    let v = TestVault::with_web_pki().await;
     let (_vol, dir) = app_files();
     let mut b = BrokerProc::start(
         &v.bao.addr(),
@@ -501,7 +477,7 @@ fn start_nginx(b: &BrokerProc, files: &Path, port: u16) -> Nginx {
 
 #[tokio::test]
 async fn nginx_reloaded_by_sighup_serves_the_new_certificate_with_no_failed_request() {
-    let v = pki_vault().await;
+    let v = TestVault::with_web_pki().await;
     let (_vol, files) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),
@@ -778,7 +754,7 @@ async fn the_workload_svid_as_files_is_rendered_and_kept_current() {
 /// says why (the secret and Vault's reason), the refusal is recorded, and no file is written.
 #[tokio::test]
 async fn a_name_the_role_refuses_holds_readiness_naming_why_and_writes_nothing() {
-    let v = pki_vault().await;
+    let v = TestVault::with_web_pki().await;
     let (_vol, dir) = app_files();
     let b = BrokerProc::start(
         &v.bao.addr(),

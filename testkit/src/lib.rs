@@ -267,6 +267,31 @@ impl TestVault {
     pub fn token(&self, ns: &str, sa: &str) -> String {
         self.issuer.mint(&jwt::Claims::new(ns, sa))
     }
+
+    /// [`TestVault::start`] for `shop`/`orders` with the `pki_web` engine (its own root CA,
+    /// "Shop Web CA") and the role `web`, which issues certificates of 1 h for names under
+    /// `shop.svc`, `svc.cluster.local` and the bare name `web`; the workload's policy may issue
+    /// from it and revoke. The certificates for the app's own TLS (docs/delivery.md).
+    pub async fn with_web_pki() -> TestVault {
+        let v = Self::start("shop", "orders", "1h", "2h").await;
+        let issue = v
+            .bao
+            .pki_engine(
+                "pki_web",
+                "Shop Web CA",
+                "web",
+                serde_json::json!({
+                    "allowed_domains": ["shop.svc", "svc.cluster.local", "web"],
+                    "allow_subdomains": true,
+                    "allow_bare_domains": true,
+                    "ttl": "1h",
+                    "max_ttl": "1h",
+                }),
+            )
+            .await;
+        v.bao.policy("app", &format!("{APP_POLICY}\n{issue}")).await;
+        v
+    }
 }
 
 /// The `keyward` binary cargo built for the running integration test: `CARGO_BIN_EXE_keyward`
