@@ -76,10 +76,12 @@ pub async fn auth_loop(ctx: Arc<Inner>, shutdown: CancellationToken) {
                     .get_or_create(&BrokerMetrics::result("error"))
                     .inc();
                 ctx.metrics.logged_in.set(0);
-                ctx.set_login_error(Some(reason.clone()));
+                // Recorded before /ready names the reason, so that whoever sees the reason
+                // there finds the record too.
                 let _ = ctx
                     .audit
-                    .record(&Record::new("vault.login", Decision::Error).reason(reason));
+                    .record(&Record::new("vault.login", Decision::Error).reason(reason.clone()));
+                ctx.set_login_error(Some(reason));
                 if !sleep_or(&shutdown, backoff.next_delay()).await {
                     return;
                 }
